@@ -1,0 +1,12 @@
+//! One TCP port check: resolve, guard, connect, classify, time.
+//!
+//! No gRPC and no storage: the agent wires this to its scheduler and stream, the
+//! `portwatch-agent check` command prints it. See `ARCHITECTURE.md` for the
+//! invariants this crate enforces (the guard runs on every resolved address at
+//! connect time; one deadline covers DNS and handshake; no byte is ever sent).
+
+pub mod guard;
+pub mod host;
+pub mod outcome;
+
+pub use outcome::{AddressPolicy, CloseMode, Family, Outcome, WireError};
