@@ -8,8 +8,8 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["common.proto", "agent.proto", "admin.proto"]
-        .map(|f| root.join("portwatch/v1").join(f));
+    let files =
+        ["common.proto", "agent.proto", "admin.proto"].map(|f| root.join("portwatch/v1").join(f));
     println!("cargo:rerun-if-changed={}", root.display());
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -5,8 +5,18 @@
 //! invariants this crate enforces (the guard runs on every resolved address at
 //! connect time; one deadline covers DNS and handshake; no byte is ever sent).
 
+pub mod classify;
+pub mod connect;
+pub mod engine;
 pub mod guard;
 pub mod host;
 pub mod outcome;
+pub mod resolve;
+pub mod wire;
 
+pub use connect::Attempt;
+pub use engine::{CheckResult, CheckSpec, Checker};
+pub use guard::Guard;
+pub use host::Host;
 pub use outcome::{AddressPolicy, CloseMode, Family, Outcome, WireError};
+pub use resolve::{Nameservers, Resolver};

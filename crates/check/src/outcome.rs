@@ -100,7 +100,10 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        WireError { field, reason: reason.into() }
+        WireError {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -212,10 +215,18 @@ mod tests {
 
     #[test]
     fn only_the_four_spec_reasons_are_target_failures() {
-        let failures: Vec<_> = Outcome::ALL.into_iter().filter(|o| o.is_target_failure()).collect();
+        let failures: Vec<_> = Outcome::ALL
+            .into_iter()
+            .filter(|o| o.is_target_failure())
+            .collect();
         assert_eq!(
             failures,
-            [Outcome::Refused, Outcome::TimedOut, Outcome::DnsFailed, Outcome::Unreachable]
+            [
+                Outcome::Refused,
+                Outcome::TimedOut,
+                Outcome::DnsFailed,
+                Outcome::Unreachable
+            ]
         );
     }
 
@@ -224,7 +235,10 @@ mod tests {
         assert_eq!(Family::from_wire(0), Ok(Family::Any));
         assert_eq!(Family::from_wire(3), Ok(Family::Ipv6));
         assert_eq!(CloseMode::from_wire(2), Ok(CloseMode::Rst));
-        assert_eq!(AddressPolicy::from_wire(7).unwrap_err().field, "address_policy");
+        assert_eq!(
+            AddressPolicy::from_wire(7).unwrap_err().field,
+            "address_policy"
+        );
         assert_eq!("ipv4".parse::<Family>(), Ok(Family::Ipv4));
         assert_eq!("ALL".parse::<AddressPolicy>(), Ok(AddressPolicy::All));
         assert!("sideways".parse::<CloseMode>().is_err());

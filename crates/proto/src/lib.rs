@@ -35,7 +35,9 @@ pub mod time {
     /// before the epoch or its nanos are out of range.
     pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<SystemTime> {
         let secs = u64::try_from(ts.seconds).ok()?;
-        let nanos = u32::try_from(ts.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+        let nanos = u32::try_from(ts.nanos)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)?;
         UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
     }
 
@@ -62,9 +64,15 @@ pub mod time {
 
         #[test]
         fn invalid_timestamps_are_refused() {
-            let neg = prost_types::Timestamp { seconds: -1, nanos: 0 };
+            let neg = prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0,
+            };
             assert_eq!(from_timestamp(&neg), None);
-            let bad = prost_types::Timestamp { seconds: 1, nanos: 1_000_000_000 };
+            let bad = prost_types::Timestamp {
+                seconds: 1,
+                nanos: 1_000_000_000,
+            };
             assert_eq!(from_timestamp(&bad), None);
         }
     }

@@ -1,0 +1,890 @@
+//! The coordinator's live state: monitors, connected agents, latest results,
+//! open incidents, and the decisions that tie them together.
+//!
+//! Everything durable goes through `Store` first; this is the in-memory view
+//! rebuilt from it at start. Invariants enforced here:
+//! - a monitor is assigned to exactly one live agent per monitored region
+//!   (rendezvous hashing on the monitor id), and a private region only ever gets
+//!   its owner tenant's monitors;
+//! - consensus runs on every result that becomes a region's latest, and on a
+//!   timer so that results going stale are noticed without new traffic;
+//! - at most one open incident per monitor, written and flushed before it is
+//!   announced.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use portwatch_check::Outcome;
+use portwatch_proto::time::{from_timestamp, to_timestamp};
+use portwatch_proto::v1;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{info, warn};
+
+use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
+use crate::store::{Store, StoreError};
+
+/// Messages queued for one agent's stream.
+pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
+
+/// Settings the hub needs from the coordinator's config.
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub offline_grace: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            offline_grace: consensus::Rules::DEFAULT_OFFLINE_GRACE,
+        }
+    }
+}
+
+/// One connected agent.
+struct Session {
+    agent_id: String,
+    session: u64,
+    tx: AgentTx,
+    assigned: HashSet<String>,
+    last_seen: Instant,
+    info: v1::Agent,
+}
+
+type Key = (String, String); // (monitor id, region)
+
+#[derive(Default)]
+struct State {
+    monitors: HashMap<String, v1::Monitor>,
+    regions: HashMap<String, v1::Region>,
+    sessions: HashMap<String, Vec<Session>>,
+    offline_since: HashMap<String, SystemTime>,
+    latest: HashMap<Key, v1::CheckResult>,
+    last_decisive: HashMap<Key, SystemTime>,
+    region_state: HashMap<Key, RegionState>,
+    open: HashMap<String, v1::Incident>,
+    last_confirm: HashMap<String, Instant>,
+    next_session: u64,
+    revision: u64,
+}
+
+/// Counters for `/metrics` and tests.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct HubCounters {
+    pub refused_results: u64,
+    pub evaluations: u64,
+    pub confirmations: u64,
+}
+
+/// The shared coordinator state.
+pub struct Hub {
+    store: Store,
+    settings: HubSettings,
+    state: Mutex<State>,
+    events: broadcast::Sender<v1::Event>,
+    counters: Mutex<HubCounters>,
+    started: SystemTime,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn event(kind: v1::event::Kind) -> v1::Event {
+    v1::Event {
+        at: Some(to_timestamp(now())),
+        kind: Some(kind),
+    }
+}
+
+/// A stable 64-bit mix of two strings (FNV-1a then a finalizer), for rendezvous hashing.
+fn weight(agent: &str, monitor: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in agent.bytes().chain([0u8]).chain(monitor.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// The agent (index into `agents`) that owns `monitor` in a region.
+pub fn rendezvous<'a>(agents: impl IntoIterator<Item = &'a str>, monitor: &str) -> Option<&'a str> {
+    agents.into_iter().max_by_key(|a| (weight(a, monitor), *a))
+}
+
+/// The monitor's consensus settings.
+pub fn rules_for(m: &v1::Monitor, offline_grace: Duration) -> Rules {
+    Rules {
+        policy: if m.consensus == v1::ConsensusPolicy::Unanimous as i32 {
+            Policy::Unanimous
+        } else {
+            Policy::Quorum
+        },
+        interval: Duration::from_millis(m.interval_ms.max(1)),
+        timeout: Duration::from_millis(u64::from(m.timeout_ms.max(1))),
+        offline_grace,
+    }
+}
+
+fn wire_state(s: &RegionState) -> v1::RegionState {
+    match s {
+        RegionState::Up => v1::RegionState::Up,
+        RegionState::Down(_) => v1::RegionState::Down,
+        RegionState::Unknown(_) => v1::RegionState::Unknown,
+    }
+}
+
+fn outcome_of(r: &v1::CheckResult) -> Option<Outcome> {
+    Outcome::from_wire(r.outcome, "outcome").ok()
+}
+
+fn eligible(m: &v1::Monitor, region: &v1::Region) -> bool {
+    !m.paused
+        && m.regions.contains(&region.name)
+        && (region.owner_tenant_id.is_empty() || region.owner_tenant_id == m.tenant_id)
+}
+
+fn assignment(m: &v1::Monitor) -> v1::Assignment {
+    v1::Assignment {
+        monitor_id: m.id.clone(),
+        spec: Some(v1::CheckSpec {
+            host: m.host.clone(),
+            port: m.port,
+            timeout_ms: m.timeout_ms,
+            family: m.family,
+            address_policy: m.address_policy,
+            close_mode: m.close_mode,
+        }),
+        interval_ms: m.interval_ms,
+        generation: m.generation,
+    }
+}
+
+/// A new id: a prefix, the creation time (so ids sort by age), and randomness.
+pub fn new_id(prefix: &str) -> String {
+    let micros = portwatch_proto::time::unix_micros(now());
+    format!(
+        "{prefix}-{micros:013x}{:06x}",
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+impl Hub {
+    /// Loads the live state from the store.
+    pub fn load(store: Store, settings: HubSettings) -> Result<Arc<Hub>, StoreError> {
+        let mut state = State::default();
+        for m in store.list_monitors()? {
+            state.monitors.insert(m.id.clone(), m);
+        }
+        let started = now();
+        for r in store.list_regions()? {
+            // Every region starts with no live agent; the grace period counts from now.
+            state.offline_since.insert(r.name.clone(), started);
+            state.regions.insert(r.name.clone(), r);
+        }
+        for r in store.all_latest()? {
+            let key = (r.monitor_id.clone(), r.region.clone());
+            if let (Some(o), Some(at)) = (
+                outcome_of(&r),
+                r.checked_at.as_ref().and_then(from_timestamp),
+            ) && (o == Outcome::Ok || o.is_target_failure())
+            {
+                state.last_decisive.insert(key.clone(), at);
+            }
+            state.latest.insert(key, r);
+        }
+        for m in state.monitors.keys() {
+            if let Some(i) = store.open_incident(m)? {
+                state.open.insert(m.clone(), i);
+            }
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(Arc::new(Hub {
+            store,
+            settings,
+            state: Mutex::new(state),
+            events,
+            counters: Mutex::new(HubCounters::default()),
+            started,
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counters(&self) -> HubCounters {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut HubCounters)) {
+        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Subscribes to the live event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, e: v1::Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(e);
+    }
+
+    // ------------------------------------------------------------ monitors and regions
+
+    /// A monitor was created or changed (already stored): push it to the agents.
+    pub fn monitor_changed(&self, m: v1::Monitor) {
+        let id = m.id.clone();
+        let mut st = self.lock();
+        let mut regions: HashSet<String> = m.regions.iter().cloned().collect();
+        if let Some(old) = st.monitors.insert(id.clone(), m) {
+            regions.extend(old.regions);
+        }
+        for r in regions {
+            Self::sync_region(&mut st, &r, Some(&id));
+        }
+    }
+
+    /// A monitor was deleted (already removed from the store).
+    pub fn monitor_removed(&self, id: &str) {
+        let mut st = self.lock();
+        if let Some(old) = st.monitors.remove(id) {
+            for r in &old.regions {
+                Self::sync_region(&mut st, r, None);
+            }
+        }
+        st.latest.retain(|(m, _), _| m != id);
+        st.last_decisive.retain(|(m, _), _| m != id);
+        st.region_state.retain(|(m, _), _| m != id);
+        st.open.remove(id);
+    }
+
+    /// A region was created or deleted (already in the store).
+    pub fn region_changed(&self, r: Option<v1::Region>, name: &str) {
+        let mut st = self.lock();
+        match r {
+            Some(r) => {
+                st.offline_since.entry(name.to_string()).or_insert_with(now);
+                st.regions.insert(name.to_string(), r);
+            }
+            None => {
+                st.regions.remove(name);
+                st.offline_since.remove(name);
+            }
+        }
+        Self::sync_region(&mut st, name, None);
+    }
+
+    /// Number of live agents in a region and since when it has had none.
+    pub fn region_liveness(&self, name: &str) -> (u32, Option<SystemTime>) {
+        let st = self.lock();
+        let online = st.sessions.get(name).map_or(0, Vec::len);
+        let since = if online == 0 {
+            st.offline_since.get(name).copied()
+        } else {
+            None
+        };
+        (u32::try_from(online).unwrap_or(u32::MAX), since)
+    }
+
+    /// Recomputes which agent of `region` owns which monitor and sends each agent
+    /// its difference; `changed` is re-sent to its owner even if it did not move.
+    fn sync_region(st: &mut State, region: &str, changed: Option<&str>) {
+        let Some(reg) = st.regions.get(region).cloned() else {
+            // A deleted region: its agents lose everything.
+            if let Some(sessions) = st.sessions.get_mut(region) {
+                for s in sessions.iter_mut() {
+                    let removals: Vec<String> = s.assigned.drain().collect();
+                    if !removals.is_empty() {
+                        st.revision += 1;
+                        let _ = s.tx.send(update(Vec::new(), removals, st.revision));
+                    }
+                }
+            }
+            return;
+        };
+        let Some(sessions) = st.sessions.get(region) else {
+            return;
+        };
+        let agents: Vec<String> = sessions.iter().map(|s| s.agent_id.clone()).collect();
+        let mut desired: HashMap<&str, Vec<&v1::Monitor>> = HashMap::new();
+        for m in st.monitors.values().filter(|m| eligible(m, &reg)) {
+            if let Some(owner) = rendezvous(agents.iter().map(String::as_str), &m.id) {
+                desired.entry(owner).or_default().push(m);
+            }
+        }
+        let mut messages = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let want: HashMap<&str, &v1::Monitor> = desired
+                .get(s.agent_id.as_str())
+                .map(|ms| ms.iter().map(|m| (m.id.as_str(), *m)).collect())
+                .unwrap_or_default();
+            let upserts: Vec<v1::Assignment> = want
+                .iter()
+                .filter(|(id, _)| !s.assigned.contains(**id) || changed == Some(**id))
+                .map(|(_, m)| assignment(m))
+                .collect();
+            let removals: Vec<String> = s
+                .assigned
+                .iter()
+                .filter(|id| !want.contains_key(id.as_str()))
+                .cloned()
+                .collect();
+            let now_assigned: HashSet<String> = want.keys().map(|k| k.to_string()).collect();
+            messages.push((i, upserts, removals, now_assigned));
+        }
+        for (i, upserts, removals, now_assigned) in messages {
+            if upserts.is_empty() && removals.is_empty() {
+                continue;
+            }
+            st.revision += 1;
+            let rev = st.revision;
+            if let Some(s) = st.sessions.get_mut(region).and_then(|v| v.get_mut(i)) {
+                s.info.assignments = u32::try_from(now_assigned.len()).unwrap_or(u32::MAX);
+                s.assigned = now_assigned;
+                let _ = s.tx.send(update(upserts, removals, rev));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ agents
+
+    /// Registers a connected agent; sends it the full snapshot. Returns the session id.
+    pub fn agent_connected(&self, region: &str, mut info: v1::Agent, tx: AgentTx) -> u64 {
+        let mut st = self.lock();
+        st.next_session += 1;
+        let session = st.next_session;
+        info.online = true;
+        info.region = region.to_string();
+        let agent_id = info.agent_id.clone();
+        // A reconnect of the same agent replaces its old session.
+        if let Some(v) = st.sessions.get_mut(region) {
+            v.retain(|s| s.agent_id != agent_id);
+        }
+        let was_offline = st.sessions.get(region).is_none_or(Vec::is_empty);
+        st.sessions
+            .entry(region.to_string())
+            .or_default()
+            .push(Session {
+                agent_id: agent_id.clone(),
+                session,
+                tx: tx.clone(),
+                assigned: HashSet::new(),
+                last_seen: Instant::now(),
+                info,
+            });
+        // The snapshot first, then the others' removals: a monitor may briefly be
+        // checked twice, never not at all.
+        let reg = st.regions.get(region).cloned();
+        let snapshot: Vec<v1::Assignment> = match &reg {
+            Some(reg) => {
+                let agents: Vec<String> = st
+                    .sessions
+                    .get(region)
+                    .map(|v| v.iter().map(|s| s.agent_id.clone()).collect())
+                    .unwrap_or_default();
+                st.monitors
+                    .values()
+                    .filter(|m| eligible(m, reg))
+                    .filter(|m| {
+                        rendezvous(agents.iter().map(String::as_str), &m.id)
+                            == Some(agent_id.as_str())
+                    })
+                    .map(assignment)
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        st.revision += 1;
+        let rev = st.revision;
+        if let Some(s) = st
+            .sessions
+            .get_mut(region)
+            .and_then(|v| v.iter_mut().find(|s| s.session == session))
+        {
+            s.assigned = snapshot.iter().map(|a| a.monitor_id.clone()).collect();
+            s.info.assignments = u32::try_from(s.assigned.len()).unwrap_or(u32::MAX);
+        }
+        let _ = tx.send(v1::CoordinatorMessage {
+            msg: Some(v1::coordinator_message::Msg::Snapshot(
+                v1::AssignmentSnapshot {
+                    assignments: snapshot,
+                    revision: rev,
+                },
+            )),
+        });
+        Self::sync_region(&mut st, region, None);
+        if was_offline {
+            st.offline_since.remove(region);
+            drop(st);
+            info!(region, "probe region online");
+            self.emit(event(v1::event::Kind::ProbeRegion(
+                v1::ProbeRegionChanged {
+                    region: region.to_string(),
+                    online: true,
+                },
+            )));
+        }
+        session
+    }
+
+    /// Unregisters a session (stream closed or heartbeat timeout); its monitors
+    /// move to the region's other agents.
+    pub fn agent_disconnected(&self, region: &str, session: u64) {
+        let mut st = self.lock();
+        let Some(v) = st.sessions.get_mut(region) else {
+            return;
+        };
+        let before = v.len();
+        v.retain(|s| s.session != session);
+        if v.len() == before {
+            return;
+        }
+        let now_empty = v.is_empty();
+        Self::sync_region(&mut st, region, None);
+        if now_empty {
+            st.sessions.remove(region);
+            st.offline_since.insert(region.to_string(), now());
+            drop(st);
+            warn!(region, "probe region has no live agent");
+            self.emit(event(v1::event::Kind::ProbeRegion(
+                v1::ProbeRegionChanged {
+                    region: region.to_string(),
+                    online: false,
+                },
+            )));
+        }
+    }
+
+    /// Records a heartbeat (or any message) from a session.
+    pub fn agent_seen(&self, region: &str, session: u64, hb: Option<&v1::Heartbeat>) {
+        let mut st = self.lock();
+        if let Some(s) = st
+            .sessions
+            .get_mut(region)
+            .and_then(|v| v.iter_mut().find(|s| s.session == session))
+        {
+            s.last_seen = Instant::now();
+            s.info.last_seen = Some(to_timestamp(now()));
+            if let Some(hb) = hb {
+                s.info.spool_depth = hb.spool_depth;
+                s.info.dropped_total = hb.dropped_total;
+            }
+        }
+    }
+
+    /// Sessions silent for longer than the heartbeat timeout.
+    pub fn expired_sessions(&self) -> Vec<(String, u64)> {
+        let st = self.lock();
+        let limit = self.settings.heartbeat_timeout;
+        st.sessions
+            .iter()
+            .flat_map(|(r, v)| {
+                v.iter()
+                    .filter(|s| s.last_seen.elapsed() > limit)
+                    .map(move |s| (r.clone(), s.session))
+            })
+            .collect()
+    }
+
+    /// Whether `monitor` is currently assigned to this session.
+    pub fn is_assigned(&self, region: &str, session: u64, monitor: &str) -> bool {
+        let st = self.lock();
+        st.sessions
+            .get(region)
+            .and_then(|v| v.iter().find(|s| s.session == session))
+            .is_some_and(|s| s.assigned.contains(monitor))
+    }
+
+    /// Whether `monitor` exists and is checked from `region` (assigned there at all).
+    pub fn monitored_in(&self, monitor: &str, region: &str) -> bool {
+        let st = self.lock();
+        match (st.monitors.get(monitor), st.regions.get(region)) {
+            (Some(m), Some(r)) => eligible(m, r),
+            _ => false,
+        }
+    }
+
+    /// Live agents (online) plus the stored ones that are offline.
+    pub fn live_agents(&self) -> Vec<v1::Agent> {
+        let st = self.lock();
+        st.sessions
+            .values()
+            .flatten()
+            .map(|s| s.info.clone())
+            .collect()
+    }
+
+    // ------------------------------------------------------------ results and consensus
+
+    /// Results that became their region's latest (already durable): update the
+    /// view, evaluate consensus, ask for confirmation when a region turns down.
+    pub async fn results_stored(&self, results: Vec<v1::CheckResult>) -> Result<(), StoreError> {
+        let mut touched: Vec<String> = Vec::new();
+        {
+            let mut st = self.lock();
+            for r in results {
+                let key = (r.monitor_id.clone(), r.region.clone());
+                let (Some(o), Some(at)) = (
+                    outcome_of(&r),
+                    r.checked_at.as_ref().and_then(from_timestamp),
+                ) else {
+                    continue;
+                };
+                if o == Outcome::Ok || o.is_target_failure() {
+                    let e = st.last_decisive.entry(key.clone()).or_insert(at);
+                    if at > *e {
+                        *e = at;
+                    }
+                }
+                if !touched.contains(&r.monitor_id) {
+                    touched.push(r.monitor_id.clone());
+                }
+                st.latest.insert(key, r);
+            }
+        }
+        for m in touched {
+            self.evaluate(&m).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-evaluates every monitor (results going stale, agents gone, grace passed).
+    pub async fn evaluate_all(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.lock().monitors.keys().cloned().collect();
+        for id in ids {
+            self.evaluate(&id).await?;
+        }
+        Ok(())
+    }
+
+    fn inputs(
+        st: &State,
+        m: &v1::Monitor,
+    ) -> Vec<(String, Option<Observation>, bool, Option<SystemTime>)> {
+        m.regions
+            .iter()
+            .map(|r| {
+                let key = (m.id.clone(), r.clone());
+                let latest = st.latest.get(&key).and_then(|res| {
+                    Some(Observation {
+                        checked_at: res.checked_at.as_ref().and_then(from_timestamp)?,
+                        outcome: outcome_of(res)?,
+                    })
+                });
+                let online = st.sessions.get(r).is_some_and(|v| !v.is_empty());
+                (
+                    r.clone(),
+                    latest,
+                    online,
+                    st.last_decisive.get(&key).copied(),
+                )
+            })
+            .collect()
+    }
+
+    /// Evaluates one monitor and acts on the decision.
+    pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
+        self.count(|c| c.evaluations += 1);
+        let t = now();
+        let (monitor, eval, open, changes, confirm) = {
+            let mut st = self.lock();
+            let Some(m) = st.monitors.get(monitor_id).cloned() else {
+                return Ok(());
+            };
+            if m.paused {
+                return Ok(());
+            }
+            let raw = Self::inputs(&st, &m);
+            let inputs: Vec<RegionInput> = raw
+                .iter()
+                .map(|(r, latest, online, last)| RegionInput {
+                    region: r,
+                    latest: *latest,
+                    agent_online: *online,
+                    last_decisive_at: *last,
+                })
+                .collect();
+            let open = st.open.get(monitor_id).cloned();
+            let opened_at = open
+                .as_ref()
+                .and_then(|i| i.opened_at.as_ref())
+                .and_then(from_timestamp);
+            let rules = rules_for(&m, self.settings.offline_grace);
+            let eval = consensus::evaluate(
+                &inputs,
+                &rules,
+                open.as_ref().map(|_| opened_at.unwrap_or(t)),
+                t,
+            );
+            // Region state changes, for the event stream and fast confirmation.
+            let mut changes = Vec::new();
+            let mut newly_down = false;
+            for v in &eval.regions {
+                let key = (m.id.clone(), v.region.clone());
+                let prev = st.region_state.insert(key, v.state);
+                if prev.map(|p| wire_state(&p)) != Some(wire_state(&v.state)) {
+                    changes.push((v.region.clone(), prev, v.state));
+                    if matches!(v.state, RegionState::Down(_)) {
+                        newly_down = true;
+                    }
+                }
+            }
+            let mut confirm = Vec::new();
+            if newly_down && open.is_none() && eval.decision == Decision::Stay {
+                let interval = Duration::from_millis(m.interval_ms);
+                let due = st
+                    .last_confirm
+                    .get(&m.id)
+                    .is_none_or(|at| at.elapsed() >= interval);
+                if due {
+                    st.last_confirm.insert(m.id.clone(), Instant::now());
+                    for v in eval
+                        .regions
+                        .iter()
+                        .filter(|v| !matches!(v.state, RegionState::Down(_)))
+                    {
+                        if let Some(s) = st
+                            .sessions
+                            .get(&v.region)
+                            .and_then(|ss| ss.iter().find(|s| s.assigned.contains(&m.id)))
+                        {
+                            confirm.push(s.tx.clone());
+                        }
+                    }
+                }
+            }
+            (m, eval, open, changes, confirm)
+        };
+        for (region, prev, to) in changes {
+            let latest = self
+                .lock()
+                .latest
+                .get(&(monitor.id.clone(), region.clone()))
+                .cloned();
+            self.emit(event(v1::event::Kind::RegionState(
+                v1::RegionStateChanged {
+                    monitor_id: monitor.id.clone(),
+                    region,
+                    from: prev.map_or(v1::RegionState::Unspecified, |p| wire_state(&p)) as i32,
+                    to: wire_state(&to) as i32,
+                    outcome: latest.as_ref().map_or(0, |r| r.outcome),
+                    detail: latest.map(|r| r.detail).unwrap_or_default(),
+                },
+            )));
+        }
+        if !confirm.is_empty() {
+            self.count(|c| c.confirmations += 1);
+            for tx in confirm {
+                let _ = tx.send(v1::CoordinatorMessage {
+                    msg: Some(v1::coordinator_message::Msg::CheckNow(v1::CheckNow {
+                        monitor_ids: vec![monitor.id.clone()],
+                        reason: "confirm: another region reports the port down".into(),
+                    })),
+                });
+            }
+        }
+        match &eval.decision {
+            Decision::Open { reason, .. } if open.is_none() => {
+                let reason = *reason;
+                let evidence = self.evidence(&monitor, &eval);
+                let incident = v1::Incident {
+                    id: new_id("inc"),
+                    tenant_id: monitor.tenant_id.clone(),
+                    monitor_id: monitor.id.clone(),
+                    monitor_name: monitor.name.clone(),
+                    host: monitor.host.clone(),
+                    port: monitor.port,
+                    opened_at: Some(to_timestamp(t)),
+                    closed_at: None,
+                    reason: v1::Outcome::from(reason) as i32,
+                    reason_text: reason.text().to_string(),
+                    open_evidence: evidence,
+                    close_evidence: Vec::new(),
+                    severity: "critical".into(),
+                };
+                // Durable before announced.
+                self.store.put_incident(&incident)?;
+                self.store.flush().await?;
+                info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, "incident opened");
+                self.lock()
+                    .open
+                    .insert(monitor.id.clone(), incident.clone());
+                self.emit(event(v1::event::Kind::IncidentOpened(incident)));
+            }
+            Decision::Close { ignored } => {
+                if let Some(mut incident) = open {
+                    let mut evidence = self.evidence(&monitor, &eval);
+                    for e in &mut evidence {
+                        e.ignored_offline = ignored.contains(&e.region);
+                    }
+                    incident.closed_at = Some(to_timestamp(t));
+                    incident.close_evidence = evidence;
+                    self.store.put_incident(&incident)?;
+                    self.store.flush().await?;
+                    info!(monitor_id = %monitor.id, incident_id = %incident.id, "incident closed");
+                    self.lock().open.remove(&monitor.id);
+                    self.emit(event(v1::event::Kind::IncidentClosed(incident)));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn evidence(&self, m: &v1::Monitor, eval: &consensus::Evaluation) -> Vec<v1::RegionEvidence> {
+        let st = self.lock();
+        eval.regions
+            .iter()
+            .map(|v| {
+                let latest = st.latest.get(&(m.id.clone(), v.region.clone()));
+                let detail = match (&v.state, latest) {
+                    (RegionState::Unknown(why), _) => why.text().to_string(),
+                    (_, Some(r)) => r.detail.clone(),
+                    (_, None) => String::new(),
+                };
+                v1::RegionEvidence {
+                    region: v.region.clone(),
+                    state: wire_state(&v.state) as i32,
+                    outcome: latest.map_or(0, |r| r.outcome),
+                    detail,
+                    connect_us: latest.map_or(0, |r| r.connect_us),
+                    checked_at: latest.and_then(|r| r.checked_at),
+                    ignored_offline: v.ignored_offline,
+                }
+            })
+            .collect()
+    }
+
+    /// The live status of a monitor.
+    pub fn status(&self, m: &v1::Monitor) -> v1::MonitorStatus {
+        let st = self.lock();
+        let t = now();
+        let raw = Self::inputs(&st, m);
+        let inputs: Vec<RegionInput> = raw
+            .iter()
+            .map(|(r, latest, online, last)| RegionInput {
+                region: r,
+                latest: *latest,
+                agent_online: *online,
+                last_decisive_at: *last,
+            })
+            .collect();
+        let rules = rules_for(m, self.settings.offline_grace);
+        let open = st.open.get(&m.id);
+        let eval = consensus::evaluate(&inputs, &rules, open.map(|_| t), t);
+        let regions: Vec<v1::RegionStatus> = eval
+            .regions
+            .iter()
+            .zip(raw.iter())
+            .map(|(v, (_, _, online, _))| v1::RegionStatus {
+                region: v.region.clone(),
+                state: wire_state(&v.state) as i32,
+                last_result: st.latest.get(&(m.id.clone(), v.region.clone())).cloned(),
+                unknown_reason: match v.state {
+                    RegionState::Unknown(why) => why.text().to_string(),
+                    _ => String::new(),
+                },
+                agent_online: *online,
+            })
+            .collect();
+        let overall = if m.paused {
+            v1::OverallState::Paused
+        } else if open.is_some() {
+            v1::OverallState::Down
+        } else if eval.up == regions.len() && !regions.is_empty() {
+            v1::OverallState::Up
+        } else if eval.unknown == regions.len() {
+            v1::OverallState::Unknown
+        } else {
+            v1::OverallState::Degraded
+        };
+        v1::MonitorStatus {
+            monitor: Some(m.clone()),
+            overall: overall as i32,
+            regions,
+            open_incident_id: open.map(|i| i.id.clone()).unwrap_or_default(),
+            quorum: u32::try_from(eval.quorum).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// When the coordinator started (regions count as offline from here).
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Regions whose agents are connected, with counts (for metrics).
+    pub fn agents_per_region(&self) -> Vec<(String, usize)> {
+        let st = self.lock();
+        st.regions
+            .keys()
+            .map(|r| (r.clone(), st.sessions.get(r).map_or(0, Vec::len)))
+            .collect()
+    }
+
+    pub fn open_incident_count(&self) -> usize {
+        self.lock().open.len()
+    }
+}
+
+fn update(
+    upserts: Vec<v1::Assignment>,
+    removals: Vec<String>,
+    revision: u64,
+) -> v1::CoordinatorMessage {
+    v1::CoordinatorMessage {
+        msg: Some(v1::coordinator_message::Msg::Update(v1::AssignmentUpdate {
+            upserts,
+            removals,
+            revision,
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_moves_only_the_lost_agents_monitors() {
+        let monitors: Vec<String> = (0..1000).map(|i| format!("mon-{i}")).collect();
+        let three = ["a", "b", "c"];
+        let two = ["a", "b"];
+        let mut moved = 0;
+        let mut per_agent: HashMap<&str, usize> = HashMap::new();
+        for m in &monitors {
+            let before = rendezvous(three, m).unwrap();
+            let after = rendezvous(two, m).unwrap();
+            *per_agent.entry(before).or_default() += 1;
+            if before != "c" {
+                assert_eq!(before, after, "{m} moved although its agent stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, per_agent["c"]);
+        for (agent, n) in per_agent {
+            assert!((250..420).contains(&n), "{agent} owns {n} of 1000: uneven");
+        }
+        assert_eq!(rendezvous(std::iter::empty(), "x"), None);
+    }
+}

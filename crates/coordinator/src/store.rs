@@ -1,0 +1,731 @@
+//! The coordinator's durable state, on sled.
+//!
+//! One typed API; no sled call lives outside this file, so a second backend
+//! only has to provide these methods. Values are the protocol's own messages,
+//! prost-encoded (one schema, already versioned by its field numbers), except
+//! token records, which have no wire form and are JSON.
+//!
+//! Guarantees:
+//! - `ingest` writes a batch's results, the latest-result index and the agent's
+//!   acknowledged sequence number in one transaction, and returns only after
+//!   `flush`: the caller may acknowledge what it returns.
+//! - History keys are derived from (monitor, checked_at, region, agent, seq), so
+//!   a replayed result overwrites itself instead of being stored twice.
+//! - The latest-result index only moves forward in `checked_at`: a replayed old
+//!   result lands in history but never hides a newer one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use portwatch_proto::v1;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::{Db, Tree};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: corrupt record in {tree}: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What a token grants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TokenScope {
+    Tenant { tenant_id: String },
+    Agent { region: String },
+}
+
+/// A stored token: only the SHA-256 of the secret is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub hash: String,
+    pub scope: TokenScope,
+    pub description: String,
+    pub created_at_us: u64,
+    pub revoked: bool,
+}
+
+/// One result to ingest, with the agent's sequence number.
+pub struct Ingest<'a> {
+    pub seq: u64,
+    pub result: &'a v1::CheckResult,
+}
+
+/// What `ingest` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Results newly stored.
+    pub stored: usize,
+    /// Results dropped because their sequence number was already acknowledged.
+    pub duplicates: usize,
+    /// Results that became the latest for their (monitor, region).
+    pub became_latest: Vec<usize>,
+    /// The agent's acknowledged sequence number after the batch.
+    pub acked_seq: u64,
+}
+
+/// A page of history.
+pub struct HistoryPage {
+    pub results: Vec<v1::CheckResult>,
+    /// Resume after this key (hex), when there is more.
+    pub next: Option<String>,
+}
+
+/// The sled-backed store.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    tenants: Tree,
+    tokens: Tree,
+    token_ids: Tree,
+    regions: Tree,
+    agents: Tree,
+    agent_seq: Tree,
+    monitors: Tree,
+    latest: Tree,
+    history: Tree,
+    incidents: Tree,
+    open_incidents: Tree,
+    outbox: Tree,
+}
+
+const SEP: u8 = 0;
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    let mut k = a.as_bytes().to_vec();
+    k.push(SEP);
+    k
+}
+
+/// History key: monitor \0 checked_at_us(BE) region \0 agent \0 seq(BE).
+fn history_key(monitor: &str, at_us: u64, region: &str, agent: &str, seq: u64) -> Vec<u8> {
+    let mut k = prefix(monitor);
+    k.extend_from_slice(&at_us.to_be_bytes());
+    k.extend_from_slice(region.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(agent.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn checked_at_us(r: &v1::CheckResult) -> u64 {
+    r.checked_at
+        .as_ref()
+        .and_then(portwatch_proto::time::from_timestamp)
+        .map_or(0, portwatch_proto::time::unix_micros)
+}
+
+fn seq_of(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. sled releases its file lock a little
+    /// after a previous handle is dropped, so a reopen retries for a bounded time.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let mut attempt = 0;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if attempt < 50 && e.to_string().contains("could not acquire lock") =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(Store {
+            tenants: db.open_tree("tenants")?,
+            tokens: db.open_tree("tokens")?,
+            token_ids: db.open_tree("token_ids")?,
+            regions: db.open_tree("regions")?,
+            agents: db.open_tree("agents")?,
+            agent_seq: db.open_tree("agent_seq")?,
+            monitors: db.open_tree("monitors")?,
+            latest: db.open_tree("latest")?,
+            history: db.open_tree("history")?,
+            incidents: db.open_tree("incidents")?,
+            open_incidents: db.open_tree("open_incidents")?,
+            outbox: db.open_tree("outbox")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    // ------------------------------------------------------------ tenants
+
+    pub fn put_tenant(&self, t: &v1::Tenant) -> Result<()> {
+        self.tenants.insert(t.id.as_bytes(), t.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_tenant(&self, id: &str) -> Result<Option<v1::Tenant>> {
+        self.tenants
+            .get(id.as_bytes())?
+            .map(|v| decode("tenants", &v))
+            .transpose()
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<v1::Tenant>> {
+        self.tenants
+            .iter()
+            .values()
+            .map(|v| decode("tenants", &v?))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    pub fn put_token(&self, rec: &TokenRecord) -> Result<()> {
+        let json = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt {
+            tree: "tokens",
+            reason: e.to_string(),
+        })?;
+        self.tokens.insert(rec.hash.as_bytes(), json)?;
+        self.token_ids
+            .insert(rec.id.as_bytes(), rec.hash.as_bytes())?;
+        Ok(())
+    }
+
+    fn decode_token(v: &[u8]) -> Result<TokenRecord> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            tree: "tokens",
+            reason: e.to_string(),
+        })
+    }
+
+    /// The token with this secret hash.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        self.tokens
+            .get(hash.as_bytes())?
+            .map(|v| Self::decode_token(&v))
+            .transpose()
+    }
+
+    pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
+        match self.token_ids.get(id.as_bytes())? {
+            Some(hash) => match std::str::from_utf8(&hash) {
+                Ok(h) => self.token_by_hash(h),
+                Err(e) => Err(StoreError::Corrupt {
+                    tree: "token_ids",
+                    reason: e.to_string(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.tokens
+            .iter()
+            .values()
+            .map(|v| Self::decode_token(&v?))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ regions
+
+    pub fn put_region(&self, r: &v1::Region) -> Result<()> {
+        self.regions.insert(r.name.as_bytes(), r.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_region(&self, name: &str) -> Result<Option<v1::Region>> {
+        self.regions
+            .get(name.as_bytes())?
+            .map(|v| decode("regions", &v))
+            .transpose()
+    }
+
+    pub fn list_regions(&self) -> Result<Vec<v1::Region>> {
+        self.regions
+            .iter()
+            .values()
+            .map(|v| decode("regions", &v?))
+            .collect()
+    }
+
+    pub fn delete_region(&self, name: &str) -> Result<bool> {
+        Ok(self.regions.remove(name.as_bytes())?.is_some())
+    }
+
+    // ------------------------------------------------------------ agents
+
+    pub fn put_agent(&self, a: &v1::Agent) -> Result<()> {
+        self.agents
+            .insert(a.agent_id.as_bytes(), a.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_agent(&self, id: &str) -> Result<Option<v1::Agent>> {
+        self.agents
+            .get(id.as_bytes())?
+            .map(|v| decode("agents", &v))
+            .transpose()
+    }
+
+    pub fn list_agents(&self) -> Result<Vec<v1::Agent>> {
+        self.agents
+            .iter()
+            .values()
+            .map(|v| decode("agents", &v?))
+            .collect()
+    }
+
+    /// The highest sequence number durable for this agent (0 = none).
+    pub fn acked_seq(&self, agent_id: &str) -> Result<u64> {
+        Ok(self
+            .agent_seq
+            .get(agent_id.as_bytes())?
+            .map_or(0, |v| seq_of(&v)))
+    }
+
+    // ------------------------------------------------------------ monitors
+
+    pub fn put_monitor(&self, m: &v1::Monitor) -> Result<()> {
+        self.monitors.insert(m.id.as_bytes(), m.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_monitor(&self, id: &str) -> Result<Option<v1::Monitor>> {
+        self.monitors
+            .get(id.as_bytes())?
+            .map(|v| decode("monitors", &v))
+            .transpose()
+    }
+
+    pub fn list_monitors(&self) -> Result<Vec<v1::Monitor>> {
+        self.monitors
+            .iter()
+            .values()
+            .map(|v| decode("monitors", &v?))
+            .collect()
+    }
+
+    /// Removes a monitor and its latest results; its history ages out with retention.
+    pub fn delete_monitor(&self, id: &str) -> Result<bool> {
+        let existed = self.monitors.remove(id.as_bytes())?.is_some();
+        for key in self.latest.scan_prefix(prefix(id)).keys() {
+            self.latest.remove(key?)?;
+        }
+        Ok(existed)
+    }
+
+    // ------------------------------------------------------------ results
+
+    /// Stores a batch from one agent in one transaction and flushes it; the
+    /// agent's acknowledged sequence becomes at least `up_to`.
+    /// Results with `seq <= acked` are duplicates of a replay and are skipped.
+    /// `region` is the agent's region from its token; it overwrites whatever the
+    /// result says.
+    pub async fn ingest(
+        &self,
+        agent_id: &str,
+        region: &str,
+        batch: &[Ingest<'_>],
+        up_to: u64,
+    ) -> Result<Ingested> {
+        let out = (&self.history, &self.latest, &self.agent_seq).transaction(
+            |(history, latest, agent_seq)| {
+                let mut acked = agent_seq
+                    .get(agent_id.as_bytes())?
+                    .map_or(0, |v| seq_of(&v));
+                let mut out = Ingested::default();
+                for (i, item) in batch.iter().enumerate() {
+                    if item.seq <= acked {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    let mut r = item.result.clone();
+                    r.region = region.to_string();
+                    let at = checked_at_us(&r);
+                    let bytes = r.encode_to_vec();
+                    history.insert(
+                        history_key(&r.monitor_id, at, region, agent_id, item.seq),
+                        bytes.clone(),
+                    )?;
+                    let lkey = key2(&r.monitor_id, region);
+                    let newer = match latest.get(&lkey)? {
+                        Some(prev) => {
+                            let prev: v1::CheckResult =
+                                v1::CheckResult::decode(&*prev).map_err(|e| {
+                                    ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                        tree: "latest",
+                                        reason: e.to_string(),
+                                    })
+                                })?;
+                            at >= checked_at_us(&prev)
+                        }
+                        None => true,
+                    };
+                    if newer {
+                        latest.insert(lkey, bytes)?;
+                        out.became_latest.push(i);
+                    }
+                    out.stored += 1;
+                    acked = acked.max(item.seq);
+                }
+                // Refused results are acknowledged too (they must leave the agent's spool).
+                acked = acked.max(up_to);
+                agent_seq.insert(agent_id.as_bytes(), &acked.to_be_bytes())?;
+                out.acked_seq = acked;
+                Ok(out)
+            },
+        )?;
+        // Ack only after flush: the agent deletes what we acknowledge.
+        self.flush().await?;
+        Ok(out)
+    }
+
+    /// The latest result of every region for a monitor.
+    pub fn latest_for(&self, monitor_id: &str) -> Result<Vec<v1::CheckResult>> {
+        self.latest
+            .scan_prefix(prefix(monitor_id))
+            .values()
+            .map(|v| decode("latest", &v?))
+            .collect()
+    }
+
+    /// Every latest result (startup: rebuild the consensus state).
+    pub fn all_latest(&self) -> Result<Vec<v1::CheckResult>> {
+        self.latest
+            .iter()
+            .values()
+            .map(|v| decode("latest", &v?))
+            .collect()
+    }
+
+    /// History of a monitor in `[since_us, until_us)`, oldest first, optionally one region.
+    pub fn history(
+        &self,
+        monitor_id: &str,
+        since_us: u64,
+        until_us: u64,
+        region: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let mut start = prefix(monitor_id);
+        start.extend_from_slice(&since_us.to_be_bytes());
+        if let Some(after) = after {
+            let mut k = hex::decode(after).map_err(|e| StoreError::Corrupt {
+                tree: "history",
+                reason: format!("page token: {e}"),
+            })?;
+            // Strictly after the last key returned.
+            k.push(0);
+            if k > start {
+                start = k;
+            }
+        }
+        let mut end = prefix(monitor_id);
+        end.extend_from_slice(&until_us.to_be_bytes());
+        let mut results: Vec<(Vec<u8>, v1::CheckResult)> = Vec::new();
+        let mut more = false;
+        for item in self.history.range(start..end) {
+            let (k, v) = item?;
+            let r: v1::CheckResult = decode("history", &v)?;
+            if region.is_some_and(|want| want != r.region) {
+                continue;
+            }
+            if results.len() == limit {
+                more = true;
+                break;
+            }
+            results.push((k.to_vec(), r));
+        }
+        // The page token is the last returned key; the next page starts after it.
+        let next = if more {
+            results.last().map(|(k, _)| hex::encode(k))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            results: results.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
+    }
+
+    /// Number of stored history rows (all monitors).
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Deletes history older than `cutoff_us`. Returns how many rows went.
+    pub fn prune_history(&self, cutoff_us: u64) -> Result<usize> {
+        let mut removed = 0;
+        let monitors: Vec<String> = self
+            .monitors
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| String::from_utf8(k.to_vec()).ok()))
+            .collect();
+        // Deleted monitors' history too: walk every distinct prefix in the tree.
+        let mut prefixes: Vec<Vec<u8>> = monitors.iter().map(|m| prefix(m)).collect();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let next = match &cursor {
+                None => self.history.iter().next(),
+                Some(c) => self.history.range(c.clone()..).next(),
+            };
+            let Some(item) = next else { break };
+            let (k, _) = item?;
+            let Some(pos) = k.iter().position(|b| *b == SEP) else {
+                break;
+            };
+            let p = k[..=pos].to_vec();
+            if !prefixes.contains(&p) {
+                prefixes.push(p.clone());
+            }
+            let mut after = p;
+            after.push(0xff);
+            cursor = Some(after);
+        }
+        for p in prefixes {
+            let mut end = p.clone();
+            end.extend_from_slice(&cutoff_us.to_be_bytes());
+            let keys: Vec<_> = self
+                .history
+                .range(p..end)
+                .keys()
+                .collect::<std::result::Result<_, _>>()?;
+            for k in keys {
+                self.history.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ------------------------------------------------------------ incidents
+
+    /// Writes an incident; keeps the one-open-incident-per-monitor index in step.
+    pub fn put_incident(&self, i: &v1::Incident) -> Result<()> {
+        let open = i.closed_at.is_none();
+        (&self.incidents, &self.open_incidents).transaction(|(incidents, open_idx)| {
+            incidents.insert(i.id.as_bytes(), i.encode_to_vec())?;
+            if open {
+                open_idx.insert(i.monitor_id.as_bytes(), i.id.as_bytes())?;
+            } else if open_idx.get(i.monitor_id.as_bytes())?.as_deref() == Some(i.id.as_bytes()) {
+                open_idx.remove(i.monitor_id.as_bytes())?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    pub fn get_incident(&self, id: &str) -> Result<Option<v1::Incident>> {
+        self.incidents
+            .get(id.as_bytes())?
+            .map(|v| decode("incidents", &v))
+            .transpose()
+    }
+
+    /// The open incident of a monitor, if any.
+    pub fn open_incident(&self, monitor_id: &str) -> Result<Option<v1::Incident>> {
+        match self.open_incidents.get(monitor_id.as_bytes())? {
+            Some(id) => match std::str::from_utf8(&id) {
+                Ok(id) => self.get_incident(id),
+                Err(e) => Err(StoreError::Corrupt {
+                    tree: "open_incidents",
+                    reason: e.to_string(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Every incident, newest first (ids sort by creation time).
+    pub fn list_incidents(&self) -> Result<Vec<v1::Incident>> {
+        self.incidents
+            .iter()
+            .rev()
+            .map(|kv| decode("incidents", &kv?.1))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ outbox
+
+    /// The outbox tree, for the notifications worker (issue: notifications).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portwatch_proto::time::{from_unix_micros, to_timestamp};
+
+    fn result(monitor: &str, at_us: u64, outcome: v1::Outcome) -> v1::CheckResult {
+        v1::CheckResult {
+            monitor_id: monitor.into(),
+            region: "ignored".into(),
+            checked_at: Some(to_timestamp(from_unix_micros(at_us))),
+            outcome: outcome as i32,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ingest_dedups_replays_and_keeps_latest_moving_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b, c) = (
+            result("m1", 2_000_000, v1::Outcome::Ok),
+            result("m1", 3_000_000, v1::Outcome::Refused),
+            result("m1", 1_000_000, v1::Outcome::Ok),
+        );
+        let batch = [Ingest { seq: 1, result: &a }, Ingest { seq: 2, result: &b }];
+        let out = store.ingest("agent-1", "eu", &batch, 0).await.unwrap();
+        assert_eq!((out.stored, out.duplicates, out.acked_seq), (2, 0, 2));
+
+        // A replay of the same batch stores nothing twice.
+        let out = store.ingest("agent-1", "eu", &batch, 0).await.unwrap();
+        assert_eq!((out.stored, out.duplicates), (0, 2));
+        assert_eq!(store.history_len(), 2);
+
+        // An old result (replayed late) goes to history but not to latest.
+        let out = store
+            .ingest("agent-1", "eu", &[Ingest { seq: 3, result: &c }], 0)
+            .await
+            .unwrap();
+        assert_eq!(out.stored, 1);
+        assert!(out.became_latest.is_empty());
+        let latest = store.latest_for("m1").unwrap();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].outcome, v1::Outcome::Refused as i32);
+        assert_eq!(
+            latest[0].region, "eu",
+            "the region comes from the caller, not the result"
+        );
+        assert_eq!(store.acked_seq("agent-1").unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn history_pages_by_time_and_region_and_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rs: Vec<_> = (0..10u64)
+            .map(|i| result("m1", (i + 1) * 1_000_000, v1::Outcome::Ok))
+            .collect();
+        let batch: Vec<_> = rs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Ingest {
+                seq: i as u64 + 1,
+                result: r,
+            })
+            .collect();
+        store.ingest("a", "eu", &batch[..5], 0).await.unwrap();
+        store.ingest("b", "us", &batch[5..], 0).await.unwrap();
+
+        let page = store.history("m1", 0, u64::MAX, None, None, 4).unwrap();
+        assert_eq!(page.results.len(), 4);
+        let next = page.next.clone().expect("more pages");
+        let page2 = store
+            .history("m1", 0, u64::MAX, None, Some(&next), 4)
+            .unwrap();
+        assert_eq!(checked_at_us(&page2.results[0]), 5_000_000);
+        let page3 = store
+            .history("m1", 0, u64::MAX, None, page2.next.as_deref(), 4)
+            .unwrap();
+        assert_eq!(page3.results.len(), 2);
+        assert!(page3.next.is_none());
+
+        let window = store
+            .history("m1", 3_000_000, 6_000_000, None, None, 100)
+            .unwrap();
+        assert_eq!(window.results.len(), 3, "since inclusive, until exclusive");
+        let us = store
+            .history("m1", 0, u64::MAX, Some("us"), None, 100)
+            .unwrap();
+        assert_eq!(us.results.len(), 5);
+
+        assert_eq!(store.prune_history(4_000_000).unwrap(), 3);
+        assert_eq!(store.history_len(), 7);
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_monitor(&v1::Monitor {
+                    id: "m1".into(),
+                    port: 22,
+                    ..Default::default()
+                })
+                .unwrap();
+            let open = v1::Incident {
+                id: "i1".into(),
+                monitor_id: "m1".into(),
+                ..Default::default()
+            };
+            store.put_incident(&open).unwrap();
+            let r = result("m1", 1, v1::Outcome::Ok);
+            store
+                .ingest("a", "eu", &[Ingest { seq: 7, result: &r }], 0)
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.get_monitor("m1").unwrap().map(|m| m.port), Some(22));
+        assert_eq!(
+            store.open_incident("m1").unwrap().map(|i| i.id),
+            Some("i1".into())
+        );
+        assert_eq!(store.acked_seq("a").unwrap(), 7);
+
+        let mut closed = store.get_incident("i1").unwrap().unwrap();
+        closed.closed_at = Some(to_timestamp(from_unix_micros(5)));
+        store.put_incident(&closed).unwrap();
+        assert!(store.open_incident("m1").unwrap().is_none());
+    }
+}
