@@ -1,1 +1,556 @@
-//! End-to-end harness (see issue 7).
+//! Test harness for portwatch: real processes, real TLS, real gRPC clients.
+//!
+//! Used by the end-to-end suite in this crate and by the daemons' integration
+//! tests. Everything runs on loopback; every wait is bounded; every child
+//! process is killed when its handle is dropped, even when a test panics.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use portwatch_proto::v1;
+use portwatch_proto::v1::admin_service_client::AdminServiceClient;
+use portwatch_proto::v1::agent_message::Msg as AgentMsg;
+use portwatch_proto::v1::agent_service_client::AgentServiceClient;
+use portwatch_proto::v1::coordinator_message::Msg as CoordMsg;
+use tokio::sync::mpsc;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+
+/// The operator token every test coordinator uses.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// Installs the ring crypto provider once (rustls needs exactly one).
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written to `dir`.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCert {
+    pub fn generate(dir: &Path) -> TestCert {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("generate a test certificate");
+        let cert_pem = ck.cert.pem();
+        let cert = dir.join("coordinator.pem");
+        let key = dir.join("coordinator.key");
+        std::fs::write(&cert, &cert_pem).expect("write cert");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+        TestCert {
+            cert_pem,
+            cert,
+            key,
+        }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub lines: std_mpsc::Receiver<String>,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout piped; stderr goes to the test's output.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`; returns it.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "{}: no line containing {needle:?} within {timeout:?} (exit: {status:?})",
+                        self.name
+                    )
+                }
+            }
+        }
+    }
+
+    /// SIGKILL, no chance to flush.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let pid = i32::try_from(self.child.id()).ok()?;
+        // SAFETY: sending a signal to our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator process with a temp data dir and TLS.
+pub struct Coordinator {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub cert: TestCert,
+    pub addr: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub extra: String,
+    pub proc: Proc,
+}
+
+impl Coordinator {
+    /// Starts a coordinator; `extra` is appended to its TOML config.
+    pub fn start(bin: &Path, dir: &Path, extra: &str) -> Coordinator {
+        let cert = TestCert::generate(dir);
+        let (proc, addr, metrics) =
+            Self::launch(bin, dir, &cert, extra, "127.0.0.1:0".parse().expect("addr"));
+        Coordinator {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            cert,
+            addr,
+            metrics,
+            extra: extra.to_string(),
+            proc,
+        }
+    }
+
+    fn launch(
+        bin: &Path,
+        dir: &Path,
+        cert: &TestCert,
+        extra: &str,
+        listen: SocketAddr,
+    ) -> (Proc, SocketAddr, Option<SocketAddr>) {
+        let config = dir.join("coordinator.toml");
+        let text = format!(
+            "listen = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\noperator_token = \"{OPERATOR_TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\nevaluate_every = \"200ms\"\n{extra}\n",
+            dir.join("data").display(),
+            cert.cert.display(),
+            cert.key.display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PORTWATCH_LOG", "info");
+        let mut proc = Proc::spawn("coordinator", cmd);
+        let metrics_line = proc.wait_line("metrics on http://", Duration::from_secs(20));
+        let metrics = metrics_line
+            .rsplit("http://")
+            .next()
+            .and_then(|s| s.trim_end_matches("/metrics").parse().ok());
+        let line = proc.wait_line("listening on https://", Duration::from_secs(20));
+        let addr: SocketAddr = line
+            .rsplit("https://")
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .expect("listen address in the log line");
+        (proc, addr, metrics)
+    }
+
+    /// Restarts on the same address and data dir (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        let (proc, addr, metrics) =
+            Self::launch(&self.bin, &self.dir, &self.cert, &self.extra, self.addr);
+        self.proc = proc;
+        self.addr = addr;
+        self.metrics = metrics;
+    }
+
+    /// A TLS channel to the coordinator.
+    pub async fn channel(&self) -> Channel {
+        crypto();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.cert.cert_pem))
+            .domain_name("localhost");
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls config")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to the coordinator")
+    }
+
+    /// An admin client presenting `token`.
+    pub async fn admin(&self, token: &str) -> Admin {
+        AdminServiceClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.metrics.expect("metrics address");
+        http_get(addr, "/metrics").await
+    }
+}
+
+/// A minimal HTTP GET over loopback (for `/metrics`).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("read in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Bearer {
+        Bearer(format!("Bearer {token}").parse().expect("ascii token"))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Operator set-up shortcuts.
+pub struct Setup;
+
+impl Setup {
+    /// Creates a tenant on `plan`; returns its id and token.
+    pub async fn tenant(op: &mut Admin, id: &str, plan: v1::Plan) -> (String, String) {
+        let r = op
+            .create_tenant(v1::CreateTenantRequest {
+                id: id.into(),
+                name: format!("Tenant {id}"),
+                plan: plan as i32,
+            })
+            .await
+            .expect("create tenant")
+            .into_inner();
+        (r.tenant.expect("tenant").id, r.token)
+    }
+
+    /// Creates a region (public when `owner` is empty).
+    pub async fn region(op: &mut Admin, name: &str, owner: &str) {
+        op.create_region(v1::CreateRegionRequest {
+            name: name.into(),
+            description: String::new(),
+            owner_tenant_id: owner.into(),
+        })
+        .await
+        .expect("create region");
+    }
+
+    /// Creates an agent token for a region; returns the secret.
+    pub async fn agent_token(op: &mut Admin, region: &str) -> String {
+        op.create_agent_token(v1::CreateAgentTokenRequest {
+            region: region.into(),
+            description: "test".into(),
+        })
+        .await
+        .expect("create agent token")
+        .into_inner()
+        .token
+    }
+}
+
+/// A hand-driven agent: a real gRPC stream, messages under the test's control.
+pub struct FakeAgent {
+    pub agent_id: String,
+    pub tx: mpsc::Sender<v1::AgentMessage>,
+    pub rx: mpsc::UnboundedReceiver<Result<v1::CoordinatorMessage, Status>>,
+    pub next_seq: u64,
+    /// Monitors currently assigned (snapshot + updates applied).
+    pub assigned: std::collections::BTreeMap<String, v1::Assignment>,
+    pub welcome: Option<v1::Welcome>,
+    pub acked: u64,
+    pub check_now: Vec<String>,
+    pub drained: bool,
+    /// Whether the first snapshot arrived.
+    pub snapshot: bool,
+}
+
+impl FakeAgent {
+    /// Connects and says hello; fails with the server's status.
+    pub async fn connect(
+        coord: &Coordinator,
+        token: &str,
+        agent_id: &str,
+    ) -> Result<FakeAgent, Status> {
+        let mut client =
+            AgentServiceClient::with_interceptor(coord.channel().await, Bearer::new(token));
+        let (tx, out_rx) = mpsc::channel::<v1::AgentMessage>(1024);
+        tx.send(v1::AgentMessage {
+            msg: Some(AgentMsg::Hello(v1::Hello {
+                agent_id: agent_id.into(),
+                version: "test".into(),
+                capabilities: vec![],
+                assignment_revision: 0,
+                last_seq: 0,
+                hostname: "test-host".into(),
+            })),
+        })
+        .await
+        .map_err(|_| Status::internal("queue"))?;
+        let response = client
+            .connect(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+            .await?;
+        let mut inbound = response.into_inner();
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if in_tx.send(Ok(m)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = in_tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut agent = FakeAgent {
+            agent_id: agent_id.into(),
+            tx,
+            rx: in_rx,
+            next_seq: 1,
+            assigned: Default::default(),
+            welcome: None,
+            acked: 0,
+            check_now: Vec::new(),
+            drained: false,
+            snapshot: false,
+        };
+        // Welcome and snapshot come first.
+        agent
+            .pump_until(Duration::from_secs(5), |a| {
+                a.welcome.is_some() && a.snapshot
+            })
+            .await?;
+        let acked = agent.welcome.as_ref().map_or(0, |w| w.acked_seq);
+        agent.next_seq = acked + 1;
+        agent.acked = acked;
+        Ok(agent)
+    }
+
+    fn apply(&mut self, m: v1::CoordinatorMessage) {
+        match m.msg {
+            Some(CoordMsg::Welcome(w)) => self.welcome = Some(w),
+            Some(CoordMsg::Snapshot(s)) => {
+                self.snapshot = true;
+                self.assigned = s
+                    .assignments
+                    .into_iter()
+                    .map(|a| (a.monitor_id.clone(), a))
+                    .collect();
+            }
+            Some(CoordMsg::Update(u)) => {
+                for id in u.removals {
+                    self.assigned.remove(&id);
+                }
+                for a in u.upserts {
+                    self.assigned.insert(a.monitor_id.clone(), a);
+                }
+            }
+            Some(CoordMsg::Ack(a)) => self.acked = self.acked.max(a.up_to_seq),
+            Some(CoordMsg::CheckNow(c)) => self.check_now.extend(c.monitor_ids),
+            Some(CoordMsg::Drain(_)) => self.drained = true,
+            None => {}
+        }
+    }
+
+    /// Applies incoming messages until `done` holds or the time runs out.
+    pub async fn pump_until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&FakeAgent) -> bool,
+    ) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Ok(m))) => self.apply(m),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) => return Err(Status::unavailable("stream closed")),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "condition not met within {timeout:?}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a result for `monitor_id` with `outcome`, checked now; returns its seq.
+    pub async fn report(&mut self, monitor_id: &str, outcome: v1::Outcome) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let result = result(monitor_id, outcome, std::time::SystemTime::now());
+        self.send_batch(vec![(seq, result)]).await;
+        seq
+    }
+
+    /// Sends a batch of (seq, result).
+    pub async fn send_batch(&mut self, items: Vec<(u64, v1::CheckResult)>) {
+        let results = items
+            .into_iter()
+            .map(|(seq, r)| v1::SequencedResult {
+                seq,
+                result: Some(r),
+            })
+            .collect();
+        self.tx
+            .send(v1::AgentMessage {
+                msg: Some(AgentMsg::Results(v1::ResultBatch { results })),
+            })
+            .await
+            .expect("agent stream open");
+    }
+
+    /// Reports and waits for the acknowledgement.
+    pub async fn report_acked(&mut self, monitor_id: &str, outcome: v1::Outcome) -> u64 {
+        let seq = self.report(monitor_id, outcome).await;
+        self.pump_until(Duration::from_secs(5), |a| a.acked >= seq)
+            .await
+            .expect("ack");
+        seq
+    }
+
+    /// Sends heartbeats every 300 ms until this agent is dropped.
+    pub fn keepalive(&self) {
+        let weak = self.tx.downgrade();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let Some(tx) = weak.upgrade() else { return };
+                let hb = v1::AgentMessage {
+                    msg: Some(AgentMsg::Heartbeat(v1::Heartbeat::default())),
+                };
+                if tx.send(hb).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    pub async fn heartbeat(&self) {
+        let _ = self
+            .tx
+            .send(v1::AgentMessage {
+                msg: Some(AgentMsg::Heartbeat(v1::Heartbeat {
+                    sent_at: Some(portwatch_proto::time::to_timestamp(
+                        std::time::SystemTime::now(),
+                    )),
+                    ..Default::default()
+                })),
+            })
+            .await;
+    }
+}
+
+/// A result as an agent would send it.
+pub fn result(
+    monitor_id: &str,
+    outcome: v1::Outcome,
+    at: std::time::SystemTime,
+) -> v1::CheckResult {
+    v1::CheckResult {
+        monitor_id: monitor_id.into(),
+        region: "claimed-by-agent".into(),
+        checked_at: Some(portwatch_proto::time::to_timestamp(at)),
+        outcome: outcome as i32,
+        detail: format!("{outcome:?}"),
+        address: "203.0.113.10:5432".into(),
+        dns_us: 10,
+        connect_us: 1234,
+        total_us: 1300,
+        tcp_rtt_us: Some(1000),
+        attempts: vec![],
+        generation: 1,
+        immediate: false,
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: not true within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -121,15 +121,19 @@ pub fn rendezvous<'a>(agents: impl IntoIterator<Item = &'a str>, monitor: &str) 
 
 /// The monitor's consensus settings.
 pub fn rules_for(m: &v1::Monitor, offline_grace: Duration) -> Rules {
+    let interval = Duration::from_millis(m.interval_ms.max(1));
+    let timeout = Duration::from_millis(u64::from(m.timeout_ms.max(1)));
     Rules {
         policy: if m.consensus == v1::ConsensusPolicy::Unanimous as i32 {
             Policy::Unanimous
         } else {
             Policy::Quorum
         },
-        interval: Duration::from_millis(m.interval_ms.max(1)),
-        timeout: Duration::from_millis(u64::from(m.timeout_ms.max(1))),
-        offline_grace,
+        interval,
+        timeout,
+        // A region must not count as "offline past grace" while its last result is
+        // still fresh: that would let a fresh down stop holding recovery back.
+        offline_grace: offline_grace.max(consensus::freshness_window(interval, timeout)),
     }
 }
 
@@ -490,6 +494,32 @@ impl Hub {
                 s.info.dropped_total = hb.dropped_total;
             }
         }
+    }
+
+    /// Asks every connected agent to drain: finish, flush, close, reconnect later.
+    pub fn drain_all(&self, reason: &str) {
+        let st = self.lock();
+        for s in st.sessions.values().flatten() {
+            let _ = s.tx.send(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::Drain(v1::Drain {
+                    reason: reason.to_string(),
+                    reconnect_after_ms: 1000,
+                })),
+            });
+        }
+    }
+
+    /// Whether a session is still registered.
+    pub fn session_alive(&self, region: &str, session: u64) -> bool {
+        let st = self.lock();
+        st.sessions
+            .get(region)
+            .is_some_and(|v| v.iter().any(|s| s.session == session))
+    }
+
+    /// Counts a refused result.
+    pub fn count_refused(&self) {
+        self.count(|c| c.refused_results += 1);
     }
 
     /// Sessions silent for longer than the heartbeat timeout.
@@ -886,5 +916,69 @@ mod tests {
             assert!((250..420).contains(&n), "{agent} owns {n} of 1000: uneven");
         }
         assert_eq!(rendezvous(std::iter::empty(), "x"), None);
+    }
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    use super::*;
+
+    fn monitor(id: &str, regions: &[&str], tenant: &str) -> v1::Monitor {
+        v1::Monitor {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            host: "db.example.com".into(),
+            port: 5432,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            interval_ms: 60_000,
+            timeout_ms: 3000,
+            generation: 1,
+            ..Default::default()
+        }
+    }
+
+    fn region(name: &str, owner: &str) -> v1::Region {
+        v1::Region {
+            name: name.into(),
+            owner_tenant_id: owner.into(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot_ids(rx: &mut mpsc::UnboundedReceiver<v1::CoordinatorMessage>) -> Vec<String> {
+        while let Ok(m) = rx.try_recv() {
+            if let Some(v1::coordinator_message::Msg::Snapshot(s)) = m.msg {
+                let mut ids: Vec<String> =
+                    s.assignments.into_iter().map(|a| a.monitor_id).collect();
+                ids.sort();
+                return ids;
+            }
+        }
+        panic!("no snapshot")
+    }
+
+    #[test]
+    fn snapshot_holds_the_regions_monitors_and_private_regions_only_their_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::load(Store::open(dir.path()).unwrap(), HubSettings::default()).unwrap();
+        hub.region_changed(Some(region("eu", "")), "eu");
+        hub.region_changed(Some(region("dc", "acme")), "dc");
+        hub.monitor_changed(monitor("m1", &["eu"], "acme"));
+        hub.monitor_changed(monitor("m2", &["eu", "dc"], "acme"));
+        hub.monitor_changed(monitor("m3", &["dc"], "bravo"));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = v1::Agent {
+            agent_id: "a".into(),
+            ..Default::default()
+        };
+        hub.agent_connected("eu", info.clone(), tx);
+        assert_eq!(snapshot_ids(&mut rx), ["m1", "m2"]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        hub.agent_connected("dc", info, tx);
+        assert_eq!(
+            snapshot_ids(&mut rx),
+            ["m2"],
+            "bravo's monitor never reaches acme's private region"
+        );
     }
 }

@@ -2,6 +2,14 @@
 //! decides with the multi-region consensus rule whether a port is down, opens and
 //! closes incidents.
 
+pub mod admin;
+pub mod agents;
+pub mod auth;
+pub mod config;
 pub mod consensus;
 pub mod hub;
+pub mod metrics_http;
+pub mod plans;
+pub mod server;
 pub mod store;
+pub mod validate;

@@ -1,0 +1,200 @@
+//! Bearer tokens: who is calling.
+//!
+//! Only the SHA-256 of a secret is stored or compared, so a copy of the store
+//! does not hand out working tokens. The operator token comes from the config;
+//! tenant and agent tokens are created through the admin API. An agent's region
+//! is the one its token is bound to, whatever the agent says about itself.
+
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::store::{Store, TokenScope};
+
+/// Who an admin call comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Tenant(String),
+}
+
+/// SHA-256 of a token secret, hex.
+pub fn hash_token(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A fresh random secret with a readable prefix ("pwt_" tenant, "pwa_" agent).
+pub fn new_secret(prefix: &str) -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// The bearer token of a request, or UNAUTHENTICATED.
+pub fn bearer(md: &MetadataMap) -> Result<&str, Status> {
+    let value = md.get("authorization").ok_or_else(|| {
+        Status::unauthenticated("authorization: missing; send `authorization: Bearer <token>`")
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization: not valid ASCII"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization: expected `Bearer <token>`"))?
+        .trim();
+    if token.is_empty() {
+        return Err(Status::unauthenticated("authorization: empty token"));
+    }
+    Ok(token)
+}
+
+/// Resolves tokens against the operator token and the store.
+#[derive(Clone)]
+pub struct Auth {
+    operator_hash: String,
+    store: Store,
+}
+
+impl Auth {
+    pub fn new(operator_token: &str, store: Store) -> Auth {
+        Auth {
+            operator_hash: hash_token(operator_token),
+            store,
+        }
+    }
+
+    /// The caller of an admin RPC.
+    pub fn admin(&self, md: &MetadataMap) -> Result<Caller, Status> {
+        let hash = hash_token(bearer(md)?);
+        if constant_time_eq(hash.as_bytes(), self.operator_hash.as_bytes()) {
+            return Ok(Caller::Operator);
+        }
+        match self.store.token_by_hash(&hash) {
+            Ok(Some(t)) if !t.revoked => match t.scope {
+                TokenScope::Tenant { tenant_id } => Ok(Caller::Tenant(tenant_id)),
+                TokenScope::Agent { .. } => Err(Status::permission_denied(
+                    "an agent token cannot call the admin API",
+                )),
+            },
+            Ok(_) => Err(Status::unauthenticated(
+                "authorization: unknown or revoked token",
+            )),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    /// The region of an agent's token.
+    pub fn agent_region(&self, md: &MetadataMap) -> Result<String, Status> {
+        let hash = hash_token(bearer(md)?);
+        match self.store.token_by_hash(&hash) {
+            Ok(Some(t)) if !t.revoked => match t.scope {
+                TokenScope::Agent { region } => Ok(region),
+                TokenScope::Tenant { .. } => Err(Status::permission_denied(
+                    "a tenant token cannot connect as an agent",
+                )),
+            },
+            Ok(_) => Err(Status::unauthenticated(
+                "authorization: unknown or revoked agent token",
+            )),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRecord;
+
+    fn md(v: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", v.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn tokens_resolve_to_their_scope_and_revoked_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let auth = Auth::new("op-secret", store.clone());
+        let tenant = new_secret("pwt_");
+        let agent = new_secret("pwa_");
+        for (id, secret, scope) in [
+            (
+                "t1",
+                &tenant,
+                TokenScope::Tenant {
+                    tenant_id: "acme".into(),
+                },
+            ),
+            (
+                "a1",
+                &agent,
+                TokenScope::Agent {
+                    region: "eu".into(),
+                },
+            ),
+        ] {
+            store
+                .put_token(&TokenRecord {
+                    id: id.into(),
+                    hash: hash_token(secret),
+                    scope,
+                    description: String::new(),
+                    created_at_us: 0,
+                    revoked: false,
+                })
+                .unwrap();
+        }
+        assert_eq!(
+            auth.admin(&md("Bearer op-secret")).unwrap(),
+            Caller::Operator
+        );
+        assert_eq!(
+            auth.admin(&md(&format!("Bearer {tenant}"))).unwrap(),
+            Caller::Tenant("acme".into())
+        );
+        assert_eq!(
+            auth.agent_region(&md(&format!("Bearer {agent}"))).unwrap(),
+            "eu"
+        );
+        assert_eq!(
+            auth.admin(&md(&format!("Bearer {agent}")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            auth.agent_region(&md(&format!("Bearer {tenant}")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            auth.admin(&md("Bearer nope")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.admin(&md("Basic xyz")).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            auth.admin(&MetadataMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+
+        let mut rec = store.token_by_id("a1").unwrap().unwrap();
+        rec.revoked = true;
+        store.put_token(&rec).unwrap();
+        assert_eq!(
+            auth.agent_region(&md(&format!("Bearer {agent}")))
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! The coordinator's configuration: one struct, from a TOML file, every key
+//! overridable by a flag and an environment variable.
+//!
+//! Precedence: flag or environment variable, then the file, then the default.
+//! Everything is validated at start; an error names the key and the reason and
+//! the process exits non-zero before touching any state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::plans::Plans;
+
+/// Command-line flags (each also an environment variable).
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "portwatch-coordinator",
+    version,
+    about = "portwatch coordinator"
+)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "PORTWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (agents and admin API). Port 0 picks a free port.
+    #[arg(long, env = "PORTWATCH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` listen address.
+    #[arg(long, env = "PORTWATCH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Directory of the sled store.
+    #[arg(long, env = "PORTWATCH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The operator's bearer token (at least 16 characters).
+    #[arg(long, env = "PORTWATCH_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Server certificate chain (PEM).
+    #[arg(long, env = "PORTWATCH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "PORTWATCH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) for client certificates: when set, clients must present one (mTLS).
+    #[arg(long, env = "PORTWATCH_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve without TLS. Only for a loopback listen address (local development).
+    #[arg(long, env = "PORTWATCH_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// How long to keep result history, e.g. "30d".
+    #[arg(long, env = "PORTWATCH_RETENTION")]
+    pub retention: Option<String>,
+    /// How often agents send heartbeats, e.g. "5s".
+    #[arg(long, env = "PORTWATCH_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Silence after which an agent is considered gone, e.g. "15s".
+    #[arg(long, env = "PORTWATCH_HEARTBEAT_TIMEOUT")]
+    pub heartbeat_timeout: Option<String>,
+    /// How long a region may be unknown before it stops holding recovery back.
+    #[arg(long, env = "PORTWATCH_OFFLINE_GRACE")]
+    pub offline_grace: Option<String>,
+    /// How often every monitor is re-evaluated without new results, e.g. "1s".
+    #[arg(long, env = "PORTWATCH_EVALUATE_EVERY")]
+    pub evaluate_every: Option<String>,
+    /// Log format: human or json.
+    #[arg(long, env = "PORTWATCH_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. "info" or "portwatch_coordinator=debug".
+    #[arg(long, env = "PORTWATCH_LOG")]
+    pub log: Option<String>,
+}
+
+/// The file form: every key optional; unknown keys are errors.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub operator_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub insecure_plaintext: Option<bool>,
+    pub retention: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub heartbeat_timeout: Option<String>,
+    pub offline_grace: Option<String>,
+    pub evaluate_every: Option<String>,
+    pub log_format: Option<String>,
+    pub log: Option<String>,
+    pub plans: Option<Plans>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// TLS material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub operator_token: String,
+    /// None only with `insecure_plaintext` on a loopback address.
+    pub tls: Option<Tls>,
+    pub retention: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub offline_grace: Duration,
+    pub evaluate_every: Duration,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub plans: Plans,
+}
+
+/// A configuration error: the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<String>,
+    default: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let s = v.unwrap_or_else(|| default.to_string());
+    let d = humantime::parse_duration(&s).map_err(|e| err(key, format!("{s:?}: {e}")))?;
+    if d < min || d > max {
+        return Err(err(
+            key,
+            format!(
+                "{s:?} is out of range; must be {}-{}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// Reads the file named by `args.config` (if any) and merges the flags over it.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::merge(args, file)
+    }
+
+    /// Merges flags over a parsed file and validates the result.
+    pub fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| err("data_dir", "required (the directory of the sled store)"))?;
+        let operator_token = args
+            .operator_token
+            .or(file.operator_token)
+            .ok_or_else(|| err("operator_token", "required (or PORTWATCH_OPERATOR_TOKEN)"))?;
+        if operator_token.len() < 16 {
+            return Err(err("operator_token", "must be at least 16 characters"));
+        }
+        if operator_token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(err(
+                "operator_token",
+                "must not contain whitespace or control characters",
+            ));
+        }
+        let insecure = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+        let cert = args.tls_cert.or(file.tls_cert);
+        let key = args.tls_key.or(file.tls_key);
+        let client_ca = args.client_ca.or(file.client_ca);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(Tls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (Some(_), None) => return Err(err("tls_key", "required when tls_cert is set")),
+            (None, Some(_)) => return Err(err("tls_cert", "required when tls_key is set")),
+            (None, None) if insecure => {
+                if !listen.ip().is_loopback() {
+                    return Err(err(
+                        "insecure_plaintext",
+                        format!("only allowed on a loopback listen address, not {listen}"),
+                    ));
+                }
+                None
+            }
+            (None, None) => {
+                return Err(err(
+                    "tls_cert",
+                    "required (or set insecure_plaintext for loopback development)",
+                ));
+            }
+        };
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            args.heartbeat_interval.or(file.heartbeat_interval),
+            "5s",
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
+        let heartbeat_timeout = duration(
+            "heartbeat_timeout",
+            args.heartbeat_timeout.or(file.heartbeat_timeout),
+            "15s",
+            Duration::from_millis(300),
+            Duration::from_secs(900),
+        )?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(err(
+                "heartbeat_timeout",
+                "must be longer than heartbeat_interval",
+            ));
+        }
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(
+                    "log_format",
+                    format!("{other:?}; must be human or json"),
+                ));
+            }
+        };
+        Ok(Config {
+            listen,
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            data_dir,
+            operator_token,
+            tls,
+            retention: duration(
+                "retention",
+                args.retention.or(file.retention),
+                "30d",
+                Duration::from_secs(60),
+                Duration::from_secs(3650 * 86_400),
+            )?,
+            heartbeat_interval,
+            heartbeat_timeout,
+            offline_grace: duration(
+                "offline_grace",
+                args.offline_grace.or(file.offline_grace),
+                "10m",
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            evaluate_every: duration(
+                "evaluate_every",
+                args.evaluate_every.or(file.evaluate_every),
+                "1s",
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+            )?,
+            log_format,
+            log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
+            plans: file.plans.unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("config", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| err("config", format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args {
+            data_dir: Some("/tmp/x".into()),
+            operator_token: Some("0123456789abcdef".into()),
+            insecure_plaintext: true,
+            ..Args::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply_and_flags_beat_the_file() {
+        let file: FileConfig =
+            toml::from_str("retention = \"7d\"\nheartbeat_interval = \"2s\"\n").unwrap();
+        let c = Config::merge(
+            Args {
+                heartbeat_interval: Some("1s".into()),
+                ..args()
+            },
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.offline_grace, Duration::from_secs(600));
+        assert_eq!(c.listen, "127.0.0.1:7400".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: Vec<(Args, &str, &str)> = vec![
+            (
+                Args {
+                    data_dir: None,
+                    ..args()
+                },
+                "",
+                "data_dir",
+            ),
+            (
+                Args {
+                    operator_token: Some("short".into()),
+                    ..args()
+                },
+                "",
+                "operator_token",
+            ),
+            (
+                Args {
+                    insecure_plaintext: false,
+                    ..args()
+                },
+                "",
+                "tls_cert",
+            ),
+            (
+                Args {
+                    listen: Some("0.0.0.0:7400".parse().unwrap()),
+                    ..args()
+                },
+                "",
+                "insecure_plaintext",
+            ),
+            (
+                Args {
+                    tls_cert: Some("c.pem".into()),
+                    ..args()
+                },
+                "",
+                "tls_key",
+            ),
+            (args(), "retention = \"soon\"", "retention"),
+            (
+                args(),
+                "heartbeat_interval = \"20s\"\nheartbeat_timeout = \"10s\"",
+                "heartbeat_timeout",
+            ),
+            (args(), "log_format = \"xml\"", "log_format"),
+        ];
+        for (a, toml_text, key) in cases {
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            let e = Config::merge(a, file).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        assert!(
+            toml::from_str::<FileConfig>("listen_addr = \"x\"").is_err(),
+            "unknown keys are errors"
+        );
+    }
+}

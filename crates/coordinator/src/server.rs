@@ -1,0 +1,177 @@
+//! Wires the coordinator together: store, hub, gRPC services (agent stream,
+//! admin API, health, reflection), TLS, metrics, the maintenance loop, and
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use portwatch_proto::v1::admin_service_server::AdminServiceServer;
+use portwatch_proto::v1::agent_service_server::AgentServiceServer;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{error, info, warn};
+
+use crate::admin::AdminApi;
+use crate::agents::AgentApi;
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::hub::{Hub, HubSettings};
+use crate::store::Store;
+
+/// How long shutdown waits for agents to drain their streams.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+/// How often history is pruned to the retention window.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs the coordinator until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.data_dir).with_context(|| {
+        format!(
+            "data_dir: opening the store in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let hub = Hub::load(
+        store.clone(),
+        HubSettings {
+            heartbeat_interval: config.heartbeat_interval,
+            heartbeat_timeout: config.heartbeat_timeout,
+            offline_grace: config.offline_grace,
+        },
+    )
+    .context("loading state from the store")?;
+    let auth = Auth::new(&config.operator_token, store.clone());
+
+    if let Some(addr) = config.metrics_listen {
+        let handle = crate::metrics_http::install().map_err(anyhow::Error::msg)?;
+        let bound = crate::metrics_http::serve(addr, handle, shutdown.clone())
+            .await
+            .with_context(|| format!("metrics_listen: binding {addr}"))?;
+        println!("portwatch-coordinator metrics on http://{bound}/metrics");
+        info!(%bound, "metrics listening");
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portwatch_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(tls) = &config.tls {
+        let cert = std::fs::read(&tls.cert)
+            .with_context(|| format!("tls_cert: reading {}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key)
+            .with_context(|| format!("tls_key: reading {}", tls.key.display()))?;
+        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca {
+            let ca = std::fs::read(ca)
+                .with_context(|| format!("client_ca: reading {}", ca.display()))?;
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(tls_config)
+            .context("tls_cert/tls_key: not a usable certificate and key")?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: binding {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("portwatch-coordinator listening on {scheme}://{bound}");
+    info!(%bound, tls = config.tls.is_some(), "coordinator listening");
+
+    let maintenance = tokio::spawn(maintain(hub.clone(), config.clone(), shutdown.clone()));
+
+    let server_stop = CancellationToken::new();
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AgentServiceServer::new(AgentApi::new(
+            hub.clone(),
+            auth.clone(),
+        )))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            hub.clone(),
+            auth,
+            config.plans,
+        )));
+    let serve =
+        router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
+    tokio::pin!(serve);
+
+    tokio::select! {
+        r = &mut serve => r.context("serving gRPC")?,
+        () = shutdown.cancelled() => {
+            info!("shutting down: draining agents");
+            hub.drain_all("coordinator shutting down");
+            let deadline = Instant::now() + DRAIN_WAIT;
+            while Instant::now() < deadline && hub.agents_per_region().iter().any(|(_, n)| *n > 0) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            server_stop.cancel();
+            if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
+                warn!("some streams did not close in time");
+            }
+        }
+    }
+    maintenance.abort();
+    store.flush().await.context("final flush")?;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+/// Heartbeat expiry, periodic evaluation, gauges, retention.
+async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(config.evaluate_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (region, session) in hub.expired_sessions() {
+            warn!(%region, session, "agent missed its heartbeats; dropping its session");
+            hub.agent_disconnected(&region, session);
+        }
+        if let Err(e) = hub.evaluate_all().await {
+            error!(error = %e, "evaluation failed");
+        }
+        for (region, n) in hub.agents_per_region() {
+            metrics::gauge!("portwatch_agents_online", "region" => region).set(n as f64);
+        }
+        metrics::gauge!("portwatch_open_incidents").set(hub.open_incident_count() as f64);
+        let c = hub.counters();
+        metrics::gauge!("portwatch_consensus_evaluations").set(c.evaluations as f64);
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            let cutoff = SystemTime::now()
+                .checked_sub(config.retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            match hub
+                .store()
+                .prune_history(portwatch_proto::time::unix_micros(cutoff))
+            {
+                Ok(n) if n > 0 => info!(removed = n, "pruned result history past retention"),
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "pruning history failed"),
+            }
+        }
+    }
+}

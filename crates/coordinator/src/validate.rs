@@ -1,0 +1,1002 @@
+//! Checks on what the admin API is asked to store, as pure functions.
+//!
+//! The admin API calls these before it writes anything, so a rejected request
+//! changes nothing and every refusal names the field and the reason (design.md,
+//! "Bad input"). Nothing here touches the store, the hub or the clock: the caller
+//! passes in what the check depends on (the tenant's plan, the regions that
+//! exist), which keeps the table test below exhaustive and fast.
+//!
+//! Guarantees of [`monitor`]:
+//! - what it returns is normalised: defaults filled in (name, interval, timeout),
+//!   enums never `UNSPECIFIED`, the host in its canonical form (lower-case ASCII,
+//!   IPv6 without brackets);
+//! - every region exists and is usable by the tenant; a private region of another
+//!   tenant answers exactly like a region that does not exist;
+//! - a host that is non-public by definition (a non-public IP literal, or a name
+//!   such as `localhost`) is refused when any chosen region is public: public
+//!   probes never check private space;
+//! - errors in single fields come first ([`Violation::Invalid`],
+//!   INVALID_ARGUMENT); then the interval is measured against the plan
+//!   ([`Violation::PlanLimit`], FAILED_PRECONDITION); the timeout must be shorter
+//!   than the interval last, so an interval below the plan is reported as such
+//!   rather than as a default timeout that does not fit in it.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use portwatch_check::wire::{port_from_wire, timeout_from_wire};
+use portwatch_check::{AddressPolicy, CloseMode, Family, Host, WireError};
+use portwatch_proto::v1;
+use tonic::Status;
+
+use crate::plans::{PlanLimits, Plans, plan_name};
+
+/// Longest monitor name, in characters.
+pub const MAX_MONITOR_NAME: usize = 200;
+/// Longest tenant name, in characters.
+pub const MAX_TENANT_NAME: usize = 100;
+/// Longest description (regions, tokens), in characters.
+pub const MAX_DESCRIPTION: usize = 200;
+/// Longest id or page token accepted in a request, in characters.
+pub const MAX_ID: usize = 128;
+/// Longest tenant id or region name (a DNS label's length).
+pub const MAX_SLUG: usize = 63;
+/// Most regions one monitor may use.
+pub const MAX_REGIONS: usize = 20;
+/// Most channels one monitor may name.
+pub const MAX_CHANNELS: usize = 20;
+/// Interval used when a request leaves it at 0 (unless the plan asks for more).
+pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
+/// Shortest and longest interval any plan could allow.
+pub const MIN_INTERVAL_MS: u64 = 1_000;
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
+/// Page size used when a request leaves it at 0, and the largest accepted.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+/// Longest user text quoted back in an error message.
+const QUOTED: usize = 40;
+/// A host string longer than this is refused before IDNA ever looks at it.
+const MAX_HOST_INPUT: usize = 1_024;
+
+/// Which gRPC code a refusal maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The request itself is wrong: INVALID_ARGUMENT.
+    Invalid,
+    /// The request is fine but the tenant's plan does not allow it: FAILED_PRECONDITION.
+    PlanLimit,
+}
+
+/// A refused field: `"{field}: {reason}"`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub reason: String,
+    pub violation: Violation,
+}
+
+impl FieldError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            reason: reason.into(),
+            violation: Violation::Invalid,
+        }
+    }
+
+    pub fn plan_limit(field: &'static str, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            reason: reason.into(),
+            violation: Violation::PlanLimit,
+        }
+    }
+}
+
+impl From<WireError> for FieldError {
+    fn from(e: WireError) -> FieldError {
+        FieldError::invalid(e.field, e.reason)
+    }
+}
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Status {
+        match e.violation {
+            Violation::Invalid => Status::invalid_argument(e.to_string()),
+            Violation::PlanLimit => Status::failed_precondition(e.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, FieldError>;
+
+/// User text for an error message: escaped, and cut short when long.
+pub fn quote(s: &str) -> String {
+    if s.chars().count() <= QUOTED {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(QUOTED).collect();
+        format!("{:?}…", head)
+    }
+}
+
+/// A duration in milliseconds as people read it: "30 s", "1500 ms".
+fn human_ms(ms: u64) -> String {
+    if ms.is_multiple_of(1_000) {
+        format!("{} s", ms / 1_000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------- simple fields
+
+/// A tenant id or region name: `[a-z0-9-]`, 1 to 63 characters, not starting or
+/// ending with '-' (they end up in DNS-like names, metric labels and CLI arguments).
+pub fn slug(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    let len = value.chars().count();
+    if len > MAX_SLUG {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at most {MAX_SLUG}"),
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    {
+        return Err(FieldError::invalid(
+            field,
+            format!("invalid character {c:?}; only a-z, 0-9 and '-' are allowed"),
+        ));
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err(FieldError::invalid(field, "must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Free text with a length limit and no control characters; `required` refuses
+/// empty or blank text.
+pub fn text(field: &'static str, value: &str, max: usize, required: bool) -> Result<()> {
+    let len = value.chars().count();
+    if len > max {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at most {max}"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FieldError::invalid(field, "contains a control character"));
+    }
+    if required && value.is_empty() {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    if !value.is_empty() && value.trim().is_empty() {
+        return Err(FieldError::invalid(field, "must not be blank"));
+    }
+    Ok(())
+}
+
+/// An object id named in a request (monitor, incident, token): required, bounded.
+pub fn id(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    optional_id(field, value)
+}
+
+/// An id that may be left empty (a filter, a page token).
+pub fn optional_id(field: &'static str, value: &str) -> Result<()> {
+    let len = value.chars().count();
+    if len > MAX_ID {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at most {MAX_ID}"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError::invalid(
+            field,
+            "contains whitespace or a control character",
+        ));
+    }
+    Ok(())
+}
+
+/// A plan that must be set.
+pub fn plan(value: i32) -> Result<v1::Plan> {
+    match v1::Plan::try_from(value) {
+        Ok(v1::Plan::Unspecified) => Err(FieldError::invalid("plan", "required")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(FieldError::invalid(
+            "plan",
+            format!("unknown value {value}"),
+        )),
+    }
+}
+
+/// A page size: 0 means the default; more than the maximum is refused.
+pub fn page_size(field: &'static str, value: u32) -> Result<usize> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => usize::try_from(value)
+            .map_err(|_| FieldError::invalid(field, "does not fit this platform")),
+        _ => Err(FieldError::invalid(
+            field,
+            format!("{value} is too large; at most {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// A consensus policy; `UNSPECIFIED` is the default (quorum).
+pub fn consensus(value: i32) -> Result<v1::ConsensusPolicy> {
+    match v1::ConsensusPolicy::try_from(value) {
+        Ok(v1::ConsensusPolicy::Unspecified) => Ok(v1::ConsensusPolicy::Quorum),
+        Ok(p) => Ok(p),
+        Err(_) => Err(FieldError::invalid(
+            "consensus",
+            format!("unknown value {value}"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- plans
+
+/// The plan's limits, provided it includes port monitors at all.
+pub fn port_monitors_allowed(plans: &Plans, plan: i32) -> Result<PlanLimits> {
+    let name = plan_name(plan);
+    let limits = plans.limits(plan).ok_or_else(|| {
+        FieldError::plan_limit("plan", format!("the tenant's plan ({name}) is not known"))
+    })?;
+    if limits.port_monitors {
+        return Ok(*limits);
+    }
+    let cheapest = [v1::Plan::Basic, v1::Plan::Pro, v1::Plan::Enterprise]
+        .into_iter()
+        .find(|p| plans.limits(*p as i32).is_some_and(|l| l.port_monitors));
+    let needed = match cheapest {
+        Some(p) => format!("{} or above is required", plan_name(p as i32)),
+        None => "no plan on this coordinator includes them".to_string(),
+    };
+    Err(FieldError::plan_limit(
+        "plan",
+        format!("the {name} plan does not include port monitors; {needed}"),
+    ))
+}
+
+/// Room for one more monitor under the plan.
+pub fn monitor_quota(plan: i32, limits: &PlanLimits, count: usize) -> Result<()> {
+    let max = usize::try_from(limits.max_monitors).unwrap_or(usize::MAX);
+    if count < max {
+        return Ok(());
+    }
+    Err(FieldError::plan_limit(
+        "plan",
+        format!(
+            "the {} plan allows at most {} monitors and this tenant has {count}",
+            plan_name(plan),
+            limits.max_monitors
+        ),
+    ))
+}
+
+// ---------------------------------------------------------------- monitors
+
+/// A monitor as a request describes it, before defaults and checks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonitorDraft {
+    pub name: String,
+    pub host: String,
+    pub port: u32,
+    pub regions: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u32,
+    pub consensus: i32,
+    pub family: i32,
+    pub address_policy: i32,
+    pub close_mode: i32,
+    pub channel_ids: Vec<String>,
+}
+
+impl From<&v1::CreateMonitorRequest> for MonitorDraft {
+    fn from(r: &v1::CreateMonitorRequest) -> MonitorDraft {
+        MonitorDraft {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            regions: r.regions.clone(),
+            interval_ms: r.interval_ms,
+            timeout_ms: r.timeout_ms,
+            consensus: r.consensus,
+            family: r.family,
+            address_policy: r.address_policy,
+            close_mode: r.close_mode,
+            channel_ids: r.channel_ids.clone(),
+        }
+    }
+}
+
+impl From<&v1::Monitor> for MonitorDraft {
+    fn from(m: &v1::Monitor) -> MonitorDraft {
+        MonitorDraft {
+            name: m.name.clone(),
+            host: m.host.clone(),
+            port: m.port,
+            regions: m.regions.clone(),
+            interval_ms: m.interval_ms,
+            timeout_ms: m.timeout_ms,
+            consensus: m.consensus,
+            family: m.family,
+            address_policy: m.address_policy,
+            close_mode: m.close_mode,
+            channel_ids: m.channel_ids.clone(),
+        }
+    }
+}
+
+/// What a monitor's settings are checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct Tenancy<'a> {
+    pub tenant_id: &'a str,
+    /// The tenant's plan (wire value), for messages.
+    pub plan: i32,
+    pub limits: &'a PlanLimits,
+    /// Every region that exists.
+    pub regions: &'a [v1::Region],
+}
+
+/// A monitor's settings, checked and normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorSpec {
+    pub name: String,
+    pub host: Host,
+    pub port: u16,
+    pub regions: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub consensus: v1::ConsensusPolicy,
+    pub family: Family,
+    pub address_policy: AddressPolicy,
+    pub close_mode: CloseMode,
+    pub channel_ids: Vec<String>,
+}
+
+impl MonitorSpec {
+    /// Writes the settings into a stored monitor; identity, ownership, state and
+    /// timestamps are the caller's.
+    pub fn write_to(&self, m: &mut v1::Monitor) {
+        m.name = self.name.clone();
+        m.host = self.host.as_str();
+        m.port = u32::from(self.port);
+        m.regions = self.regions.clone();
+        m.interval_ms = millis(self.interval);
+        m.timeout_ms = u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX);
+        m.consensus = self.consensus as i32;
+        m.family = v1::IpFamily::from(self.family) as i32;
+        m.address_policy = v1::AddressPolicy::from(self.address_policy) as i32;
+        m.close_mode = v1::CloseMode::from(self.close_mode) as i32;
+        m.channel_ids = self.channel_ids.clone();
+    }
+}
+
+/// The name a monitor gets when none is given: "host:port" ("[::1]:22" for IPv6).
+pub fn default_name(host: &Host, port: u16) -> String {
+    match host {
+        Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}
+
+/// Checks a whole monitor and returns it normalised.
+pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
+    text("name", &d.name, MAX_MONITOR_NAME, false)?;
+    let host = parse_host(&d.host)?;
+    let port = port_from_wire(d.port, "port")?;
+    let regions = regions(&d.regions, t)?;
+    let interval_ms = match d.interval_ms {
+        0 => DEFAULT_INTERVAL_MS.max(millis(t.limits.min_interval)),
+        ms => ms,
+    };
+    if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
+        return Err(FieldError::invalid(
+            "interval_ms",
+            format!(
+                "{interval_ms} ms is out of range; must be {MIN_INTERVAL_MS}-{MAX_INTERVAL_MS} ms (1 s to 24 h)"
+            ),
+        ));
+    }
+    let timeout = timeout_from_wire(d.timeout_ms, "timeout_ms")?;
+    let consensus = consensus(d.consensus)?;
+    let family = Family::from_wire(d.family)?;
+    let address_policy = AddressPolicy::from_wire(d.address_policy)?;
+    let close_mode = CloseMode::from_wire(d.close_mode)?;
+    let channel_ids = channel_ids(&d.channel_ids)?;
+
+    match (&host, family) {
+        (Host::Ip(IpAddr::V6(ip)), Family::Ipv4) => {
+            return Err(FieldError::invalid(
+                "family",
+                format!("ipv4 cannot reach the IPv6 literal {ip}; use ipv6 or any"),
+            ));
+        }
+        (Host::Ip(IpAddr::V4(ip)), Family::Ipv6) => {
+            return Err(FieldError::invalid(
+                "family",
+                format!("ipv6 cannot reach the IPv4 literal {ip}; use ipv4 or any"),
+            ));
+        }
+        _ => {}
+    }
+
+    // Public probes never check private space; the agents' guard would block it
+    // anyway, but a tenant learns it here and not from an endless "blocked".
+    if host.is_non_public() {
+        let public = regions.iter().find(|name| {
+            t.regions
+                .iter()
+                .any(|r| &r.name == *name && r.owner_tenant_id.is_empty())
+        });
+        if public.is_some() {
+            let why = match &host {
+                Host::Ip(ip) => portwatch_check::guard::non_public_range(*ip)
+                    .unwrap_or("a non-public address")
+                    .to_string(),
+                Host::Name(_) => "a name that only resolves locally".to_string(),
+            };
+            return Err(FieldError::invalid(
+                "host",
+                format!(
+                    "{host} is non-public ({why}); only a private region's self-hosted probe may check it"
+                ),
+            ));
+        }
+    }
+
+    // Plan limits last: a request that is wrong anyway hears about that first.
+    let min_ms = millis(t.limits.min_interval);
+    if interval_ms < min_ms {
+        return Err(FieldError::plan_limit(
+            "interval_ms",
+            format!(
+                "{interval_ms} ms is below the {} plan's minimum of {}",
+                plan_name(t.plan),
+                human_ms(min_ms)
+            ),
+        ));
+    }
+
+    // After the plan check: an interval below the plan is the problem to report,
+    // not the default timeout that happens not to fit in it.
+    if millis(timeout) >= interval_ms {
+        return Err(FieldError::invalid(
+            "timeout_ms",
+            format!(
+                "{} ms must be shorter than the interval ({interval_ms} ms)",
+                millis(timeout)
+            ),
+        ));
+    }
+
+    let name = if d.name.is_empty() {
+        default_name(&host, port)
+    } else {
+        d.name.clone()
+    };
+    Ok(MonitorSpec {
+        name,
+        host,
+        port,
+        regions,
+        interval: Duration::from_millis(interval_ms),
+        timeout,
+        consensus,
+        family,
+        address_policy,
+        close_mode,
+        channel_ids,
+    })
+}
+
+fn parse_host(input: &str) -> Result<Host> {
+    let len = input.chars().count();
+    if len > MAX_HOST_INPUT {
+        return Err(FieldError::invalid(
+            "host",
+            format!("is {len} characters long; at most 253"),
+        ));
+    }
+    Host::parse(input).map_err(|e| FieldError::invalid("host", e.to_string()))
+}
+
+fn regions(list: &[String], t: &Tenancy<'_>) -> Result<Vec<String>> {
+    if list.is_empty() {
+        return Err(FieldError::invalid(
+            "regions",
+            "at least one region is required",
+        ));
+    }
+    if list.len() > MAX_REGIONS {
+        return Err(FieldError::invalid(
+            "regions",
+            format!("{} regions listed; at most {MAX_REGIONS}", list.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for name in list {
+        if !seen.insert(name.as_str()) {
+            return Err(FieldError::invalid(
+                "regions",
+                format!("{} is listed twice", quote(name)),
+            ));
+        }
+        // Another tenant's private region answers like a missing one: its
+        // existence is none of this tenant's business.
+        let usable = t.regions.iter().any(|r| {
+            &r.name == name && (r.owner_tenant_id.is_empty() || r.owner_tenant_id == t.tenant_id)
+        });
+        if !usable {
+            return Err(FieldError::invalid(
+                "regions",
+                format!("unknown region {}", quote(name)),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+fn channel_ids(list: &[String]) -> Result<Vec<String>> {
+    if list.len() > MAX_CHANNELS {
+        return Err(FieldError::invalid(
+            "channel_ids",
+            format!("{} channels listed; at most {MAX_CHANNELS}", list.len()),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, c) in list.iter().enumerate() {
+        if c.is_empty() {
+            return Err(FieldError::invalid(
+                "channel_ids",
+                format!("entry {} is empty", i + 1),
+            ));
+        }
+        optional_id("channel_ids", c)?;
+        if !seen.insert(c.as_str()) {
+            return Err(FieldError::invalid(
+                "channel_ids",
+                format!("{} is listed twice", quote(c)),
+            ));
+        }
+    }
+    Ok(list.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(name: &str, owner: &str) -> v1::Region {
+        v1::Region {
+            name: name.into(),
+            owner_tenant_id: owner.into(),
+            ..Default::default()
+        }
+    }
+
+    fn regions() -> Vec<v1::Region> {
+        vec![
+            region("eu", ""),
+            region("us", ""),
+            region("ap", ""),
+            region("home", "acme"),
+            region("lab", "acme"),
+            region("theirs", "globex"),
+        ]
+    }
+
+    /// A fast plan, so that timeouts can collide with intervals; messages call it "pro".
+    fn fast() -> PlanLimits {
+        PlanLimits {
+            port_monitors: true,
+            max_monitors: 100,
+            min_interval: Duration::from_secs(2),
+        }
+    }
+
+    fn good() -> MonitorDraft {
+        MonitorDraft {
+            host: "db.example.com".into(),
+            port: 5432,
+            regions: vec!["eu".into(), "us".into()],
+            ..Default::default()
+        }
+    }
+
+    fn check(d: &MonitorDraft) -> Result<MonitorSpec> {
+        check_with(d, fast())
+    }
+
+    fn check_with(d: &MonitorDraft, limits: PlanLimits) -> Result<MonitorSpec> {
+        let regions = regions();
+        monitor(
+            d,
+            &Tenancy {
+                tenant_id: "acme",
+                plan: v1::Plan::Pro as i32,
+                limits: &limits,
+                regions: &regions,
+            },
+        )
+    }
+
+    /// One bad input: what it changes, and the field the error must name.
+    struct Bad {
+        what: &'static str,
+        field: &'static str,
+        violation: Violation,
+        edit: Box<dyn Fn(&mut MonitorDraft)>,
+    }
+
+    fn bad(
+        what: &'static str,
+        field: &'static str,
+        edit: impl Fn(&mut MonitorDraft) + 'static,
+    ) -> Bad {
+        Bad {
+            what,
+            field,
+            violation: Violation::Invalid,
+            edit: Box::new(edit),
+        }
+    }
+
+    fn limit(
+        what: &'static str,
+        field: &'static str,
+        edit: impl Fn(&mut MonitorDraft) + 'static,
+    ) -> Bad {
+        Bad {
+            what,
+            field,
+            violation: Violation::PlanLimit,
+            edit: Box::new(edit),
+        }
+    }
+
+    fn host(h: &'static str) -> impl Fn(&mut MonitorDraft) {
+        move |d| d.host = h.into()
+    }
+
+    fn on(rs: &'static [&'static str]) -> impl Fn(&mut MonitorDraft) {
+        move |d| d.regions = rs.iter().map(|r| r.to_string()).collect()
+    }
+
+    fn table() -> Vec<Bad> {
+        vec![
+            // name
+            bad("name too long", "name", |d| d.name = "n".repeat(201)),
+            bad("name with a newline", "name", |d| d.name = "a\nb".into()),
+            bad("name with NUL", "name", |d| d.name = "a\u{0}b".into()),
+            bad("blank name", "name", |d| d.name = "   ".into()),
+            // host
+            bad("empty host", "host", host("")),
+            bad("host too long", "host", |d| d.host = "a".repeat(2_000)),
+            bad("host of 254 chars", "host", |d| {
+                d.host = format!("{}.com", vec!["a".repeat(62); 4].join("."))
+            }),
+            bad("host label too long", "host", |d| {
+                d.host = format!("{}.com", "x".repeat(64))
+            }),
+            bad(
+                "host with a control character",
+                "host",
+                host("exa\u{7f}mple.com"),
+            ),
+            bad("host with whitespace", "host", host(" example.com")),
+            bad("wildcard host", "host", host("*.example.com")),
+            bad("invalid IDNA", "host", host("xn--zz.com")),
+            bad("invalid character", "host", host("exa/mple.com")),
+            bad("url as host", "host", host("http://example.com")),
+            bad("host with port", "host", host("example.com:443")),
+            bad("numeric non-IP", "host", host("127.1")),
+            bad("IPv6 zone id", "host", host("fe80::1%eth0")),
+            bad("unclosed bracket", "host", host("[::1")),
+            bad("empty label", "host", host("a..b")),
+            // port
+            bad("port 0", "port", |d| d.port = 0),
+            bad("port 65536", "port", |d| d.port = 65_536),
+            bad("port u32::MAX", "port", |d| d.port = u32::MAX),
+            // regions
+            bad("no regions", "regions", on(&[])),
+            bad("unknown region", "regions", on(&["eu", "mars"])),
+            bad("duplicate region", "regions", on(&["eu", "us", "eu"])),
+            bad(
+                "another tenant's private region",
+                "regions",
+                on(&["theirs"]),
+            ),
+            bad("upper-case region", "regions", on(&["EU"])),
+            bad("too many regions", "regions", |d| {
+                d.regions = (0..21).map(|i| format!("r{i}")).collect()
+            }),
+            // interval
+            bad("interval below 1 s", "interval_ms", |d| d.interval_ms = 999),
+            bad("interval 1 ms", "interval_ms", |d| d.interval_ms = 1),
+            bad("interval above 24 h", "interval_ms", |d| {
+                d.interval_ms = 86_400_001
+            }),
+            bad("interval u64::MAX", "interval_ms", |d| {
+                d.interval_ms = u64::MAX
+            }),
+            limit("interval below the plan", "interval_ms", |d| {
+                d.interval_ms = 1_000
+            }),
+            limit("interval just below the plan", "interval_ms", |d| {
+                d.interval_ms = 1_999
+            }),
+            // timeout
+            bad("timeout below 1 s", "timeout_ms", |d| d.timeout_ms = 999),
+            bad("timeout above 10 s", "timeout_ms", |d| {
+                d.timeout_ms = 10_001
+            }),
+            bad("timeout u32::MAX", "timeout_ms", |d| {
+                d.timeout_ms = u32::MAX
+            }),
+            bad("timeout equal to the interval", "timeout_ms", |d| {
+                d.interval_ms = 5_000;
+                d.timeout_ms = 5_000;
+            }),
+            bad("timeout longer than the interval", "timeout_ms", |d| {
+                d.interval_ms = 2_000;
+                d.timeout_ms = 3_000;
+            }),
+            bad(
+                "default timeout not shorter than the interval",
+                "timeout_ms",
+                |d| {
+                    d.interval_ms = 3_000;
+                },
+            ),
+            // enums
+            bad("unknown consensus", "consensus", |d| d.consensus = 9),
+            bad("negative consensus", "consensus", |d| d.consensus = -1),
+            bad("unknown family", "family", |d| d.family = 4),
+            bad("unknown address policy", "address_policy", |d| {
+                d.address_policy = 3
+            }),
+            bad("unknown close mode", "close_mode", |d| d.close_mode = 7),
+            // family vs literal
+            bad("ipv4 family, IPv6 literal", "family", |d| {
+                d.host = "2606:4700::1111".into();
+                d.family = v1::IpFamily::Ipv4 as i32;
+            }),
+            bad("ipv6 family, IPv4 literal", "family", |d| {
+                d.host = "8.8.8.8".into();
+                d.family = v1::IpFamily::Ipv6 as i32;
+            }),
+            // non-public hosts on public regions
+            bad("loopback on public", "host", host("127.0.0.1")),
+            bad("IPv6 loopback on public", "host", host("[::1]")),
+            bad("private literal on public", "host", host("10.1.2.3")),
+            bad(
+                "mapped private on public",
+                "host",
+                host("::ffff:192.168.1.1"),
+            ),
+            bad("localhost on public", "host", host("localhost")),
+            bad("mDNS name on public", "host", host("printer.local")),
+            bad("private literal on public and private", "host", |d| {
+                d.host = "192.168.1.10".into();
+                d.regions = vec!["home".into(), "eu".into()];
+            }),
+            // channels
+            bad("empty channel id", "channel_ids", |d| {
+                d.channel_ids = vec!["".into()]
+            }),
+            bad("duplicate channel", "channel_ids", |d| {
+                d.channel_ids = vec!["c1".into(), "c1".into()]
+            }),
+            bad("too many channels", "channel_ids", |d| {
+                d.channel_ids = (0..21).map(|i| format!("c{i}")).collect()
+            }),
+            bad("channel id too long", "channel_ids", |d| {
+                d.channel_ids = vec!["c".repeat(129)]
+            }),
+        ]
+    }
+
+    #[test]
+    fn bad_monitors_are_refused_naming_the_field() {
+        let rows = table();
+        assert!(rows.len() >= 40, "table has {} rows", rows.len());
+        let mut wrong = Vec::new();
+        for row in rows {
+            let mut d = good();
+            (row.edit)(&mut d);
+            match check(&d) {
+                Err(e) if e.field == row.field && e.violation == row.violation => {
+                    // The message starts with the field, as the API sends it.
+                    assert!(e.to_string().starts_with(&format!("{}: ", row.field)));
+                }
+                other => wrong.push(format!(
+                    "{}: want {} ({:?}), got {other:?}",
+                    row.what, row.field, row.violation
+                )),
+            }
+        }
+        assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn good_monitors_are_normalised() {
+        let spec = check(&good()).unwrap();
+        assert_eq!(spec.name, "db.example.com:5432");
+        assert_eq!(spec.interval, Duration::from_secs(60));
+        assert_eq!(spec.timeout, Duration::from_secs(3));
+        assert_eq!(spec.consensus, v1::ConsensusPolicy::Quorum);
+        assert_eq!(spec.family, Family::Any);
+
+        let mut m = v1::Monitor::default();
+        spec.write_to(&mut m);
+        assert_eq!(m.interval_ms, 60_000);
+        assert_eq!(m.timeout_ms, 3_000);
+        assert_eq!(m.consensus, v1::ConsensusPolicy::Quorum as i32);
+        assert_eq!(m.family, v1::IpFamily::Any as i32);
+        assert_eq!(m.address_policy, v1::AddressPolicy::Any as i32);
+        assert_eq!(m.close_mode, v1::CloseMode::Fin as i32);
+        // Re-checking what was stored gives the same thing back.
+        assert_eq!(check(&MonitorDraft::from(&m)).unwrap(), spec);
+
+        let mut d = good();
+        d.host = "DB.Example.COM.".into();
+        d.name = "primary db".into();
+        d.interval_ms = 30_000;
+        d.timeout_ms = 10_000;
+        d.family = v1::IpFamily::Ipv6 as i32;
+        d.consensus = v1::ConsensusPolicy::Unanimous as i32;
+        let spec = check(&d).unwrap();
+        assert_eq!(spec.host.as_str(), "db.example.com");
+        assert_eq!(spec.name, "primary db");
+        assert_eq!(spec.consensus, v1::ConsensusPolicy::Unanimous);
+
+        let mut d = good();
+        d.host = "[2606:4700::1111]".into();
+        assert_eq!(check(&d).unwrap().name, "[2606:4700::1111]:5432");
+    }
+
+    #[test]
+    fn non_public_hosts_are_allowed_on_the_tenants_own_private_regions() {
+        for h in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "localhost",
+            "nas.home.arpa",
+            "[::1]",
+        ] {
+            let mut d = good();
+            d.host = h.into();
+            d.regions = vec!["home".into(), "lab".into()];
+            assert!(check(&d).is_ok(), "{h} on private regions: {:?}", check(&d));
+        }
+    }
+
+    #[test]
+    fn messages_say_what_is_wrong() {
+        let msg = |edit: &dyn Fn(&mut MonitorDraft)| {
+            let mut d = good();
+            edit(&mut d);
+            check_with(&d, Plans::default().pro)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            msg(&|d| d.regions = vec!["eu".into(), "eu".into()]),
+            "regions: \"eu\" is listed twice"
+        );
+        assert_eq!(
+            msg(&|d| d.regions = vec!["theirs".into()]),
+            "regions: unknown region \"theirs\""
+        );
+        assert_eq!(
+            msg(&|d| d.regions = vec!["nowhere".into()]),
+            "regions: unknown region \"nowhere\""
+        );
+        assert_eq!(
+            msg(&|d| d.interval_ms = 1_000),
+            "interval_ms: 1000 ms is below the pro plan's minimum of 30 s"
+        );
+        assert_eq!(
+            msg(&|d| d.host = "127.0.0.1".into()),
+            "host: 127.0.0.1 is non-public (127.0.0.0/8 loopback); only a private region's self-hosted probe may check it"
+        );
+        assert_eq!(msg(&|d| d.host = "".into()), "host: must not be empty");
+        assert_eq!(
+            msg(&|d| {
+                d.host = "::1".into();
+                d.regions = vec!["home".into()];
+                d.family = v1::IpFamily::Ipv4 as i32;
+            }),
+            "family: ipv4 cannot reach the IPv6 literal ::1; use ipv6 or any"
+        );
+        assert!(msg(&|d| d.port = 0).starts_with("port: 0 is not a TCP port"));
+    }
+
+    #[test]
+    fn the_default_interval_respects_a_slower_plan() {
+        let regions = regions();
+        let slow = PlanLimits {
+            port_monitors: true,
+            max_monitors: 5,
+            min_interval: Duration::from_secs(120),
+        };
+        let spec = monitor(
+            &good(),
+            &Tenancy {
+                tenant_id: "acme",
+                plan: v1::Plan::Basic as i32,
+                limits: &slow,
+                regions: &regions,
+            },
+        )
+        .unwrap();
+        assert_eq!(spec.interval, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn plans_gate_port_monitors_and_their_count() {
+        let plans = Plans::default();
+        let e = port_monitors_allowed(&plans, v1::Plan::Free as i32).unwrap_err();
+        assert_eq!(e.violation, Violation::PlanLimit);
+        assert_eq!(
+            e.to_string(),
+            "plan: the free plan does not include port monitors; basic or above is required"
+        );
+        let basic = port_monitors_allowed(&plans, v1::Plan::Basic as i32).unwrap();
+        assert!(monitor_quota(v1::Plan::Basic as i32, &basic, 49).is_ok());
+        let e = monitor_quota(v1::Plan::Basic as i32, &basic, 50).unwrap_err();
+        assert_eq!(e.field, "plan");
+        assert!(e.reason.contains("basic") && e.reason.contains("50"), "{e}");
+        assert!(port_monitors_allowed(&plans, 0).is_err());
+    }
+
+    #[test]
+    fn simple_fields() {
+        for ok in ["acme", "a", "eu-west-1", "t-0123abc"] {
+            assert!(slug("tenant_id", ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "-a", "a-", "Acme", "a_b", "a b", "ü", long.as_str()] {
+            assert_eq!(
+                slug("tenant_id", bad).unwrap_err().field,
+                "tenant_id",
+                "{bad:?}"
+            );
+        }
+        assert!(text("name", "Acme Inc.", MAX_TENANT_NAME, true).is_ok());
+        assert!(text("name", "", MAX_TENANT_NAME, true).is_err());
+        assert!(text("name", "a\tb", MAX_TENANT_NAME, true).is_err());
+        assert!(text("name", &"x".repeat(101), MAX_TENANT_NAME, true).is_err());
+        assert!(text("name", &"ü".repeat(100), MAX_TENANT_NAME, true).is_ok());
+        assert_eq!(plan(0).unwrap_err().to_string(), "plan: required");
+        assert_eq!(plan(99).unwrap_err().field, "plan");
+        assert_eq!(plan(2), Ok(v1::Plan::Basic));
+        assert_eq!(page_size("page_size", 0), Ok(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size("page_size", 1000), Ok(1000));
+        assert!(page_size("page_size", 1001).is_err());
+        assert!(id("id", "").is_err());
+        assert!(id("id", &"x".repeat(129)).is_err());
+        assert!(id("id", "mon-1").is_ok());
+        assert_eq!(quote(&"q".repeat(50)), format!("\"{}\"…", "q".repeat(40)));
+        assert_eq!(human_ms(30_000), "30 s");
+        assert_eq!(human_ms(1_500), "1500 ms");
+    }
+}
