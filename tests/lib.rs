@@ -237,6 +237,116 @@ impl Coordinator {
     }
 }
 
+/// A `portwatch-agent run` process connected to a test coordinator.
+pub struct AgentProc {
+    pub proc: Proc,
+    pub config: PathBuf,
+    pub bin: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+impl AgentProc {
+    /// Starts an agent with its own data dir under `dir`; `extra` is appended to its TOML.
+    pub fn start(
+        bin: &Path,
+        coord: &Coordinator,
+        token: &str,
+        dir: &Path,
+        extra: &str,
+    ) -> AgentProc {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "coordinator = \"https://{}\"\ntoken = \"{token}\"\nca = \"{}\"\ntls_server_name = \"localhost\"\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nbatch_wait = \"50ms\"\n{extra}\n",
+            coord.addr,
+            coord.cert.cert.display(),
+            dir.join("spool").display(),
+        );
+        std::fs::write(&config, text).expect("write agent config");
+        Self::launch(bin, &config)
+    }
+
+    fn launch(bin: &Path, config: &Path) -> AgentProc {
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("PORTWATCH_LOG", "info");
+        let mut proc = Proc::spawn("agent", cmd);
+        let line = proc.wait_line("metrics on http://", Duration::from_secs(20));
+        let metrics = line
+            .rsplit("http://")
+            .next()
+            .and_then(|s| s.trim_end_matches("/metrics").parse().ok());
+        proc.wait_line("running", Duration::from_secs(20));
+        AgentProc {
+            proc,
+            config: config.to_path_buf(),
+            bin: bin.to_path_buf(),
+            metrics,
+        }
+    }
+
+    /// Starts the same agent again (same config and spool) after a kill or stop.
+    pub fn restart(&mut self) {
+        let fresh = Self::launch(&self.bin, &self.config);
+        *self = fresh;
+    }
+
+    /// The agent's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        http_get(self.metrics.expect("agent metrics address"), "/metrics").await
+    }
+}
+
+/// The value of a metric line starting with `name` (first match; labels included in `name`).
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A TCP listener that accepts and counts connections (each check is one).
+pub struct CountingListener {
+    pub addr: SocketAddr,
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingListener {
+    pub async fn start() -> CountingListener {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        CountingListener {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A minimal HTTP GET over loopback (for `/metrics`).
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

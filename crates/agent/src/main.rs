@@ -1,14 +1,15 @@
 //! `portwatch-agent`: the probe agent.
 //!
-//! `portwatch-agent check HOST PORT` runs one check now, from this machine, and
-//! prints it like `nc -zv` with the outcome, the reason, the address and the
-//! timings: the spec's "first steps when a port monitor fails" tool.
-
-mod check_cmd;
+//! - `portwatch-agent run`: the daemon (see `daemon.rs`).
+//! - `portwatch-agent check HOST PORT`: one check now, printed like `nc -zv` with
+//!   the outcome, the reason, the address and the timings: the spec's "first
+//!   steps when a port monitor fails" tool.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use portwatch_agent::{check_cmd, config, daemon};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(name = "portwatch-agent", version, about = "portwatch probe agent")]
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent daemon.
+    Run(Box<config::RunArgs>),
     /// Check one host:port now and print the result (exit 0 = reachable).
     Check(check_cmd::CheckArgs),
 }
@@ -37,5 +40,47 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => runtime.block_on(check_cmd::run(args)),
+        Command::Run(args) => {
+            let config = match config::Config::load(*args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portwatch-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(e) = portwatch_telemetry::init_logs(&config.log, config.log_json) {
+                eprintln!("portwatch-agent: config: {e}");
+                return ExitCode::from(2);
+            }
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal_watch(shutdown.clone()));
+                match daemon::run(config, shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("portwatch-agent: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
     }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signal_watch(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    shutdown.cancel();
 }

@@ -64,6 +64,25 @@ pub struct Args {
     /// How often every monitor is re-evaluated without new results, e.g. "1s".
     #[arg(long, env = "PORTWATCH_EVALUATE_EVERY")]
     pub evaluate_every: Option<String>,
+    /// How long a probe region may have no live agent before the operator's
+    /// channels get a "Probe region offline" notice, e.g. "10m".
+    #[arg(long, env = "PORTWATCH_REGION_OFFLINE_GRACE")]
+    pub region_offline_grace: Option<String>,
+    /// Let tenants' notification channels reach non-public addresses (test set-ups only).
+    #[arg(long, env = "PORTWATCH_ALLOW_PRIVATE_CHANNEL_TARGETS")]
+    pub allow_private_channel_targets: bool,
+    /// Delay before the first retry of a failed notification, e.g. "10s".
+    #[arg(long, env = "PORTWATCH_DELIVERY_RETRY_INITIAL")]
+    pub delivery_retry_initial: Option<String>,
+    /// Longest delay between two attempts of one notification, e.g. "1h".
+    #[arg(long, env = "PORTWATCH_DELIVERY_RETRY_MAX")]
+    pub delivery_retry_max: Option<String>,
+    /// How long a notification is retried before it is marked failed, e.g. "24h".
+    #[arg(long, env = "PORTWATCH_DELIVERY_RETRY_HORIZON")]
+    pub delivery_retry_horizon: Option<String>,
+    /// Time limit of one notification attempt (HTTP request, SMTP command), e.g. "15s".
+    #[arg(long, env = "PORTWATCH_DELIVERY_TIMEOUT")]
+    pub delivery_timeout: Option<String>,
     /// Log format: human or json.
     #[arg(long, env = "PORTWATCH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -89,6 +108,12 @@ pub struct FileConfig {
     pub heartbeat_timeout: Option<String>,
     pub offline_grace: Option<String>,
     pub evaluate_every: Option<String>,
+    pub region_offline_grace: Option<String>,
+    pub allow_private_channel_targets: Option<bool>,
+    pub delivery_retry_initial: Option<String>,
+    pub delivery_retry_max: Option<String>,
+    pub delivery_retry_horizon: Option<String>,
+    pub delivery_timeout: Option<String>,
     pub log_format: Option<String>,
     pub log: Option<String>,
     pub plans: Option<Plans>,
@@ -123,6 +148,16 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub offline_grace: Duration,
     pub evaluate_every: Duration,
+    /// A region with no live agent this long gets one offline notice.
+    pub region_offline_grace: Duration,
+    /// Tenants' channels may reach non-public addresses (tests only).
+    pub allow_private_channel_targets: bool,
+    /// Retry schedule of the notification outbox.
+    pub delivery_retry_initial: Duration,
+    pub delivery_retry_max: Duration,
+    pub delivery_retry_horizon: Duration,
+    /// Time limit of one notification attempt.
+    pub delivery_timeout: Duration,
     pub log_format: LogFormat,
     pub log: String,
     pub plans: Plans,
@@ -249,6 +284,26 @@ impl Config {
                 "must be longer than heartbeat_interval",
             ));
         }
+        let delivery_retry_initial = duration(
+            "delivery_retry_initial",
+            args.delivery_retry_initial.or(file.delivery_retry_initial),
+            "10s",
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )?;
+        let delivery_retry_max = duration(
+            "delivery_retry_max",
+            args.delivery_retry_max.or(file.delivery_retry_max),
+            "1h",
+            Duration::from_millis(10),
+            Duration::from_secs(86_400),
+        )?;
+        if delivery_retry_max < delivery_retry_initial {
+            return Err(err(
+                "delivery_retry_max",
+                "must not be shorter than delivery_retry_initial",
+            ));
+        }
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -287,6 +342,31 @@ impl Config {
                 "1s",
                 Duration::from_millis(100),
                 Duration::from_secs(60),
+            )?,
+            region_offline_grace: duration(
+                "region_offline_grace",
+                args.region_offline_grace.or(file.region_offline_grace),
+                "10m",
+                Duration::from_millis(100),
+                Duration::from_secs(7 * 86_400),
+            )?,
+            allow_private_channel_targets: args.allow_private_channel_targets
+                || file.allow_private_channel_targets.unwrap_or(false),
+            delivery_retry_initial,
+            delivery_retry_max,
+            delivery_retry_horizon: duration(
+                "delivery_retry_horizon",
+                args.delivery_retry_horizon.or(file.delivery_retry_horizon),
+                "24h",
+                Duration::from_secs(1),
+                Duration::from_secs(30 * 86_400),
+            )?,
+            delivery_timeout: duration(
+                "delivery_timeout",
+                args.delivery_timeout.or(file.delivery_timeout),
+                "15s",
+                Duration::from_millis(100),
+                Duration::from_secs(300),
             )?,
             log_format,
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
@@ -329,6 +409,28 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(c.offline_grace, Duration::from_secs(600));
+        assert_eq!(c.region_offline_grace, Duration::from_secs(600));
+        assert!(!c.allow_private_channel_targets);
+        assert_eq!(
+            (
+                c.delivery_retry_initial,
+                c.delivery_retry_max,
+                c.delivery_retry_horizon
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(3600),
+                Duration::from_secs(86_400)
+            )
+        );
+        let file: FileConfig = toml::from_str(
+            "allow_private_channel_targets = true\nregion_offline_grace = \"1s\"\ndelivery_retry_initial = \"100ms\"\ndelivery_retry_max = \"400ms\"\n",
+        )
+        .unwrap();
+        let c = Config::merge(args(), file).unwrap();
+        assert!(c.allow_private_channel_targets);
+        assert_eq!(c.region_offline_grace, Duration::from_secs(1));
+        assert_eq!(c.delivery_retry_max, Duration::from_millis(400));
         assert_eq!(c.listen, "127.0.0.1:7400".parse().unwrap());
     }
 
@@ -382,6 +484,13 @@ mod tests {
                 "heartbeat_timeout",
             ),
             (args(), "log_format = \"xml\"", "log_format"),
+            (
+                args(),
+                "delivery_retry_initial = \"10s\"\ndelivery_retry_max = \"1s\"",
+                "delivery_retry_max",
+            ),
+            (args(), "delivery_retry_horizon = \"90d\"", "delivery_retry_horizon"),
+            (args(), "region_offline_grace = \"never\"", "region_offline_grace"),
         ];
         for (a, toml_text, key) in cases {
             let file: FileConfig = toml::from_str(toml_text).unwrap();

@@ -13,6 +13,11 @@
 //!   a replayed result overwrites itself instead of being stored twice.
 //! - The latest-result index only moves forward in `checked_at`: a replayed old
 //!   result lands in history but never hides a newer one.
+//! - An incident change (or a probe region's outage change) and the deliveries it
+//!   causes are written in one transaction: after a crash either both exist or
+//!   neither does, so a notification is never lost and never invented.
+//! - A delivery is in the pending index exactly while its state is PENDING; the
+//!   outbox worker reads only that index to find work.
 
 use std::path::Path;
 use std::time::Duration;
@@ -88,6 +93,54 @@ pub struct HistoryPage {
     pub next: Option<String>,
 }
 
+/// One notification to send: the delivery as the admin API shows it, plus what the
+/// outbox worker needs to render it on every attempt. The subject is a snapshot
+/// taken when the delivery was planned, so every retry says what the first
+/// attempt said. Stored prost-encoded like the protocol's own messages.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxRecord {
+    #[prost(message, optional, tag = "1")]
+    pub delivery: Option<v1::Delivery>,
+    /// The channel's tenant; empty for the operator's channels.
+    #[prost(string, tag = "2")]
+    pub tenant_id: String,
+    /// The incident when the delivery was planned (opened/resolved deliveries).
+    #[prost(message, optional, tag = "3")]
+    pub incident: Option<v1::Incident>,
+    /// The probe region's outage (region offline/online deliveries).
+    #[prost(message, optional, tag = "4")]
+    pub outage: Option<RegionOutage>,
+}
+
+impl OutboxRecord {
+    /// The delivery id (empty only for a corrupt record).
+    pub fn id(&self) -> &str {
+        self.delivery.as_ref().map_or("", |d| d.id.as_str())
+    }
+}
+
+/// A probe region that has had no live agent for longer than the grace period
+/// and whose operator has been told so. Kept until the "back online" notice is
+/// planned, so that notice is sent only after an offline notice, even across a
+/// restart.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RegionOutage {
+    /// Names this outage in idempotency keys and PagerDuty dedup keys.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub region: String,
+    /// Since when the region has had no live agent.
+    #[prost(message, optional, tag = "3")]
+    pub offline_since: Option<prost_types::Timestamp>,
+    /// When the offline notice was planned.
+    #[prost(message, optional, tag = "4")]
+    pub noticed_at: Option<prost_types::Timestamp>,
+    /// When an agent came back (set only in the online notice's snapshot).
+    #[prost(message, optional, tag = "5")]
+    pub online_at: Option<prost_types::Timestamp>,
+}
+
 /// The sled-backed store.
 #[derive(Clone)]
 pub struct Store {
@@ -103,7 +156,11 @@ pub struct Store {
     history: Tree,
     incidents: Tree,
     open_incidents: Tree,
+    channels: Tree,
     outbox: Tree,
+    /// Delivery id -> next attempt (unix µs, BE) for every PENDING delivery.
+    outbox_pending: Tree,
+    region_outages: Tree,
 }
 
 const SEP: u8 = 0;
@@ -148,6 +205,37 @@ fn checked_at_us(r: &v1::CheckResult) -> u64 {
         .map_or(0, portwatch_proto::time::unix_micros)
 }
 
+fn ts_micros(ts: Option<&prost_types::Timestamp>) -> u64 {
+    ts.and_then(portwatch_proto::time::from_timestamp)
+        .map_or(0, portwatch_proto::time::unix_micros)
+}
+
+type TxResult = std::result::Result<(), ConflictableTransactionError<StoreError>>;
+
+/// Writes deliveries and keeps the pending index in step, inside a transaction.
+fn write_deliveries(
+    outbox: &sled::transaction::TransactionalTree,
+    pending: &sled::transaction::TransactionalTree,
+    records: &[OutboxRecord],
+) -> TxResult {
+    for r in records {
+        let Some(d) = &r.delivery else {
+            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                tree: "outbox",
+                reason: "a delivery record without its delivery".into(),
+            }));
+        };
+        outbox.insert(d.id.as_bytes(), r.encode_to_vec())?;
+        if d.state == v1::DeliveryState::Pending as i32 {
+            let at = ts_micros(d.next_attempt_at.as_ref());
+            pending.insert(d.id.as_bytes(), &at.to_be_bytes())?;
+        } else {
+            pending.remove(d.id.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 fn seq_of(bytes: &[u8]) -> u64 {
     <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
 }
@@ -181,7 +269,10 @@ impl Store {
             history: db.open_tree("history")?,
             incidents: db.open_tree("incidents")?,
             open_incidents: db.open_tree("open_incidents")?,
+            channels: db.open_tree("channels")?,
             outbox: db.open_tree("outbox")?,
+            outbox_pending: db.open_tree("outbox_pending")?,
+            region_outages: db.open_tree("region_outages")?,
             db,
         })
     }
@@ -546,16 +637,34 @@ impl Store {
 
     /// Writes an incident; keeps the one-open-incident-per-monitor index in step.
     pub fn put_incident(&self, i: &v1::Incident) -> Result<()> {
+        self.put_incident_with_deliveries(i, &[])
+    }
+
+    /// Writes an incident and the deliveries its opening or closing causes in one
+    /// transaction (the outbox invariant: both or neither survive a crash). The
+    /// caller flushes, then wakes the outbox worker.
+    pub fn put_incident_with_deliveries(
+        &self,
+        i: &v1::Incident,
+        deliveries: &[OutboxRecord],
+    ) -> Result<()> {
         let open = i.closed_at.is_none();
-        (&self.incidents, &self.open_incidents).transaction(|(incidents, open_idx)| {
-            incidents.insert(i.id.as_bytes(), i.encode_to_vec())?;
-            if open {
-                open_idx.insert(i.monitor_id.as_bytes(), i.id.as_bytes())?;
-            } else if open_idx.get(i.monitor_id.as_bytes())?.as_deref() == Some(i.id.as_bytes()) {
-                open_idx.remove(i.monitor_id.as_bytes())?;
-            }
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
+        (
+            &self.incidents,
+            &self.open_incidents,
+            &self.outbox,
+            &self.outbox_pending,
+        )
+            .transaction(|(incidents, open_idx, outbox, pending)| {
+                incidents.insert(i.id.as_bytes(), i.encode_to_vec())?;
+                if open {
+                    open_idx.insert(i.monitor_id.as_bytes(), i.id.as_bytes())?;
+                } else if open_idx.get(i.monitor_id.as_bytes())?.as_deref() == Some(i.id.as_bytes())
+                {
+                    open_idx.remove(i.monitor_id.as_bytes())?;
+                }
+                write_deliveries(outbox, pending, deliveries)
+            })?;
         Ok(())
     }
 
@@ -589,11 +698,132 @@ impl Store {
             .collect()
     }
 
+    // ------------------------------------------------------------ channels
+
+    /// Writes a channel (with its secrets: they never leave through the API).
+    pub fn put_channel(&self, c: &v1::Channel) -> Result<()> {
+        self.channels.insert(c.id.as_bytes(), c.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_channel(&self, id: &str) -> Result<Option<v1::Channel>> {
+        self.channels
+            .get(id.as_bytes())?
+            .map(|v| decode("channels", &v))
+            .transpose()
+    }
+
+    /// Every channel, oldest first (ids sort by creation time).
+    pub fn list_channels(&self) -> Result<Vec<v1::Channel>> {
+        self.channels
+            .iter()
+            .values()
+            .map(|v| decode("channels", &v?))
+            .collect()
+    }
+
+    pub fn delete_channel(&self, id: &str) -> Result<bool> {
+        Ok(self.channels.remove(id.as_bytes())?.is_some())
+    }
+
     // ------------------------------------------------------------ outbox
 
-    /// The outbox tree, for the notifications worker (issue: notifications).
+    /// Number of deliveries stored (every state).
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
+    }
+
+    pub fn get_delivery(&self, id: &str) -> Result<Option<OutboxRecord>> {
+        self.outbox
+            .get(id.as_bytes())?
+            .map(|v| decode("outbox", &v))
+            .transpose()
+    }
+
+    /// Updates one delivery (after an attempt) and its place in the pending index.
+    pub fn put_delivery(&self, r: &OutboxRecord) -> Result<()> {
+        (&self.outbox, &self.outbox_pending).transaction(|(outbox, pending)| {
+            write_deliveries(outbox, pending, std::slice::from_ref(r))
+        })?;
+        Ok(())
+    }
+
+    /// Every delivery, newest first (ids sort by creation time).
+    pub fn list_deliveries(&self) -> Result<Vec<OutboxRecord>> {
+        self.outbox
+            .iter()
+            .rev()
+            .map(|kv| decode("outbox", &kv?.1))
+            .collect()
+    }
+
+    /// Every pending delivery: (id, next attempt in unix µs).
+    pub fn pending_deliveries(&self) -> Result<Vec<(String, u64)>> {
+        self.outbox_pending
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = String::from_utf8(k.to_vec()).map_err(|e| StoreError::Corrupt {
+                    tree: "outbox_pending",
+                    reason: e.to_string(),
+                })?;
+                Ok((id, seq_of(&v)))
+            })
+            .collect()
+    }
+
+    /// Deletes delivered and failed deliveries created before `cutoff_us`;
+    /// pending ones stay whatever their age. Returns how many went.
+    pub fn prune_deliveries(&self, cutoff_us: u64) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.outbox.iter() {
+            let (k, v) = kv?;
+            let r: OutboxRecord = decode("outbox", &v)?;
+            let Some(d) = &r.delivery else { continue };
+            if d.state != v1::DeliveryState::Pending as i32
+                && ts_micros(d.created_at.as_ref()) < cutoff_us
+                && !self.outbox_pending.contains_key(&k)?
+            {
+                self.outbox.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ------------------------------------------------------------ probe region outages
+
+    /// Records (`Some`) or ends (`None`) a region's outage together with the
+    /// notices that go with it, in one transaction.
+    pub fn put_outage_with_deliveries(
+        &self,
+        region: &str,
+        outage: Option<&RegionOutage>,
+        deliveries: &[OutboxRecord],
+    ) -> Result<()> {
+        (&self.region_outages, &self.outbox, &self.outbox_pending).transaction(
+            |(outages, outbox, pending)| {
+                match outage {
+                    Some(o) => {
+                        outages.insert(region.as_bytes(), o.encode_to_vec())?;
+                    }
+                    None => {
+                        outages.remove(region.as_bytes())?;
+                    }
+                }
+                write_deliveries(outbox, pending, deliveries)
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Every region outage whose operator has been told and not yet told it ended.
+    pub fn region_outages(&self) -> Result<Vec<RegionOutage>> {
+        self.region_outages
+            .iter()
+            .values()
+            .map(|v| decode("region_outages", &v?))
+            .collect()
     }
 }
 

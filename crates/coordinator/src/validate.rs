@@ -477,11 +477,11 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
 
     // After the plan check: an interval below the plan is the problem to report,
     // not the default timeout that happens not to fit in it.
-    if millis(timeout) >= interval_ms {
+    if millis(timeout) > interval_ms {
         return Err(FieldError::invalid(
             "timeout_ms",
             format!(
-                "{} ms must be shorter than the interval ({interval_ms} ms)",
+                "{} ms must not be longer than the interval ({interval_ms} ms)",
                 millis(timeout)
             ),
         ));
@@ -578,6 +578,252 @@ fn channel_ids(list: &[String]) -> Result<Vec<String>> {
         }
     }
     Ok(list.to_vec())
+}
+
+// ---------------------------------------------------------------- channels
+
+/// Longest channel name, in characters.
+pub const MAX_CHANNEL_NAME: usize = 100;
+/// Longest URL accepted.
+pub const MAX_URL: usize = 2_048;
+/// Shortest webhook secret: it is an HMAC key.
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+/// Longest secret, password or key accepted.
+pub const MAX_SECRET: usize = 1_024;
+/// Most recipients of one email channel.
+pub const MAX_EMAIL_TO: usize = 20;
+
+/// Where a channel may send to.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelPolicy {
+    /// The operator's own channel (may reach internal systems).
+    pub operator: bool,
+    /// The coordinator allows tenants' channels to reach non-public addresses
+    /// (`allow_private_channel_targets`, for test set-ups).
+    pub allow_private: bool,
+}
+
+impl ChannelPolicy {
+    fn public_only(&self) -> bool {
+        !self.operator && !self.allow_private
+    }
+}
+
+/// A secret-like value: bounded, no whitespace or control characters.
+fn secret(field: &'static str, value: &str, min: usize) -> Result<()> {
+    let len = value.chars().count();
+    if len == 0 {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    if len < min {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at least {min}"),
+        ));
+    }
+    if len > MAX_SECRET {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at most {MAX_SECRET}"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError::invalid(
+            field,
+            "contains whitespace or a control character",
+        ));
+    }
+    Ok(())
+}
+
+/// A host a channel sends to; non-public ones only where the policy allows.
+fn channel_host(field: &'static str, input: &str, p: &ChannelPolicy) -> Result<Host> {
+    let host = Host::parse(input.trim_start_matches('[').trim_end_matches(']'))
+        .map_err(|e| FieldError::invalid(field, format!("host: {e}")))?;
+    if p.public_only() && host.is_non_public() {
+        let why = match &host {
+            Host::Ip(ip) => portwatch_check::guard::non_public_range(*ip)
+                .unwrap_or("a non-public address")
+                .to_string(),
+            Host::Name(_) => "a name that only resolves locally".to_string(),
+        };
+        return Err(FieldError::invalid(
+            field,
+            format!(
+                "{host} is non-public ({why}); a tenant's channel may reach public addresses only"
+            ),
+        ));
+    }
+    Ok(host)
+}
+
+/// An http(s) URL to a host the policy allows.
+fn channel_url(field: &'static str, value: &str, p: &ChannelPolicy) -> Result<reqwest::Url> {
+    if value.is_empty() {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    let len = value.chars().count();
+    if len > MAX_URL {
+        return Err(FieldError::invalid(
+            field,
+            format!("is {len} characters long; at most {MAX_URL}"),
+        ));
+    }
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| FieldError::invalid(field, format!("malformed URL {}: {e}", quote(value))))?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(FieldError::invalid(
+                field,
+                format!("unknown scheme {}; must be http or https", quote(other)),
+            ));
+        }
+    }
+    let Some(host) = url.host_str() else {
+        return Err(FieldError::invalid(field, "the URL has no host"));
+    };
+    channel_host(field, host, p)?;
+    Ok(url)
+}
+
+fn mailbox(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(FieldError::invalid(field, "required"));
+    }
+    text(field, value, MAX_DESCRIPTION, true)?;
+    value
+        .parse::<lettre::message::Mailbox>()
+        .map(|_| ())
+        .map_err(|e| FieldError::invalid(field, format!("{} is not an email address: {e}", quote(value))))
+}
+
+/// Checks a channel's settings and returns them normalised (name, SMTP port and
+/// TLS mode filled in). Identity, owner and creation time are the caller's.
+pub fn channel(c: &v1::Channel, p: &ChannelPolicy) -> Result<v1::Channel> {
+    use v1::channel::Config;
+    text("channel.name", &c.name, MAX_CHANNEL_NAME, false)?;
+    let (config, default_name) = match &c.config {
+        None => {
+            return Err(FieldError::invalid(
+                "channel.config",
+                "required: one of webhook, slack, email or pagerduty",
+            ));
+        }
+        Some(Config::Webhook(w)) => {
+            let url = channel_url("channel.webhook.url", &w.url, p)?;
+            secret("channel.webhook.secret", &w.secret, MIN_WEBHOOK_SECRET)?;
+            let name = format!("webhook {}", url.host_str().unwrap_or_default());
+            (Config::Webhook(w.clone()), name)
+        }
+        Some(Config::Slack(s)) => {
+            channel_url("channel.slack.webhook_url", &s.webhook_url, p)?;
+            (Config::Slack(s.clone()), "slack".to_string())
+        }
+        Some(Config::Email(e)) => {
+            if e.smtp_host.is_empty() {
+                return Err(FieldError::invalid("channel.email.smtp_host", "required"));
+            }
+            let host = channel_host("channel.email.smtp_host", &e.smtp_host, p)?;
+            let tls = match v1::SmtpTls::try_from(e.tls) {
+                Ok(v1::SmtpTls::Unspecified) => v1::SmtpTls::Starttls,
+                Ok(t) => t,
+                Err(_) => {
+                    return Err(FieldError::invalid(
+                        "channel.email.tls",
+                        format!("unknown value {}", e.tls),
+                    ));
+                }
+            };
+            // Plaintext never crosses the internet: only to a local test server
+            // or relay (which tenants reach only when private targets are allowed).
+            if tls == v1::SmtpTls::None && !host.is_non_public() {
+                return Err(FieldError::invalid(
+                    "channel.email.tls",
+                    format!(
+                        "none (plaintext) is only for a loopback or private test server, not {host}; use starttls or implicit"
+                    ),
+                ));
+            }
+            let port = match e.smtp_port {
+                0 => crate::channels::smtp_port(0, tls),
+                p => u16::try_from(p).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    FieldError::invalid(
+                        "channel.email.smtp_port",
+                        format!("{p} is not a TCP port (1-65535)"),
+                    )
+                })?,
+            };
+            if !e.username.is_empty() {
+                text("channel.email.username", &e.username, MAX_DESCRIPTION, true)?;
+                secret("channel.email.password", &e.password, 1)?;
+            } else if !e.password.is_empty() {
+                return Err(FieldError::invalid(
+                    "channel.email.username",
+                    "required when a password is set",
+                ));
+            }
+            mailbox("channel.email.from", &e.from)?;
+            if e.to.is_empty() {
+                return Err(FieldError::invalid(
+                    "channel.email.to",
+                    "at least one recipient is required",
+                ));
+            }
+            if e.to.len() > MAX_EMAIL_TO {
+                return Err(FieldError::invalid(
+                    "channel.email.to",
+                    format!("{} recipients listed; at most {MAX_EMAIL_TO}", e.to.len()),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for to in &e.to {
+                mailbox("channel.email.to", to)?;
+                if !seen.insert(to.to_ascii_lowercase()) {
+                    return Err(FieldError::invalid(
+                        "channel.email.to",
+                        format!("{} is listed twice", quote(to)),
+                    ));
+                }
+            }
+            let name = format!("email {}", e.to.join(", "));
+            (
+                Config::Email(v1::EmailConfig {
+                    smtp_host: host.as_str(),
+                    smtp_port: u32::from(port),
+                    tls: tls as i32,
+                    ..e.clone()
+                }),
+                name,
+            )
+        }
+        Some(Config::Pagerduty(pd)) => {
+            secret("channel.pagerduty.routing_key", &pd.routing_key, 1)?;
+            if pd.routing_key.len() > 128 {
+                return Err(FieldError::invalid(
+                    "channel.pagerduty.routing_key",
+                    "is longer than 128 characters",
+                ));
+            }
+            if !pd.base_url.is_empty() {
+                channel_url("channel.pagerduty.base_url", &pd.base_url, p)?;
+            }
+            (Config::Pagerduty(pd.clone()), "pagerduty".to_string())
+        }
+    };
+    let name = if c.name.is_empty() {
+        default_name.chars().take(MAX_CHANNEL_NAME).collect()
+    } else {
+        c.name.clone()
+    };
+    Ok(v1::Channel {
+        id: String::new(),
+        tenant_id: String::new(),
+        name,
+        is_default: c.is_default,
+        config: Some(config),
+        created_at: None,
+    })
 }
 
 #[cfg(test)]
@@ -751,19 +997,19 @@ mod tests {
             bad("timeout u32::MAX", "timeout_ms", |d| {
                 d.timeout_ms = u32::MAX
             }),
-            bad("timeout equal to the interval", "timeout_ms", |d| {
+            bad("timeout just over the interval", "timeout_ms", |d| {
                 d.interval_ms = 5_000;
-                d.timeout_ms = 5_000;
+                d.timeout_ms = 5_001;
             }),
             bad("timeout longer than the interval", "timeout_ms", |d| {
                 d.interval_ms = 2_000;
                 d.timeout_ms = 3_000;
             }),
             bad(
-                "default timeout not shorter than the interval",
+                "default timeout longer than the interval",
                 "timeout_ms",
                 |d| {
-                    d.interval_ms = 3_000;
+                    d.interval_ms = 2_000;
                 },
             ),
             // enums
@@ -998,5 +1244,143 @@ mod tests {
         assert_eq!(quote(&"q".repeat(50)), format!("\"{}\"…", "q".repeat(40)));
         assert_eq!(human_ms(30_000), "30 s");
         assert_eq!(human_ms(1_500), "1500 ms");
+    }
+
+    fn webhook(url: &str) -> v1::Channel {
+        v1::Channel {
+            name: "hook".into(),
+            config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
+                url: url.into(),
+                secret: "0123456789abcdef".into(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn email(edit: impl Fn(&mut v1::EmailConfig)) -> v1::Channel {
+        let mut e = v1::EmailConfig {
+            smtp_host: "smtp.example.com".into(),
+            smtp_port: 0,
+            tls: 0,
+            username: "ops".into(),
+            password: "pw".into(),
+            from: "portwatch <alerts@example.com>".into(),
+            to: vec!["oncall@example.com".into()],
+        };
+        edit(&mut e);
+        v1::Channel {
+            config: Some(v1::channel::Config::Email(e)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn channels_refuse_bad_config_naming_the_field() {
+        let tenant = ChannelPolicy {
+            operator: false,
+            allow_private: false,
+        };
+        let operator = ChannelPolicy {
+            operator: true,
+            allow_private: false,
+        };
+        let slack = |url: &str| v1::Channel {
+            config: Some(v1::channel::Config::Slack(v1::SlackConfig {
+                webhook_url: url.into(),
+            })),
+            ..Default::default()
+        };
+        let pd = |key: &str, base: &str| v1::Channel {
+            config: Some(v1::channel::Config::Pagerduty(v1::PagerDutyConfig {
+                routing_key: key.into(),
+                base_url: base.into(),
+            })),
+            ..Default::default()
+        };
+        let cases: Vec<(v1::Channel, &str, &str)> = vec![
+            (v1::Channel::default(), "channel.config", "required"),
+            (webhook("not a url"), "channel.webhook.url", "malformed URL"),
+            (webhook(""), "channel.webhook.url", "required"),
+            (webhook("ftp://example.com/x"), "channel.webhook.url", "unknown scheme \"ftp\""),
+            (webhook("http://127.0.0.1:8080/x"), "channel.webhook.url", "non-public"),
+            (webhook("http://[::1]/x"), "channel.webhook.url", "non-public"),
+            (webhook("http://localhost/x"), "channel.webhook.url", "non-public"),
+            (webhook("https://10.1.2.3/x"), "channel.webhook.url", "non-public"),
+            (
+                v1::Channel {
+                    config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
+                        url: "https://hooks.example.com/x".into(),
+                        secret: "short".into(),
+                    })),
+                    ..Default::default()
+                },
+                "channel.webhook.secret",
+                "at least 16",
+            ),
+            (slack("mailto:x@example.com"), "channel.slack.webhook_url", "unknown scheme"),
+            (email(|e| e.smtp_host.clear()), "channel.email.smtp_host", "required"),
+            (email(|e| e.smtp_host = "localhost".into()), "channel.email.smtp_host", "non-public"),
+            (email(|e| e.from.clear()), "channel.email.from", "required"),
+            (email(|e| e.from = "not an address".into()), "channel.email.from", "not an email address"),
+            (email(|e| e.to.clear()), "channel.email.to", "at least one"),
+            (email(|e| e.to.push("oncall@example.com".into())), "channel.email.to", "twice"),
+            (email(|e| e.tls = 9), "channel.email.tls", "unknown value"),
+            (email(|e| e.tls = v1::SmtpTls::None as i32), "channel.email.tls", "plaintext"),
+            (email(|e| e.smtp_port = 70_000), "channel.email.smtp_port", "not a TCP port"),
+            (email(|e| e.username.clear()), "channel.email.username", "required"),
+            (email(|e| e.password.clear()), "channel.email.password", "required"),
+            (pd("", ""), "channel.pagerduty.routing_key", "required"),
+            (pd("key", "gopher://x"), "channel.pagerduty.base_url", "unknown scheme"),
+            (
+                v1::Channel {
+                    name: "a\nb".into(),
+                    ..webhook("https://hooks.example.com/x")
+                },
+                "channel.name",
+                "control",
+            ),
+        ];
+        for (c, field, needle) in cases {
+            let e = channel(&c, &tenant).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(needle), "{needle:?} not in {e}");
+            assert_eq!(e.violation, Violation::Invalid);
+        }
+
+        // The operator may reach internal systems; tenants only when allowed.
+        assert!(channel(&webhook("http://127.0.0.1:8080/x"), &operator).is_ok());
+        let allowed = ChannelPolicy {
+            operator: false,
+            allow_private: true,
+        };
+        assert!(channel(&webhook("http://127.0.0.1:8080/x"), &allowed).is_ok());
+        let plain_local = email(|e| {
+            e.smtp_host = "127.0.0.1".into();
+            e.tls = v1::SmtpTls::None as i32;
+        });
+        assert!(channel(&plain_local, &allowed).is_ok());
+        assert!(channel(&plain_local, &tenant).is_err());
+    }
+
+    #[test]
+    fn channels_are_normalised() {
+        let tenant = ChannelPolicy {
+            operator: false,
+            allow_private: false,
+        };
+        let c = channel(&email(|_| {}), &tenant).unwrap();
+        let Some(v1::channel::Config::Email(e)) = &c.config else {
+            panic!()
+        };
+        assert_eq!((e.smtp_port, e.tls), (587, v1::SmtpTls::Starttls as i32));
+        assert_eq!(c.name, "email oncall@example.com");
+        let c = channel(&email(|e| e.tls = v1::SmtpTls::Implicit as i32), &tenant).unwrap();
+        let Some(v1::channel::Config::Email(e)) = &c.config else {
+            panic!()
+        };
+        assert_eq!(e.smtp_port, 465);
+        let mut w = webhook("https://Hooks.Example.com/x");
+        w.name.clear();
+        assert_eq!(channel(&w, &tenant).unwrap().name, "webhook hooks.example.com");
     }
 }

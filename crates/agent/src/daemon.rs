@@ -1,0 +1,145 @@
+//! `portwatch-agent run`: wires the spool, the check engine, the scheduler
+//! loop, the spool writer, the coordinator stream and `/metrics`, and shuts
+//! down softly: stop scheduling, finish checks in flight, flush the spool, send
+//! what is left and wait (bounded) for its acknowledgement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use portwatch_check::{Checker, Guard, Nameservers, Resolver};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::runner::{Runner, spool_writer};
+use crate::spool::Spool;
+use crate::stream::{self, Link};
+
+/// Longest a check can take (the largest timeout) plus slack.
+const DRAIN_CHECKS: Duration = Duration::from_secs(11);
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: each check in flight is a socket.
+pub fn raise_nofile() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Runs the agent until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(n) = raise_nofile() {
+        info!(nofile = n, "file descriptor limit");
+        if (n as usize) < config.max_in_flight + 256 {
+            warn!(
+                nofile = n,
+                max_in_flight = config.max_in_flight,
+                "the descriptor limit is below max_in_flight; checks may fail with probe errors"
+            );
+        }
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
+    let spool = Spool::open(&config.data_dir, config.spool_max).with_context(|| {
+        format!(
+            "data_dir: opening the spool in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let agent_id = spool.agent_id(config.agent_id.as_deref())?;
+    let nameservers = if config.nameservers.is_empty() {
+        Nameservers::System
+    } else {
+        Nameservers::Custom(config.nameservers.clone())
+    };
+    let resolver = Resolver::new(&nameservers).context("nameservers")?;
+    let guard = match (
+        config.allow_private_targets,
+        config.private_allow.is_empty(),
+    ) {
+        (false, _) => Guard::public_only(),
+        (true, true) => Guard::allow_private(),
+        (true, false) => Guard::allow_private_in(config.private_allow.clone()),
+    };
+    let checker = Checker::new(resolver, guard).with_source(config.source_address);
+
+    if let Some(addr) = config.metrics_listen {
+        let handle = portwatch_telemetry::metrics_http::install().map_err(anyhow::Error::msg)?;
+        let bound = portwatch_telemetry::metrics_http::serve(addr, handle, shutdown.clone())
+            .await
+            .with_context(|| format!("metrics_listen: binding {addr}"))?;
+        println!("portwatch-agent metrics on http://{bound}/metrics");
+    }
+
+    let (results_tx, results_rx) = mpsc::channel(65_536);
+    let runner = Runner::new(checker, config.max_in_flight, results_tx, config.close_mode);
+    // Keep probing from the cached assignments while the coordinator is away.
+    let (revision, cached) = spool.assignments()?;
+    if !cached.is_empty() {
+        info!(
+            assignments = cached.len(),
+            revision, "resuming cached assignments"
+        );
+        runner.apply_snapshot(&cached);
+    }
+    let spooled = Arc::new(Notify::new());
+    let writer = tokio::spawn(spool_writer(
+        results_rx,
+        spool.clone(),
+        spooled.clone(),
+        config.batch_size,
+        config.batch_wait,
+    ));
+    let sched_stop = CancellationToken::new();
+    let sched = tokio::spawn(runner.clone().run(sched_stop.clone()));
+    let stream_stop = CancellationToken::new();
+    let link = Link {
+        config: config.clone(),
+        agent_id: agent_id.clone(),
+        spool: spool.clone(),
+        runner: runner.clone(),
+        spooled,
+    };
+    let link_task = tokio::spawn(stream::run(link, stream_stop.clone()));
+    println!(
+        "portwatch-agent {agent_id} running; coordinator {}",
+        config.coordinator
+    );
+    info!(agent_id, coordinator = %config.coordinator, "agent running");
+
+    shutdown.cancelled().await;
+    info!("shutting down: finishing checks in flight");
+    sched_stop.cancel();
+    let _ = sched.await;
+    runner.drain(DRAIN_CHECKS).await;
+    drop(runner);
+    let _ = writer.await;
+    spool.flush().await?;
+    info!(
+        pending = spool.depth(),
+        "spool flushed; sending what is left"
+    );
+    stream_stop.cancel();
+    let _ = link_task.await;
+    spool.flush().await?;
+    info!(unacknowledged = spool.depth(), "agent stopped");
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! Runs checks on schedule: one loop over the scheduler's heap (no task per
+//! monitor sleeping), a semaphore bounding checks in flight, and a writer that
+//! puts results into the spool in batches before anything is sent.
+//!
+//! Guarantees: a result is in the spool (and flushed) before the stream can
+//! send it; a check-now or a new/changed monitor runs at once; a late loop runs
+//! one check per monitor, never a backlog; schedule lag is measured.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use portwatch_check::{CheckSpec, Checker, CloseMode, Outcome};
+use portwatch_proto::v1;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::scheduler::Scheduler;
+use crate::spool::Spool;
+
+/// What the scheduler holds per monitor.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub spec: Arc<CheckSpec>,
+    pub generation: u64,
+}
+
+/// Most checks started per scheduler wake-up (keeps the loop responsive).
+const POP_MAX: usize = 1024;
+/// How many recent lags feed the p99 reported in heartbeats.
+const LAG_WINDOW: usize = 4096;
+
+/// Milliseconds since the Unix epoch, wall clock (schedules are aligned on it).
+pub fn now_ms() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The scheduler loop and its check executor.
+pub struct Runner {
+    checker: Checker,
+    scheduler: Mutex<Scheduler<Job>>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    in_flight: AtomicU32,
+    results: Mutex<Option<mpsc::Sender<v1::CheckResult>>>,
+    force_close: Option<CloseMode>,
+    lags: Mutex<VecDeque<u64>>,
+}
+
+fn job_of(a: &v1::Assignment) -> Option<Job> {
+    let spec = a.spec.as_ref()?;
+    match CheckSpec::try_from(spec) {
+        Ok(spec) => Some(Job {
+            spec: Arc::new(spec),
+            generation: a.generation,
+        }),
+        Err(e) => {
+            warn!(monitor_id = %a.monitor_id, error = %e, "ignoring an assignment with an invalid check spec");
+            None
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(
+        checker: Checker,
+        max_in_flight: usize,
+        results: mpsc::Sender<v1::CheckResult>,
+        force_close: Option<CloseMode>,
+    ) -> Arc<Runner> {
+        Arc::new(Runner {
+            checker,
+            scheduler: Mutex::new(Scheduler::new()),
+            wake: Notify::new(),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            in_flight: AtomicU32::new(0),
+            results: Mutex::new(Some(results)),
+            force_close,
+            lags: Mutex::new(VecDeque::with_capacity(LAG_WINDOW)),
+        })
+    }
+
+    fn sched(&self) -> MutexGuard<'_, Scheduler<Job>> {
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the whole assignment set.
+    pub fn apply_snapshot(&self, assignments: &[v1::Assignment]) {
+        let keep: HashSet<String> = assignments.iter().map(|a| a.monitor_id.clone()).collect();
+        let now = now_ms();
+        {
+            let mut s = self.sched();
+            s.retain(&keep);
+            for a in assignments {
+                if let Some(job) = job_of(a) {
+                    s.upsert(&a.monitor_id, a.interval_ms, a.generation, job, now);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Applies upserts and removals.
+    pub fn apply_update(&self, update: &v1::AssignmentUpdate) {
+        let now = now_ms();
+        {
+            let mut s = self.sched();
+            for id in &update.removals {
+                s.remove(id);
+            }
+            for a in &update.upserts {
+                if let Some(job) = job_of(a) {
+                    s.upsert(&a.monitor_id, a.interval_ms, a.generation, job, now);
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs these monitors now (fast confirmation).
+    pub fn check_now(&self, ids: &[String]) {
+        let now = now_ms();
+        {
+            let mut s = self.sched();
+            for id in ids {
+                if !s.check_now(id, now) {
+                    debug!(monitor_id = %id, "check-now for a monitor not assigned here");
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn assignments(&self) -> usize {
+        self.sched().len()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The 99th percentile of recent schedule lags, microseconds.
+    pub fn lag_p99_us(&self) -> u64 {
+        let lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        if lags.is_empty() {
+            return 0;
+        }
+        let mut v: Vec<u64> = lags.iter().copied().collect();
+        v.sort_unstable();
+        let idx = (v.len() * 99).div_ceil(100).saturating_sub(1);
+        v.get(idx).copied().unwrap_or(0)
+    }
+
+    fn record_lag(&self, lag_us: u64) {
+        metrics::histogram!("portwatch_agent_schedule_lag_seconds").record(lag_us as f64 / 1e6);
+        let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        if lags.len() == LAG_WINDOW {
+            lags.pop_front();
+        }
+        lags.push_back(lag_us);
+    }
+
+    /// The scheduler loop; returns when `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let now = now_ms();
+            let next = self.sched().next_due_ms();
+            match next {
+                Some(t) if t <= now => {
+                    let due = self.sched().pop_due(now, POP_MAX);
+                    for d in due {
+                        let permit = tokio::select! {
+                            () = stop.cancelled() => return,
+                            p = self.permits.clone().acquire_owned() => match p {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            },
+                        };
+                        let Some(results) = self
+                            .results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                        else {
+                            return;
+                        };
+                        let lag_ms = now_ms().saturating_sub(d.due_ms);
+                        self.record_lag(lag_ms.saturating_mul(1000));
+                        let runner = self.clone();
+                        self.in_flight.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            let result =
+                                runner.run_one(&d.monitor_id, &d.payload, d.immediate).await;
+                            runner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            drop(permit);
+                            if results.send(result).await.is_err() {
+                                warn!("result writer is gone; result dropped");
+                            }
+                        });
+                    }
+                }
+                Some(t) => {
+                    let wait = Duration::from_millis(t - now);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.wake.notified() => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = self.wake.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_one(&self, monitor_id: &str, job: &Job, immediate: bool) -> v1::CheckResult {
+        let started = Instant::now();
+        let result = match self.force_close {
+            Some(mode) if mode != job.spec.close_mode => {
+                let mut spec = (*job.spec).clone();
+                spec.close_mode = mode;
+                self.checker.check(&spec).await
+            }
+            _ => self.checker.check(&job.spec).await,
+        };
+        metrics::counter!("portwatch_agent_checks_total", "outcome" => result.outcome.name())
+            .increment(1);
+        metrics::histogram!("portwatch_agent_check_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if result.outcome == Outcome::ProbeError {
+            warn!(monitor_id, detail = %result.detail, "probe error (the agent's own fault; not reported as the target's)");
+        }
+        result.to_wire(monitor_id, job.generation, immediate)
+    }
+
+    /// Stops taking new checks and waits (bounded) for those in flight; then
+    /// closes the result channel so the writer can finish.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        if tokio::time::timeout_at(deadline, self.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = self.in_flight(),
+                "checks still running at shutdown"
+            );
+        }
+        self.results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// Moves results from the checks into the spool in batches (size or time
+/// bound), flushes, then wakes the stream. Ends when every sender is gone.
+pub async fn spool_writer(
+    mut rx: mpsc::Receiver<v1::CheckResult>,
+    spool: Spool,
+    spooled: Arc<Notify>,
+    batch_size: usize,
+    batch_wait: Duration,
+) {
+    let mut batch = Vec::with_capacity(batch_size);
+    loop {
+        let Some(first) = rx.recv().await else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + batch_wait;
+        while batch.len() < batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        write(&spool, &mut batch).await;
+        spooled.notify_one();
+    }
+    if !batch.is_empty() {
+        write(&spool, &mut batch).await;
+        spooled.notify_one();
+    }
+}
+
+async fn write(spool: &Spool, batch: &mut Vec<v1::CheckResult>) {
+    match spool.append(batch) {
+        Ok(_) => {
+            if let Err(e) = spool.flush().await {
+                warn!(error = %e, "spool flush failed");
+            }
+        }
+        Err(e) => warn!(error = %e, lost = batch.len(), "spool append failed; results lost"),
+    }
+    metrics::gauge!("portwatch_agent_spool_depth").set(spool.depth() as f64);
+    metrics::gauge!("portwatch_agent_spool_dropped_total").set(spool.dropped_total() as f64);
+    batch.clear();
+}

@@ -1,0 +1,581 @@
+//! The durable outbox: which deliveries an incident or a probe-region outage
+//! causes, and the worker that sends them.
+//!
+//! Why it exists: a notification must survive a coordinator crash and a
+//! receiver that is down, without ever holding up result ingestion. So the hub
+//! only *plans* deliveries ([`plan_incident`], [`plan_region`]) and writes them
+//! in the same sled transaction as the incident change, flushes, and wakes the
+//! [`Worker`]; the worker, a separate task, sends them.
+//!
+//! Guarantees:
+//! - at least once: a delivery stays PENDING (and in the store's pending index)
+//!   until an attempt succeeded or it gave up; after a crash the worker finds
+//!   it again at start. A crash between a successful send and the write of
+//!   DELIVERED sends it again, with the same `Idempotency-Key`;
+//! - one attempt at a time per delivery (the in-flight set), at most
+//!   `CONCURRENCY` attempts at once overall;
+//! - retries back off exponentially with jitter, capped at `retry_max`, and
+//!   stop after `retry_horizon` from the delivery's creation (state FAILED), or
+//!   at once when the receiver refused the message itself;
+//! - every attempt is recorded (attempts, last error, next attempt) and flushed
+//!   before the next one is considered.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portwatch_proto::time::{from_timestamp, to_timestamp, unix_micros};
+use portwatch_proto::v1;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::channels::{self, Answer, Failure, Senders};
+use crate::hub::new_id;
+use crate::render::{Notice, Notification};
+use crate::store::{OutboxRecord, RegionOutage, Store};
+
+/// Attempts in flight at once.
+const CONCURRENCY: usize = 8;
+/// The worker looks at the pending index at least this often, even unwoken.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// How long shutdown lets attempts in flight finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Retry settings (from the coordinator's config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// Delay after the first failed attempt.
+    pub retry_initial: Duration,
+    /// Longest delay between two attempts.
+    pub retry_max: Duration,
+    /// Give up this long after the delivery was created.
+    pub retry_horizon: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(3600),
+            retry_horizon: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The delay after `attempts` failed attempts: `initial · 2^(attempts-1)`,
+/// capped at `max`, then "equal jitter" (half fixed, half random, `jitter` in
+/// [0, 1]) so that many deliveries failing together do not retry in lockstep.
+pub fn backoff(attempts: u32, s: &OutboxSettings, jitter: f64) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let full = s
+        .retry_initial
+        .checked_mul(1u32 << exp)
+        .unwrap_or(s.retry_max)
+        .min(s.retry_max);
+    let half = full / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// The word of a delivery kind in idempotency keys.
+pub fn kind_word(kind: v1::DeliveryKind) -> &'static str {
+    match kind {
+        v1::DeliveryKind::Opened => "opened",
+        v1::DeliveryKind::Resolved => "resolved",
+        v1::DeliveryKind::RegionOffline => "offline",
+        v1::DeliveryKind::RegionOnline => "online",
+        v1::DeliveryKind::Unspecified => "unspecified",
+    }
+}
+
+/// `{subject}:{opened|resolved|offline|online}:{channel id}`; receivers dedup on it.
+pub fn idempotency_key(subject: &str, kind: v1::DeliveryKind, channel_id: &str) -> String {
+    format!("{subject}:{}:{channel_id}", kind_word(kind))
+}
+
+fn record(
+    channel: &v1::Channel,
+    subject: &str,
+    kind: v1::DeliveryKind,
+    now: SystemTime,
+) -> OutboxRecord {
+    let at = to_timestamp(now);
+    OutboxRecord {
+        delivery: Some(v1::Delivery {
+            id: new_id("dlv"),
+            channel_id: channel.id.clone(),
+            subject_id: subject.to_string(),
+            kind: kind as i32,
+            idempotency_key: idempotency_key(subject, kind, &channel.id),
+            state: v1::DeliveryState::Pending as i32,
+            attempts: 0,
+            last_error: String::new(),
+            created_at: Some(at),
+            next_attempt_at: Some(at),
+            delivered_at: None,
+        }),
+        tenant_id: channel.tenant_id.clone(),
+        incident: None,
+        outage: None,
+    }
+}
+
+/// The channels an incident of `monitor` notifies: the ones it names (those that
+/// still exist and belong to its tenant), or else the tenant's default channels.
+/// For a resolve, `earlier` lists the channels told of the opening: the same
+/// receivers hear that it is over (PagerDuty needs the resolve for its trigger).
+pub fn incident_channels<'a>(
+    monitor: &v1::Monitor,
+    channels: &'a [v1::Channel],
+    earlier: &[String],
+) -> Vec<&'a v1::Channel> {
+    let tenant = |c: &&v1::Channel| c.tenant_id == monitor.tenant_id && !c.tenant_id.is_empty();
+    if !earlier.is_empty() {
+        return channels
+            .iter()
+            .filter(tenant)
+            .filter(|c| earlier.contains(&c.id))
+            .collect();
+    }
+    if monitor.channel_ids.is_empty() {
+        channels.iter().filter(tenant).filter(|c| c.is_default).collect()
+    } else {
+        channels
+            .iter()
+            .filter(tenant)
+            .filter(|c| monitor.channel_ids.contains(&c.id))
+            .collect()
+    }
+}
+
+/// One delivery per channel for an incident that opened or resolved; each
+/// carries a snapshot of the incident.
+pub fn plan_incident(
+    monitor: &v1::Monitor,
+    channels: &[v1::Channel],
+    earlier: &[String],
+    incident: &v1::Incident,
+    kind: v1::DeliveryKind,
+    now: SystemTime,
+) -> Vec<OutboxRecord> {
+    incident_channels(monitor, channels, earlier)
+        .into_iter()
+        .map(|c| OutboxRecord {
+            incident: Some(incident.clone()),
+            ..record(c, &incident.id, kind, now)
+        })
+        .collect()
+}
+
+/// One delivery per operator channel for a probe region that went offline or
+/// came back.
+pub fn plan_region(
+    channels: &[v1::Channel],
+    outage: &RegionOutage,
+    kind: v1::DeliveryKind,
+    now: SystemTime,
+) -> Vec<OutboxRecord> {
+    channels
+        .iter()
+        .filter(|c| c.tenant_id.is_empty())
+        .map(|c| {
+            let mut r = record(c, &outage.region, kind, now);
+            // The subject shown is the region; the key names this outage, so a
+            // later outage of the same region is a new message.
+            if let Some(d) = &mut r.delivery {
+                d.idempotency_key = idempotency_key(&outage.id, kind, &c.id);
+            }
+            r.outage = Some(outage.clone());
+            r
+        })
+        .collect()
+}
+
+/// Counts deliveries that were just planned (and made durable).
+pub fn count_planned(n: usize) {
+    if n > 0 {
+        metrics::counter!("portwatch_deliveries_total", "state" => "pending").increment(n as u64);
+    }
+}
+
+/// The notification a stored delivery renders to.
+pub fn notification(r: &OutboxRecord) -> Option<Notification<'_>> {
+    let d = r.delivery.as_ref()?;
+    let notice = match v1::DeliveryKind::try_from(d.kind).ok()? {
+        v1::DeliveryKind::Opened => Notice::Opened(r.incident.as_ref()?),
+        v1::DeliveryKind::Resolved => Notice::Resolved(r.incident.as_ref()?),
+        v1::DeliveryKind::RegionOffline => Notice::RegionOffline(r.outage.as_ref()?),
+        v1::DeliveryKind::RegionOnline => Notice::RegionOnline(r.outage.as_ref()?),
+        v1::DeliveryKind::Unspecified => return None,
+    };
+    Some(Notification {
+        notice,
+        key: &d.idempotency_key,
+        test: false,
+    })
+}
+
+/// Sends what the outbox holds.
+pub struct Worker {
+    store: Store,
+    senders: Arc<Senders>,
+    settings: OutboxSettings,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        senders: Arc<Senders>,
+        settings: OutboxSettings,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        Worker {
+            store,
+            senders,
+            settings,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; lets attempts in flight finish for a moment, then
+    /// abandons them (they stay PENDING and are sent after the restart).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let me = Arc::new(self);
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut by_task: HashMap<tokio::task::Id, String> = HashMap::new();
+        loop {
+            let now_us = unix_micros(SystemTime::now());
+            let mut next_due: Option<u64> = None;
+            match me.store.pending_deliveries() {
+                Ok(pending) => {
+                    metrics::gauge!("portwatch_deliveries_pending").set(pending.len() as f64);
+                    for (id, at) in pending {
+                        if in_flight.contains(&id) {
+                            continue;
+                        }
+                        if at > now_us {
+                            next_due = Some(next_due.map_or(at, |n| n.min(at)));
+                        } else if tasks.len() < CONCURRENCY {
+                            let w = me.clone();
+                            let handle = tasks.spawn({
+                                let id = id.clone();
+                                async move { w.attempt(&id).await }
+                            });
+                            by_task.insert(handle.id(), id.clone());
+                            in_flight.insert(id);
+                        }
+                    }
+                }
+                Err(e) => error!(error = %e, "outbox: reading pending deliveries failed"),
+            }
+            let wait = next_due.map_or(IDLE_POLL, |at| {
+                Duration::from_micros(at.saturating_sub(now_us)).min(IDLE_POLL)
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = me.wake.notified() => {}
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => {
+                            error!(error = %e, "outbox: an attempt task failed");
+                            e.id()
+                        }
+                    };
+                    if let Some(d) = by_task.remove(&id) {
+                        in_flight.remove(&d);
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        if !tasks.is_empty() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            tasks.abort_all();
+        }
+    }
+
+    /// One attempt for one delivery, recorded and flushed.
+    async fn attempt(&self, id: &str) {
+        let mut rec = match self.store.get_delivery(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                error!(delivery_id = %id, error = %e, "outbox: reading a delivery failed");
+                return;
+            }
+        };
+        if rec
+            .delivery
+            .as_ref()
+            .is_none_or(|d| d.state != v1::DeliveryState::Pending as i32)
+        {
+            return;
+        }
+        let channel_id = rec
+            .delivery
+            .as_ref()
+            .map(|d| d.channel_id.clone())
+            .unwrap_or_default();
+        let (kind, result) = match self.store.get_channel(&channel_id) {
+            Ok(Some(ch)) => {
+                let kind = channels::kind(&ch);
+                let result = match notification(&rec) {
+                    Some(n) => self.senders.send(&ch, &n).await,
+                    None => Err(Failure {
+                        detail: "the delivery record is incomplete".into(),
+                        permanent: true,
+                    }),
+                };
+                (kind, result)
+            }
+            Ok(None) => (
+                "none",
+                Err(Failure {
+                    detail: "the channel was deleted".into(),
+                    permanent: true,
+                }),
+            ),
+            Err(e) => (
+                "none",
+                Err(Failure {
+                    detail: format!("reading the channel: {e}"),
+                    permanent: false,
+                }),
+            ),
+        };
+        metrics::counter!(
+            "portwatch_delivery_attempts_total",
+            "channel_kind" => kind,
+            "result" => if result.is_ok() { "ok" } else { "error" },
+        )
+        .increment(1);
+        let now = SystemTime::now();
+        let jitter = rand::random::<f64>();
+        let Some(d) = rec.delivery.as_mut() else {
+            return;
+        };
+        apply(d, result, now, &self.settings, jitter);
+        let state = d.state;
+        if let Err(e) = self.store.put_delivery(&rec) {
+            error!(delivery_id = %id, error = %e, "outbox: recording an attempt failed");
+            return;
+        }
+        if let Err(e) = self.store.flush().await {
+            error!(delivery_id = %id, error = %e, "outbox: flushing an attempt failed");
+        }
+        match v1::DeliveryState::try_from(state) {
+            Ok(v1::DeliveryState::Delivered) => {
+                metrics::counter!("portwatch_deliveries_total", "state" => "delivered")
+                    .increment(1);
+            }
+            Ok(v1::DeliveryState::Failed) => {
+                metrics::counter!("portwatch_deliveries_total", "state" => "failed").increment(1);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records one attempt's result in the delivery: DELIVERED, or PENDING with the
+/// next attempt, or FAILED when the receiver refused the message or the retry
+/// horizon would be passed.
+pub fn apply(
+    d: &mut v1::Delivery,
+    result: Result<Answer, Failure>,
+    now: SystemTime,
+    s: &OutboxSettings,
+    jitter: f64,
+) {
+    d.attempts = d.attempts.saturating_add(1);
+    match result {
+        Ok(answer) => {
+            d.state = v1::DeliveryState::Delivered as i32;
+            d.delivered_at = Some(to_timestamp(now));
+            d.next_attempt_at = None;
+            info!(
+                delivery_id = %d.id,
+                channel_id = %d.channel_id,
+                key = %d.idempotency_key,
+                attempts = d.attempts,
+                answer = %answer.detail,
+                "notification delivered"
+            );
+        }
+        Err(f) => {
+            d.last_error = f.detail;
+            let created = d
+                .created_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .unwrap_or(now);
+            let next = now + backoff(d.attempts, s, jitter);
+            let give_up_at = created + s.retry_horizon;
+            if f.permanent || next > give_up_at {
+                d.state = v1::DeliveryState::Failed as i32;
+                d.next_attempt_at = None;
+                warn!(
+                    delivery_id = %d.id,
+                    channel_id = %d.channel_id,
+                    attempts = d.attempts,
+                    error = %d.last_error,
+                    permanent = f.permanent,
+                    "notification failed; giving up"
+                );
+            } else {
+                d.next_attempt_at = Some(to_timestamp(next));
+                warn!(
+                    delivery_id = %d.id,
+                    channel_id = %d.channel_id,
+                    attempts = d.attempts,
+                    error = %d.last_error,
+                    "notification attempt failed; will retry"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(id: &str, tenant: &str, default: bool) -> v1::Channel {
+        v1::Channel {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            is_default: default,
+            ..Default::default()
+        }
+    }
+
+    fn ids(v: &[OutboxRecord]) -> Vec<String> {
+        v.iter()
+            .map(|r| r.delivery.as_ref().unwrap().channel_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters_within_half() {
+        let s = OutboxSettings {
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(60),
+            retry_horizon: Duration::from_secs(3600),
+        };
+        let table = [(1, 10), (2, 20), (3, 40), (4, 60), (40, 60)];
+        for (attempts, full) in table {
+            let full = Duration::from_secs(full);
+            assert_eq!(backoff(attempts, &s, 1.0), full, "attempt {attempts}");
+            assert_eq!(backoff(attempts, &s, 0.0), full / 2, "attempt {attempts}");
+        }
+        assert_eq!(backoff(u32::MAX, &s, 0.5), Duration::from_secs(45));
+    }
+
+    #[test]
+    fn channels_named_by_the_monitor_else_the_tenants_defaults() {
+        let chans = vec![
+            channel("a", "acme", true),
+            channel("b", "acme", false),
+            channel("c", "acme", true),
+            channel("x", "other", true),
+            channel("op", "", true),
+        ];
+        let mut m = v1::Monitor {
+            id: "m".into(),
+            tenant_id: "acme".into(),
+            ..Default::default()
+        };
+        let i = v1::Incident {
+            id: "inc-1".into(),
+            ..Default::default()
+        };
+        let now = SystemTime::now();
+        let plan = |m: &v1::Monitor, earlier: &[String]| {
+            plan_incident(m, &chans, earlier, &i, v1::DeliveryKind::Opened, now)
+        };
+        assert_eq!(ids(&plan(&m, &[])), ["a", "c"]);
+        m.channel_ids = vec!["b".into(), "x".into(), "gone".into()];
+        assert_eq!(ids(&plan(&m, &[])), ["b"], "another tenant's channel is never used");
+        assert_eq!(ids(&plan(&m, &["a".into()])), ["a"], "a resolve follows its open");
+        let r = &plan(&m, &[])[0];
+        let d = r.delivery.as_ref().unwrap();
+        assert_eq!(d.idempotency_key, "inc-1:opened:b");
+        assert_eq!(d.subject_id, "inc-1");
+        assert_eq!(d.state, v1::DeliveryState::Pending as i32);
+        assert_eq!(r.tenant_id, "acme");
+        assert!(notification(r).is_some());
+
+        let o = RegionOutage {
+            id: "out-1".into(),
+            region: "eu".into(),
+            ..Default::default()
+        };
+        let rs = plan_region(&chans, &o, v1::DeliveryKind::RegionOffline, now);
+        assert_eq!(ids(&rs), ["op"], "region notices go to operator channels only");
+        let d = rs[0].delivery.as_ref().unwrap();
+        assert_eq!(d.idempotency_key, "out-1:offline:op");
+        assert_eq!(d.subject_id, "eu");
+    }
+
+    #[test]
+    fn attempts_retry_until_the_horizon_or_a_refusal() {
+        let s = OutboxSettings {
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(60),
+            retry_horizon: Duration::from_secs(100),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let fresh = || v1::Delivery {
+            id: "d".into(),
+            state: v1::DeliveryState::Pending as i32,
+            created_at: Some(to_timestamp(t0)),
+            ..Default::default()
+        };
+        let fail = |permanent| {
+            Err(Failure {
+                detail: "HTTP 503".into(),
+                permanent,
+            })
+        };
+
+        let mut d = fresh();
+        apply(&mut d, fail(false), t0, &s, 1.0);
+        assert_eq!(d.state, v1::DeliveryState::Pending as i32);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.last_error, "HTTP 503");
+        assert_eq!(
+            d.next_attempt_at.as_ref().and_then(from_timestamp),
+            Some(t0 + Duration::from_secs(10))
+        );
+        // The next retry would land past the horizon: give up now.
+        apply(&mut d, fail(false), t0 + Duration::from_secs(95), &s, 1.0);
+        assert_eq!(d.state, v1::DeliveryState::Failed as i32);
+        assert!(d.next_attempt_at.is_none());
+
+        let mut d = fresh();
+        apply(&mut d, fail(true), t0, &s, 1.0);
+        assert_eq!(d.state, v1::DeliveryState::Failed as i32, "a refusal is final");
+
+        let mut d = fresh();
+        apply(&mut d, fail(false), t0, &s, 0.0);
+        apply(
+            &mut d,
+            Ok(Answer {
+                detail: "HTTP 200 OK".into(),
+            }),
+            t0 + Duration::from_secs(5),
+            &s,
+            0.0,
+        );
+        assert_eq!(d.state, v1::DeliveryState::Delivered as i32);
+        assert_eq!(d.attempts, 2);
+        assert!(d.delivered_at.is_some());
+        assert!(d.next_attempt_at.is_none());
+    }
+}
