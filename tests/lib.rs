@@ -664,3 +664,459 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------- notification receivers
+
+/// A free loopback port (bound, then released) for a receiver started later.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// One HTTP request a [`HttpReceiver`] got, with the status it answered.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub status: u16,
+}
+
+impl Recorded {
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+type Responder = dyn Fn(&Recorded, usize) -> (u16, String) + Send + Sync;
+
+/// A hand-written HTTP/1.1 server on loopback that records every request and
+/// answers what the test's responder says (given the request and how many came
+/// before it). Keep-alive is supported; every read is bounded in size and time.
+pub struct HttpReceiver {
+    pub addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpReceiver {
+    /// Answers 200 "ok" to everything.
+    pub async fn ok() -> HttpReceiver {
+        Self::start(|_, _| (200, "ok".to_string())).await
+    }
+
+    /// Starts on a free loopback port.
+    pub async fn start(
+        respond: impl Fn(&Recorded, usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> HttpReceiver {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), respond).await
+    }
+
+    /// Starts on `addr` (e.g. a port a channel already points at).
+    pub async fn start_on(
+        addr: SocketAddr,
+        respond: impl Fn(&Recorded, usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> HttpReceiver {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the HTTP receiver");
+        let addr = listener.local_addr().expect("local addr");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let respond: std::sync::Arc<Responder> = std::sync::Arc::new(respond);
+        let recorded = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = recorded.clone();
+                let respond = respond.clone();
+                tokio::spawn(async move {
+                    let _ = serve_http(conn, recorded, respond).await;
+                });
+            }
+        });
+        HttpReceiver {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        eventually(
+            &format!("{n} request(s) at the HTTP receiver"),
+            timeout,
+            || {
+                let got = self.requests();
+                async move { (got.len() >= n).then_some(got) }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_http(
+    conn: tokio::net::TcpStream,
+    recorded: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    respond: std::sync::Arc<Responder>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    const LIMIT: usize = 1 << 20;
+    let (rd, mut wr) = conn.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), rd.read_line(&mut line))
+            .await
+            .map_err(|_| std::io::Error::other("idle"))??;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut h))
+                .await
+                .map_err(|_| std::io::Error::other("slow headers"))??;
+            if n == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+            if headers.len() > 100 {
+                return Err(std::io::Error::other("too many headers"));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        if len > LIMIT {
+            return Err(std::io::Error::other("body too large"));
+        }
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut body))
+            .await
+            .map_err(|_| std::io::Error::other("slow body"))??;
+        let mut req = Recorded {
+            method,
+            path,
+            headers,
+            body,
+            status: 0,
+        };
+        let (status, answer) = {
+            let mut all = recorded.lock().unwrap_or_else(|e| e.into_inner());
+            let (status, answer) = respond(&req, all.len());
+            req.status = status;
+            all.push(req);
+            (status, answer)
+        };
+        let content_type = if answer.starts_with('{') {
+            "application/json"
+        } else {
+            "text/plain"
+        };
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            match status {
+                200 => "OK",
+                202 => "Accepted",
+                400 => "Bad Request",
+                500 => "Internal Server Error",
+                503 => "Service Unavailable",
+                _ => "Status",
+            },
+            answer.len()
+        );
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(answer.as_bytes()).await?;
+        wr.flush().await?;
+    }
+}
+
+/// One message an [`SmtpServer`] accepted.
+#[derive(Clone, Debug, Default)]
+pub struct Mail {
+    pub from: String,
+    pub to: Vec<String>,
+    /// The DATA section as sent (headers and encoded body), dot-unstuffed.
+    pub data: String,
+    /// `(username, password)` from AUTH PLAIN or LOGIN, if the client logged in.
+    pub auth: Option<(String, String)>,
+}
+
+impl Mail {
+    fn split(&self) -> (&str, &str) {
+        self.data
+            .split_once("\r\n\r\n")
+            .unwrap_or((self.data.as_str(), ""))
+    }
+
+    /// A header's value, unfolded (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (head, _) = self.split();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        unfolded.split("\r\n").find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    /// The body, decoded from quoted-printable or base64 when the headers say so.
+    pub fn body_text(&self) -> String {
+        let (_, body) = self.split();
+        let cte = self
+            .header("Content-Transfer-Encoding")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let bytes = match cte.as_str() {
+            "quoted-printable" => decode_qp(body),
+            "base64" => decode_base64(&body.replace("\r\n", "")),
+            _ => body.as_bytes().to_vec(),
+        };
+        String::from_utf8_lossy(&bytes).replace("\r\n", "\n")
+    }
+}
+
+fn decode_qp(s: &str) -> Vec<u8> {
+    let s = s.replace("=\r\n", "");
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'='
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(v) = u8::from_str_radix(hex, 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Standard base64 (with padding), enough for SMTP AUTH and MIME bodies.
+pub fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes().filter_map(val) {
+        acc = (acc << 6) | c;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// A small SMTP server on loopback (plain TCP): EHLO/HELO, AUTH PLAIN/LOGIN,
+/// MAIL, RCPT, DATA, RSET, NOOP, QUIT. Records every accepted message.
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    mails: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SmtpServer {
+    pub async fn start() -> SmtpServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the SMTP server");
+        let addr = listener.local_addr().expect("local addr");
+        let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = mails.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let _ = serve_smtp(conn, store).await;
+                });
+            }
+        });
+        SmtpServer { addr, mails, task }
+    }
+
+    pub fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until at least `n` messages arrived; returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Mail> {
+        eventually(
+            &format!("{n} message(s) at the SMTP server"),
+            timeout,
+            || {
+                let got = self.mails();
+                async move { (got.len() >= n).then_some(got) }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_smtp(
+    conn: tokio::net::TcpStream,
+    store: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (rd, mut wr) = conn.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let read = async |rd: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>| {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), rd.read_line(&mut line))
+            .await
+            .map_err(|_| std::io::Error::other("idle"))??;
+        if n == 0 || line.len() > 100_000 {
+            return Err(std::io::Error::other("closed"));
+        }
+        Ok::<String, std::io::Error>(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let plain = |b64: &str| {
+        let raw = decode_base64(b64);
+        let parts: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        (
+            parts.get(1).cloned().unwrap_or_default(),
+            parts.get(2).cloned().unwrap_or_default(),
+        )
+    };
+    wr.write_all(b"220 portwatch-test ESMTP\r\n").await?;
+    let mut mail = Mail::default();
+    let mut auth = None;
+    loop {
+        let line = read(&mut rd).await?;
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-portwatch-test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n".into()
+        } else if upper.starts_with("HELO") {
+            "250 portwatch-test\r\n".into()
+        } else if upper.starts_with("AUTH PLAIN") {
+            let arg = line.get(10..).unwrap_or_default().trim().to_string();
+            let arg = if arg.is_empty() {
+                wr.write_all(b"334 \r\n").await?;
+                read(&mut rd).await?
+            } else {
+                arg
+            };
+            auth = Some(plain(&arg));
+            "235 2.7.0 Authentication successful\r\n".into()
+        } else if upper.starts_with("AUTH LOGIN") {
+            wr.write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+            let user = String::from_utf8_lossy(&decode_base64(&read(&mut rd).await?)).into_owned();
+            wr.write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
+            let pass = String::from_utf8_lossy(&decode_base64(&read(&mut rd).await?)).into_owned();
+            auth = Some((user, pass));
+            "235 2.7.0 Authentication successful\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            mail = Mail {
+                from: line[10..].trim().to_string(),
+                auth: auth.clone(),
+                ..Mail::default()
+            };
+            "250 2.1.0 OK\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            mail.to.push(line[8..].trim().to_string());
+            "250 2.1.5 OK\r\n".into()
+        } else if upper == "DATA" {
+            wr.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await?;
+            let mut data = String::new();
+            loop {
+                let l = read(&mut rd).await?;
+                if l == "." {
+                    break;
+                }
+                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                data.push_str("\r\n");
+                if data.len() > 10 << 20 {
+                    return Err(std::io::Error::other("message too large"));
+                }
+            }
+            mail.data = data;
+            let n = {
+                let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
+                all.push(std::mem::take(&mut mail));
+                all.len()
+            };
+            format!("250 2.0.0 OK queued as test-{n}\r\n")
+        } else if upper == "RSET" {
+            mail = Mail::default();
+            "250 2.0.0 OK\r\n".into()
+        } else if upper == "NOOP" {
+            "250 2.0.0 OK\r\n".into()
+        } else if upper == "QUIT" {
+            wr.write_all(b"221 2.0.0 Bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 5.5.2 Command not recognized\r\n".into()
+        };
+        wr.write_all(reply.as_bytes()).await?;
+    }
+}

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             let _ = rustls::crypto::ring::default_provider().install_default();
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(signal_watch(shutdown.clone()));
+                tokio::spawn(portwatch_telemetry::cancel_on_signal(shutdown.clone()));
                 match daemon::run(config, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
@@ -66,21 +66,4 @@ fn main() -> ExitCode {
             })
         }
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signal_watch(shutdown: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    shutdown.cancel();
 }

@@ -194,11 +194,16 @@ impl Runner {
                         let lag_ms = now_ms().saturating_sub(d.due_ms);
                         self.record_lag(lag_ms.saturating_mul(1000));
                         let runner = self.clone();
-                        self.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                        metrics::gauge!("portwatch_agent_in_flight").set(f64::from(n));
                         tokio::spawn(async move {
                             let result =
                                 runner.run_one(&d.monitor_id, &d.payload, d.immediate).await;
-                            runner.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            let n = runner
+                                .in_flight
+                                .fetch_sub(1, Ordering::Relaxed)
+                                .saturating_sub(1);
+                            metrics::gauge!("portwatch_agent_in_flight").set(f64::from(n));
                             drop(permit);
                             if results.send(result).await.is_err() {
                                 warn!("result writer is gone; result dropped");

@@ -382,14 +382,8 @@ async fn spool_bound_drops_the_oldest_and_counts_them() {
 async fn check_now_confirms_within_one_timeout_and_removal_stops_checks() {
     let mut w = world(2).await;
     let target = CountingListener::start().await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    // Region r0 resolves the name to a closed port's address... both use the same port,
-    // so r0 is pointed at 127.0.0.2 where nothing listens.
-    let _ = closed;
+    // The same name resolves differently per region: r0 gets 127.0.0.2, where
+    // nothing listens on the target's port; r1 gets the listener.
     let dns0 = DnsServer::start().await.unwrap();
     let dns1 = DnsServer::start().await.unwrap();
     dns0.set(
@@ -423,10 +417,22 @@ async fn check_now_confirms_within_one_timeout_and_removal_stops_checks() {
         },
     )
     .await;
+    let down_at = rs
+        .iter()
+        .filter(|r| r.region == "r0" && r.outcome == v1::Outcome::Refused as i32)
+        .map(at_ms)
+        .min()
+        .expect("r0 saw the port refused");
+    let confirm_at = rs
+        .iter()
+        .filter(|r| r.region == "r1")
+        .map(at_ms)
+        .max()
+        .unwrap_or(0);
     assert!(
-        rs.iter()
-            .any(|r| r.region == "r0" && r.outcome == v1::Outcome::Refused as i32),
-        "{rs:?}"
+        confirm_at >= down_at && confirm_at - down_at < 1_000,
+        "r1 confirmed {} ms after r0 saw it down; must be within one timeout (1000 ms)",
+        confirm_at.saturating_sub(down_at)
     );
 
     // Removal stops checks.

@@ -1,5 +1,6 @@
 //! The admin API (`portwatch.v1.AdminService`): tenants, regions, agent tokens,
-//! monitors, status, history, incidents and the live event stream.
+//! monitors, status, history, incidents, notification channels and their
+//! deliveries, and the live event stream.
 //!
 //! This is the one door through which operators and tenants change what the
 //! coordinator stores, so the rules of tenancy live here:
@@ -12,7 +13,10 @@
 //!   rejected request changes nothing; check-then-write sequences (duplicate ids,
 //!   plan quotas, a region still in use) run under one lock so two concurrent
 //!   requests cannot both pass the same check;
-//! - a monitor change is stored and flushed before the hub pushes it to agents.
+//! - a monitor change is stored and flushed before the hub pushes it to agents;
+//! - channel secrets (webhook secret, SMTP password, PagerDuty routing key, the
+//!   Slack URL's path) are write-only: every answer carries
+//!   `channels::redacted`; the operator's own channels have an empty tenant id.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -29,22 +33,26 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Caller, hash_token, new_secret};
+use crate::channels::{self, Senders};
 use crate::hub::{Hub, new_id};
 use crate::plans::{PlanLimits, Plans};
 use crate::store::{Store, StoreError, TokenRecord, TokenScope};
-use crate::validate::{self, MonitorDraft, Tenancy, quote};
+use crate::validate::{self, ChannelPolicy, MonitorDraft, Tenancy, quote};
 
 /// The stream `WatchEvents` answers with.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<v1::Event, Status>> + Send>>;
 
 const NO_SUCH_TENANT: &str = "tenant_id: no such tenant";
-const CHANNELS_LATER: &str = "notification channels are not available yet";
+/// Most channels one tenant (or the operator) may have.
+pub const MAX_CHANNELS_PER_OWNER: usize = 100;
 
 /// The admin service.
 pub struct AdminApi {
     hub: Arc<Hub>,
     auth: Auth,
     plans: Plans,
+    /// Sends `TestChannel` samples; knows whether private targets are allowed.
+    senders: Arc<Senders>,
     /// Held from the first check of a writing request to its last write.
     writes: Mutex<()>,
 }
@@ -140,11 +148,12 @@ impl EventFilter {
 }
 
 impl AdminApi {
-    pub fn new(hub: Arc<Hub>, auth: Auth, plans: Plans) -> AdminApi {
+    pub fn new(hub: Arc<Hub>, auth: Auth, plans: Plans, senders: Arc<Senders>) -> AdminApi {
         AdminApi {
             hub,
             auth,
             plans,
+            senders,
             writes: Mutex::new(()),
         }
     }
@@ -285,6 +294,40 @@ impl AdminApi {
         m.updated_at = Some(now_ts());
         self.persist_monitor(&m).await?;
         Ok(m)
+    }
+
+    /// Whose channels a call acts on: the operator without a tenant id acts on
+    /// the operator's own channels (owner ""); otherwise as `tenant_scope`.
+    fn channel_owner(&self, caller: &Caller, requested: &str) -> Result<String, Status> {
+        match caller {
+            Caller::Operator if requested.is_empty() => Ok(String::new()),
+            _ => self.tenant_scope(caller, requested),
+        }
+    }
+
+    /// A channel of this owner; another owner's is as missing as none.
+    fn owned_channel(&self, owner: &str, id: &str) -> Result<v1::Channel, Status> {
+        validate::id("id", id)?;
+        match self.store().get_channel(id).map_err(internal)? {
+            Some(c) if c.tenant_id == owner => Ok(c),
+            _ => Err(not_found("id", "channel")),
+        }
+    }
+
+    /// Every channel a monitor names must be one of its tenant's.
+    fn check_monitor_channels(&self, tenant_id: &str, ids: &[String]) -> Result<(), Status> {
+        for id in ids {
+            match self.store().get_channel(id).map_err(internal)? {
+                Some(c) if c.tenant_id == tenant_id => {}
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "channel_ids: unknown channel {}",
+                        quote(id)
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -671,6 +714,7 @@ impl AdminService for AdminApi {
                 regions: &regions,
             },
         )?;
+        self.check_monitor_channels(&tenant_id, &spec.channel_ids)?;
         let now = now_ts();
         let mut m = v1::Monitor {
             id: new_id("mon"),
@@ -789,6 +833,9 @@ impl AdminService for AdminApi {
                 regions: &regions,
             },
         )?;
+        if req.set_channel_ids {
+            self.check_monitor_channels(&tenant_id, &spec.channel_ids)?;
+        }
         spec.write_to(&mut m);
         m.generation += 1;
         m.updated_at = Some(now_ts());
@@ -942,46 +989,139 @@ impl AdminService for AdminApi {
         }
     }
 
-    // ------------------------------------------------------------ channels (later)
+    // ------------------------------------------------------------ channels
 
     async fn create_channel(
         &self,
         request: Request<v1::CreateChannelRequest>,
     ) -> Result<Response<v1::Channel>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(CHANNELS_LATER))
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let owner = self.channel_owner(&caller, &req.tenant_id)?;
+        let Some(draft) = req.channel else {
+            return Err(Status::invalid_argument("channel: required"));
+        };
+        let mut channel = validate::channel(
+            &draft,
+            &ChannelPolicy {
+                operator: owner.is_empty(),
+                allow_private: self.senders.allow_private(),
+            },
+        )?;
+        let _w = self.writes.lock().await;
+        let count = self
+            .store()
+            .list_channels()
+            .map_err(internal)?
+            .iter()
+            .filter(|c| c.tenant_id == owner)
+            .count();
+        if count >= MAX_CHANNELS_PER_OWNER {
+            return Err(Status::failed_precondition(format!(
+                "channel: at most {MAX_CHANNELS_PER_OWNER} channels per tenant; delete one first"
+            )));
+        }
+        channel.id = new_id("ch");
+        channel.tenant_id = owner;
+        channel.created_at = Some(now_ts());
+        self.store().put_channel(&channel).map_err(internal)?;
+        self.flush().await?;
+        Ok(Response::new(channels::redacted(&channel)))
     }
 
     async fn list_channels(
         &self,
         request: Request<v1::ListChannelsRequest>,
     ) -> Result<Response<v1::ListChannelsResponse>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(CHANNELS_LATER))
+        let caller = self.caller(&request)?;
+        let owner = self.channel_owner(&caller, &request.get_ref().tenant_id)?;
+        let channels = self
+            .store()
+            .list_channels()
+            .map_err(internal)?
+            .iter()
+            .filter(|c| c.tenant_id == owner)
+            .map(channels::redacted)
+            .collect();
+        Ok(Response::new(v1::ListChannelsResponse { channels }))
     }
 
     async fn delete_channel(
         &self,
         request: Request<v1::DeleteChannelRequest>,
     ) -> Result<Response<v1::DeleteChannelResponse>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(CHANNELS_LATER))
+        let caller = self.caller(&request)?;
+        let req = request.get_ref();
+        let owner = self.channel_owner(&caller, &req.tenant_id)?;
+        let _w = self.writes.lock().await;
+        let c = self.owned_channel(&owner, &req.id)?;
+        let users = self
+            .store()
+            .list_monitors()
+            .map_err(internal)?
+            .iter()
+            .filter(|m| m.channel_ids.contains(&c.id))
+            .count();
+        if users > 0 {
+            return Err(Status::failed_precondition(format!(
+                "id: channel {} is still named by {users} monitor(s); remove it from them first",
+                quote(&c.id)
+            )));
+        }
+        // Its pending deliveries fail at their next attempt ("the channel was deleted").
+        self.store().delete_channel(&c.id).map_err(internal)?;
+        self.flush().await?;
+        Ok(Response::new(v1::DeleteChannelResponse {}))
     }
 
     async fn test_channel(
         &self,
         request: Request<v1::TestChannelRequest>,
     ) -> Result<Response<v1::TestChannelResponse>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(CHANNELS_LATER))
+        let caller = self.caller(&request)?;
+        let req = request.get_ref();
+        let owner = self.channel_owner(&caller, &req.tenant_id)?;
+        let c = self.owned_channel(&owner, &req.id)?;
+        let (ok, detail) = match self.senders.test(&c).await {
+            Ok(a) => (true, a.detail),
+            Err(f) => (false, f.detail),
+        };
+        tracing::info!(channel_id = %c.id, kind = channels::kind(&c), ok, %detail, "test notification sent");
+        Ok(Response::new(v1::TestChannelResponse { ok, detail }))
     }
 
     async fn list_deliveries(
         &self,
         request: Request<v1::ListDeliveriesRequest>,
     ) -> Result<Response<v1::ListDeliveriesResponse>, Status> {
-        self.caller(&request)?;
-        Err(Status::unimplemented(CHANNELS_LATER))
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let owner = self.channel_owner(&caller, &req.tenant_id)?;
+        validate::optional_id("incident_id", &req.incident_id)?;
+        let limit = validate::page_size("page_size", req.page_size)?;
+        validate::optional_id("page_token", &req.page_token)?;
+        // Newest first: ids sort by creation time, so the next page has smaller ids.
+        let mut deliveries: Vec<v1::Delivery> = self
+            .store()
+            .list_deliveries()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| r.tenant_id == owner)
+            .filter_map(|r| r.delivery)
+            .filter(|d| req.incident_id.is_empty() || d.subject_id == req.incident_id)
+            .filter(|d| req.page_token.is_empty() || d.id < req.page_token)
+            .take(limit + 1)
+            .collect();
+        let next_page_token = if deliveries.len() > limit {
+            deliveries.truncate(limit);
+            deliveries.last().map(|d| d.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListDeliveriesResponse {
+            deliveries,
+            next_page_token,
+        }))
     }
 
     // ------------------------------------------------------------ events
@@ -1063,7 +1203,7 @@ mod tests {
         let hub = Hub::load(store.clone(), HubSettings::default()).unwrap();
         let auth = Auth::new(OP, store);
         Fixture {
-            api: AdminApi::new(hub.clone(), auth.clone(), plans),
+            api: AdminApi::new(hub.clone(), auth.clone(), plans, senders()),
             hub,
             auth,
             _dir: dir,
@@ -1072,6 +1212,11 @@ mod tests {
 
     fn fixture() -> Fixture {
         fixture_with(Plans::default())
+    }
+
+    fn senders() -> Arc<Senders> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Senders::new(false, Duration::from_secs(2)).unwrap()
     }
 
     fn monitor_req(host: &str, port: u32, regions: &[&str]) -> v1::CreateMonitorRequest {
@@ -1531,12 +1676,15 @@ mod tests {
             f.api.who_am_i(anon).await.unwrap_err().code(),
             Code::Unauthenticated
         );
-        let (c, _) = code(
+        assert!(
             f.api
                 .list_channels(req(&acme, v1::ListChannelsRequest::default()))
-                .await,
+                .await
+                .unwrap()
+                .into_inner()
+                .channels
+                .is_empty()
         );
-        assert_eq!(c, Code::Unimplemented);
         let (c, _) = code(
             f.api
                 .list_channels(req("wrong", v1::ListChannelsRequest::default()))
@@ -2333,5 +2481,319 @@ mod tests {
             .0,
             Code::PermissionDenied
         );
+    }
+
+    fn webhook_channel(url: &str, default: bool) -> v1::Channel {
+        v1::Channel {
+            name: "ops hook".into(),
+            is_default: default,
+            config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
+                url: url.into(),
+                secret: "0123456789abcdef-secret".into(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    async fn create_channel(
+        f: &Fixture,
+        token: &str,
+        tenant_id: &str,
+        c: v1::Channel,
+    ) -> Result<Response<v1::Channel>, Status> {
+        f.api
+            .create_channel(req(
+                token,
+                v1::CreateChannelRequest {
+                    tenant_id: tenant_id.into(),
+                    channel: Some(c),
+                },
+            ))
+            .await
+    }
+
+    #[tokio::test]
+    async fn channels_are_per_tenant_write_only_and_validated() {
+        let f = fixture();
+        let a = f.tenant("alpha", v1::Plan::Pro).await;
+        let b = f.tenant("beta", v1::Plan::Pro).await;
+        f.region("eu", "").await;
+
+        let ch = create_channel(
+            &f,
+            &a,
+            "",
+            webhook_channel("https://hooks.example.com/x", true),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(ch.tenant_id, "alpha");
+        assert!(ch.id.starts_with("ch-"));
+        let Some(v1::channel::Config::Webhook(w)) = &ch.config else {
+            panic!("webhook config")
+        };
+        assert!(w.secret.is_empty(), "the secret is never returned");
+        let stored = f.hub.store().get_channel(&ch.id).unwrap().unwrap();
+        let Some(v1::channel::Config::Webhook(w)) = &stored.config else {
+            panic!()
+        };
+        assert_eq!(w.secret, "0123456789abcdef-secret", "but it is stored");
+
+        // Bad config: INVALID_ARGUMENT naming the field, nothing stored.
+        let before = f.hub.store().list_channels().unwrap().len();
+        for (c, field) in [
+            (
+                webhook_channel("http://127.0.0.1:9/x", false),
+                "channel.webhook.url",
+            ),
+            (
+                webhook_channel("ftp://example.com/x", false),
+                "channel.webhook.url",
+            ),
+            (webhook_channel("::not a url", false), "channel.webhook.url"),
+            (
+                v1::Channel {
+                    config: Some(v1::channel::Config::Email(v1::EmailConfig {
+                        from: "a@example.com".into(),
+                        to: vec!["b@example.com".into()],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                },
+                "channel.email.smtp_host",
+            ),
+        ] {
+            let (c, msg) = code(create_channel(&f, &a, "", c).await);
+            assert_eq!(c, Code::InvalidArgument, "{msg}");
+            assert!(msg.starts_with(&format!("{field}: ")), "{msg}");
+        }
+        let (c, msg) = code(
+            f.api
+                .create_channel(req(&a, v1::CreateChannelRequest::default()))
+                .await,
+        );
+        assert_eq!(
+            (c, msg.as_str()),
+            (Code::InvalidArgument, "channel: required")
+        );
+        assert_eq!(f.hub.store().list_channels().unwrap().len(), before);
+
+        // The operator's own channel may reach internal systems; tenants never see it.
+        let op_ch = create_channel(&f, OP, "", webhook_channel("http://127.0.0.1:9/x", false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(op_ch.tenant_id, "");
+        let list = |token: &str, tenant: &str| {
+            req(
+                token,
+                v1::ListChannelsRequest {
+                    tenant_id: tenant.into(),
+                },
+            )
+        };
+        let ids = |r: v1::ListChannelsResponse| -> Vec<String> {
+            r.channels.into_iter().map(|c| c.id).collect()
+        };
+        assert_eq!(
+            ids(f
+                .api
+                .list_channels(list(&a, ""))
+                .await
+                .unwrap()
+                .into_inner()),
+            vec![ch.id.clone()]
+        );
+        assert_eq!(
+            ids(f
+                .api
+                .list_channels(list(OP, ""))
+                .await
+                .unwrap()
+                .into_inner()),
+            vec![op_ch.id.clone()]
+        );
+        assert_eq!(
+            ids(f
+                .api
+                .list_channels(list(OP, "alpha"))
+                .await
+                .unwrap()
+                .into_inner()),
+            vec![ch.id.clone()]
+        );
+        assert!(
+            ids(f
+                .api
+                .list_channels(list(&b, ""))
+                .await
+                .unwrap()
+                .into_inner())
+            .is_empty()
+        );
+        let delete = |token: &str, id: &str| {
+            req(
+                token,
+                v1::DeleteChannelRequest {
+                    tenant_id: String::new(),
+                    id: id.into(),
+                },
+            )
+        };
+        assert_eq!(
+            code(f.api.delete_channel(delete(&b, &ch.id)).await).0,
+            Code::NotFound
+        );
+        let test = req(
+            &b,
+            v1::TestChannelRequest {
+                tenant_id: String::new(),
+                id: ch.id.clone(),
+            },
+        );
+        assert_eq!(code(f.api.test_channel(test).await).0, Code::NotFound);
+
+        // A monitor names only its tenant's channels; a named channel cannot go.
+        let mut m = monitor_req("example.com", 443, &["eu"]);
+        m.channel_ids = vec![op_ch.id.clone()];
+        let (c, msg) = code(f.create(&a, m.clone()).await);
+        assert_eq!(c, Code::InvalidArgument);
+        assert!(msg.starts_with("channel_ids: unknown channel"), "{msg}");
+        m.channel_ids = vec![ch.id.clone()];
+        let mon = f.create(&a, m).await.unwrap().into_inner();
+        let (c, msg) = code(f.api.delete_channel(delete(&a, &ch.id)).await);
+        assert_eq!(c, Code::FailedPrecondition, "{msg}");
+        f.api
+            .delete_monitor(req(
+                &a,
+                v1::DeleteMonitorRequest {
+                    tenant_id: String::new(),
+                    id: mon.id,
+                },
+            ))
+            .await
+            .unwrap();
+        f.api.delete_channel(delete(&a, &ch.id)).await.unwrap();
+        assert!(f.hub.store().get_channel(&ch.id).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_incident_plans_one_delivery_per_default_channel_in_its_transaction() {
+        let f = fixture();
+        let a = f.tenant("alpha", v1::Plan::Pro).await;
+        let b = f.tenant("beta", v1::Plan::Pro).await;
+        f.region("eu", "").await;
+        let d1 = create_channel(
+            &f,
+            &a,
+            "",
+            webhook_channel("https://one.example.com/x", true),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        create_channel(
+            &f,
+            &a,
+            "",
+            webhook_channel("https://two.example.com/x", false),
+        )
+        .await
+        .unwrap();
+        create_channel(
+            &f,
+            &b,
+            "",
+            webhook_channel("https://three.example.com/x", true),
+        )
+        .await
+        .unwrap();
+        let m = f
+            .create(&a, monitor_req("example.com", 443, &["eu"]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        f.hub.agent_connected(
+            "eu",
+            v1::Agent {
+                agent_id: "eu-1".into(),
+                ..Default::default()
+            },
+            tx,
+        );
+        let refused = v1::CheckResult {
+            monitor_id: m.id.clone(),
+            region: "eu".into(),
+            checked_at: Some(now_ts()),
+            outcome: v1::Outcome::Refused as i32,
+            ..Default::default()
+        };
+        f.hub.results_stored(vec![refused]).await.unwrap();
+        let incident = f.hub.store().open_incident(&m.id).unwrap().unwrap();
+
+        let list = |token: &str| {
+            req(
+                token,
+                v1::ListDeliveriesRequest {
+                    incident_id: incident.id.clone(),
+                    ..Default::default()
+                },
+            )
+        };
+        let ds = f
+            .api
+            .list_deliveries(list(&a))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(ds.len(), 1, "one default channel of alpha: {ds:?}");
+        assert_eq!(ds[0].channel_id, d1.id);
+        assert_eq!(ds[0].kind, v1::DeliveryKind::Opened as i32);
+        assert_eq!(ds[0].state, v1::DeliveryState::Pending as i32);
+        assert_eq!(
+            ds[0].idempotency_key,
+            format!("{}:opened:{}", incident.id, d1.id)
+        );
+        assert!(
+            f.api
+                .list_deliveries(list(&b))
+                .await
+                .unwrap()
+                .into_inner()
+                .deliveries
+                .is_empty(),
+            "beta sees none of alpha's deliveries"
+        );
+        assert_eq!(f.hub.store().pending_deliveries().unwrap().len(), 1);
+
+        // Recovery: the resolve goes to the channel told of the opening.
+        let ok = v1::CheckResult {
+            monitor_id: m.id.clone(),
+            region: "eu".into(),
+            checked_at: Some(now_ts()),
+            outcome: v1::Outcome::Ok as i32,
+            ..Default::default()
+        };
+        f.hub.results_stored(vec![ok]).await.unwrap();
+        let ds = f
+            .api
+            .list_deliveries(list(&a))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        let kinds: Vec<i32> = ds.iter().map(|d| d.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                v1::DeliveryKind::Resolved as i32,
+                v1::DeliveryKind::Opened as i32
+            ],
+            "newest first"
+        );
+        assert_eq!(ds[0].channel_id, d1.id);
     }
 }

@@ -489,8 +489,16 @@ mod tests {
                 "delivery_retry_initial = \"10s\"\ndelivery_retry_max = \"1s\"",
                 "delivery_retry_max",
             ),
-            (args(), "delivery_retry_horizon = \"90d\"", "delivery_retry_horizon"),
-            (args(), "region_offline_grace = \"never\"", "region_offline_grace"),
+            (
+                args(),
+                "delivery_retry_horizon = \"90d\"",
+                "delivery_retry_horizon",
+            ),
+            (
+                args(),
+                "region_offline_grace = \"never\"",
+                "region_offline_grace",
+            ),
         ];
         for (a, toml_text, key) in cases {
             let file: FileConfig = toml::from_str(toml_text).unwrap();

@@ -9,7 +9,14 @@
 //! - consensus runs on every result that becomes a region's latest, and on a
 //!   timer so that results going stale are noticed without new traffic;
 //! - at most one open incident per monitor, written and flushed before it is
-//!   announced.
+//!   announced; incident transitions are serialised, so two evaluations racing
+//!   cannot open (or close) the same incident twice;
+//! - an incident that opens or closes is written in one transaction with the
+//!   deliveries it causes (`outbox::plan_incident`), flushed, and only then is
+//!   the outbox worker woken: ingestion never waits on a notification send;
+//! - a probe region without a live agent for `region_offline_grace` gets one
+//!   offline notice (operator channels), recorded durably with it, and one
+//!   "back online" notice only after that offline notice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,11 +25,12 @@ use std::time::{Duration, Instant, SystemTime};
 use portwatch_check::Outcome;
 use portwatch_proto::time::{from_timestamp, to_timestamp};
 use portwatch_proto::v1;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{info, warn};
 
 use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
-use crate::store::{Store, StoreError};
+use crate::outbox;
+use crate::store::{RegionOutage, Store, StoreError};
 
 /// Messages queued for one agent's stream.
 pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
@@ -33,6 +41,8 @@ pub struct HubSettings {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub offline_grace: Duration,
+    /// A region with no live agent this long gets one "Probe region offline" notice.
+    pub region_offline_grace: Duration,
 }
 
 impl Default for HubSettings {
@@ -41,6 +51,7 @@ impl Default for HubSettings {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(15),
             offline_grace: consensus::Rules::DEFAULT_OFFLINE_GRACE,
+            region_offline_grace: Duration::from_secs(600),
         }
     }
 }
@@ -68,6 +79,8 @@ struct State {
     region_state: HashMap<Key, RegionState>,
     open: HashMap<String, v1::Incident>,
     last_confirm: HashMap<String, Instant>,
+    /// Regions whose operator was told they are offline (mirrors the store).
+    outages: HashMap<String, RegionOutage>,
     next_session: u64,
     revision: u64,
 }
@@ -88,6 +101,11 @@ pub struct Hub {
     events: broadcast::Sender<v1::Event>,
     counters: Mutex<HubCounters>,
     started: SystemTime,
+    /// Wakes the outbox worker after deliveries were made durable.
+    outbox_wake: Arc<Notify>,
+    /// Held across an incident's (or region outage's) decide-write-flush, so a
+    /// transition is decided against the state the previous one left.
+    transitions: tokio::sync::Mutex<()>,
 }
 
 fn now() -> SystemTime {
@@ -209,6 +227,9 @@ impl Hub {
                 state.open.insert(m.clone(), i);
             }
         }
+        for o in store.region_outages()? {
+            state.outages.insert(o.region.clone(), o);
+        }
         let (events, _) = broadcast::channel(4096);
         Ok(Arc::new(Hub {
             store,
@@ -217,6 +238,8 @@ impl Hub {
             events,
             counters: Mutex::new(HubCounters::default()),
             started,
+            outbox_wake: Arc::new(Notify::new()),
+            transitions: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -226,6 +249,11 @@ impl Hub {
 
     pub fn settings(&self) -> &HubSettings {
         &self.settings
+    }
+
+    /// What the outbox worker waits on between rounds.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -735,6 +763,11 @@ impl Hub {
         }
         match &eval.decision {
             Decision::Open { reason, .. } if open.is_none() => {
+                let _transition = self.transitions.lock().await;
+                if self.lock().open.contains_key(&monitor.id) {
+                    // Another evaluation opened it meanwhile.
+                    return Ok(());
+                }
                 let reason = *reason;
                 let evidence = self.evidence(&monitor, &eval);
                 let incident = v1::Incident {
@@ -752,10 +785,22 @@ impl Hub {
                     close_evidence: Vec::new(),
                     severity: "critical".into(),
                 };
-                // Durable before announced.
-                self.store.put_incident(&incident)?;
+                // The incident and its deliveries in one transaction, durable
+                // before announced and before the outbox may send them.
+                let deliveries = outbox::plan_incident(
+                    &monitor,
+                    &self.store.list_channels()?,
+                    &[],
+                    &incident,
+                    v1::DeliveryKind::Opened,
+                    t,
+                );
+                self.store
+                    .put_incident_with_deliveries(&incident, &deliveries)?;
                 self.store.flush().await?;
-                info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, "incident opened");
+                outbox::count_planned(deliveries.len());
+                self.outbox_wake.notify_one();
+                info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, deliveries = deliveries.len(), "incident opened");
                 self.lock()
                     .open
                     .insert(monitor.id.clone(), incident.clone());
@@ -763,20 +808,124 @@ impl Hub {
             }
             Decision::Close { ignored } => {
                 if let Some(mut incident) = open {
+                    let _transition = self.transitions.lock().await;
+                    if self.lock().open.get(&monitor.id).map(|i| &i.id) != Some(&incident.id) {
+                        // Another evaluation closed it meanwhile.
+                        return Ok(());
+                    }
                     let mut evidence = self.evidence(&monitor, &eval);
                     for e in &mut evidence {
                         e.ignored_offline = ignored.contains(&e.region);
                     }
                     incident.closed_at = Some(to_timestamp(t));
                     incident.close_evidence = evidence;
-                    self.store.put_incident(&incident)?;
+                    // Whoever heard of the opening hears of the end.
+                    let earlier = self
+                        .store
+                        .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+                    let deliveries = outbox::plan_incident(
+                        &monitor,
+                        &self.store.list_channels()?,
+                        &earlier,
+                        &incident,
+                        v1::DeliveryKind::Resolved,
+                        t,
+                    );
+                    self.store
+                        .put_incident_with_deliveries(&incident, &deliveries)?;
                     self.store.flush().await?;
-                    info!(monitor_id = %monitor.id, incident_id = %incident.id, "incident closed");
+                    outbox::count_planned(deliveries.len());
+                    self.outbox_wake.notify_one();
+                    info!(monitor_id = %monitor.id, incident_id = %incident.id, deliveries = deliveries.len(), "incident closed");
                     self.lock().open.remove(&monitor.id);
                     self.emit(event(v1::event::Kind::IncidentClosed(incident)));
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Probe-region notices (called from the maintenance loop): a region with no
+    /// live agent for `region_offline_grace` and no notice yet gets one offline
+    /// notice on every operator channel; a region with such a notice whose agent
+    /// is back gets one "back online" notice. Each change is written with its
+    /// deliveries in one transaction, so a restart neither repeats nor loses one.
+    pub async fn region_notices(&self) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        let t = now();
+        let grace = self.settings.region_offline_grace;
+        let (went_offline, came_back, deleted) = {
+            let st = self.lock();
+            let live = |r: &str| st.sessions.get(r).is_some_and(|v| !v.is_empty());
+            let went_offline: Vec<(String, SystemTime)> = st
+                .regions
+                .keys()
+                .filter(|r| !live(r) && !st.outages.contains_key(*r))
+                .filter_map(|r| {
+                    let since = *st.offline_since.get(r)?;
+                    (t.duration_since(since).unwrap_or_default() >= grace)
+                        .then(|| (r.clone(), since))
+                })
+                .collect();
+            let came_back: Vec<RegionOutage> = st
+                .outages
+                .values()
+                .filter(|o| st.regions.contains_key(&o.region) && live(&o.region))
+                .cloned()
+                .collect();
+            let deleted: Vec<String> = st
+                .outages
+                .keys()
+                .filter(|r| !st.regions.contains_key(*r))
+                .cloned()
+                .collect();
+            (went_offline, came_back, deleted)
+        };
+        if went_offline.is_empty() && came_back.is_empty() && deleted.is_empty() {
+            return Ok(());
+        }
+        let channels = self.store.list_channels()?;
+        let mut planned = 0;
+        for (region, since) in went_offline {
+            let mut outage = RegionOutage {
+                id: new_id("out"),
+                region: region.clone(),
+                offline_since: Some(to_timestamp(since)),
+                noticed_at: Some(to_timestamp(t)),
+                online_at: None,
+                channel_ids: Vec::new(),
+            };
+            let deliveries =
+                outbox::plan_region(&channels, &outage, v1::DeliveryKind::RegionOffline, t);
+            outage.channel_ids = deliveries
+                .iter()
+                .filter_map(|r| r.delivery.as_ref().map(|d| d.channel_id.clone()))
+                .collect();
+            self.store
+                .put_outage_with_deliveries(&region, Some(&outage), &deliveries)?;
+            planned += deliveries.len();
+            warn!(%region, outage_id = %outage.id, deliveries = deliveries.len(), "probe region offline past the grace period; operator notified");
+            self.lock().outages.insert(region, outage);
+        }
+        for mut outage in came_back {
+            outage.online_at = Some(to_timestamp(t));
+            let deliveries =
+                outbox::plan_region(&channels, &outage, v1::DeliveryKind::RegionOnline, t);
+            self.store
+                .put_outage_with_deliveries(&outage.region, None, &deliveries)?;
+            planned += deliveries.len();
+            info!(region = %outage.region, outage_id = %outage.id, deliveries = deliveries.len(), "probe region back online; operator notified");
+            self.lock().outages.remove(&outage.region);
+        }
+        for region in deleted {
+            self.store.put_outage_with_deliveries(&region, None, &[])?;
+            self.lock().outages.remove(&region);
+        }
+        self.store.flush().await?;
+        outbox::count_planned(planned);
+        if planned > 0 {
+            self.outbox_wake.notify_one();
         }
         Ok(())
     }
@@ -980,5 +1129,106 @@ mod assignment_tests {
             ["m2"],
             "bravo's monitor never reaches acme's private region"
         );
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+
+    fn operator_channel(store: &Store, id: &str) {
+        store
+            .put_channel(&v1::Channel {
+                id: id.into(),
+                name: "ops".into(),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    fn kinds(store: &Store) -> Vec<(i32, String)> {
+        let mut v: Vec<(i32, String)> = store
+            .list_deliveries()
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.delivery)
+            .map(|d| (d.kind, d.subject_id))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn one_offline_notice_per_region_and_back_online_only_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let settings = HubSettings {
+            region_offline_grace: Duration::from_millis(200),
+            ..HubSettings::default()
+        };
+        let hub = Hub::load(store.clone(), settings.clone()).unwrap();
+        let eu = v1::Region {
+            name: "eu".into(),
+            ..Default::default()
+        };
+        store.put_region(&eu).unwrap();
+        hub.region_changed(Some(eu), "eu");
+        // Told nobody (no channel yet): the region comes back without a notice.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        hub.region_notices().await.unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let agent = v1::Agent {
+            agent_id: "eu-1".into(),
+            ..Default::default()
+        };
+        let session = hub.agent_connected("eu", agent.clone(), tx);
+        hub.region_notices().await.unwrap();
+        assert!(kinds(&store).is_empty());
+
+        operator_channel(&store, "ch-op");
+        hub.agent_disconnected("eu", session);
+        hub.region_notices().await.unwrap();
+        assert!(kinds(&store).is_empty(), "not before the grace period");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for _ in 0..3 {
+            hub.region_notices().await.unwrap();
+        }
+        let offline = (v1::DeliveryKind::RegionOffline as i32, "eu".to_string());
+        assert_eq!(
+            kinds(&store),
+            vec![offline.clone()],
+            "one notice, not one per tick"
+        );
+
+        // A restart neither repeats the notice nor forgets it was sent.
+        drop(hub);
+        let hub = Hub::load(store.clone(), settings).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        hub.region_notices().await.unwrap();
+        assert_eq!(kinds(&store), vec![offline.clone()]);
+        let (tx, _rx) = mpsc::unbounded_channel();
+        hub.agent_connected("eu", agent, tx);
+        hub.region_notices().await.unwrap();
+        hub.region_notices().await.unwrap();
+        assert_eq!(
+            kinds(&store),
+            [
+                offline,
+                (v1::DeliveryKind::RegionOnline as i32, "eu".to_string())
+            ]
+        );
+        let keys: Vec<String> = store
+            .list_deliveries()
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| r.delivery.map(|d| d.idempotency_key))
+            .collect();
+        let outage = keys[0].split(':').next().unwrap().to_string();
+        assert!(
+            keys.contains(&format!("{outage}:offline:ch-op")),
+            "{keys:?}"
+        );
+        assert!(keys.contains(&format!("{outage}:online:ch-op")), "{keys:?}");
+        assert!(store.region_outages().unwrap().is_empty());
     }
 }

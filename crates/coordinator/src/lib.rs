@@ -1,15 +1,17 @@
 //! The portwatch coordinator: holds the monitors, ingests results from agents,
 //! decides with the multi-region consensus rule whether a port is down, opens and
-//! closes incidents.
+//! closes incidents, and notifies through a durable outbox.
 
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod channels;
 pub mod config;
 pub mod consensus;
 pub mod hub;
-pub mod metrics_http;
+pub mod outbox;
 pub mod plans;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod validate;

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use portwatch_coordinator::config::{Args, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = match Config::load(Args::parse()) {
@@ -17,19 +16,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = match EnvFilter::try_new(&config.log) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("portwatch-coordinator: config: log: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Human => subscriber.init(),
+    if let Err(e) =
+        portwatch_telemetry::init_logs(&config.log, config.log_format == LogFormat::Json)
+    {
+        eprintln!("portwatch-coordinator: config: {e}");
+        return ExitCode::from(2);
     }
     if rustls::crypto::ring::default_provider()
         .install_default()
@@ -49,7 +40,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_watch(shutdown.clone()));
+        tokio::spawn(portwatch_telemetry::cancel_on_signal(shutdown.clone()));
         match portwatch_coordinator::server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -58,22 +49,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signal_watch(shutdown: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("signal received; shutting down");
-    shutdown.cancel();
 }

@@ -139,7 +139,11 @@ pub fn incident_channels<'a>(
             .collect();
     }
     if monitor.channel_ids.is_empty() {
-        channels.iter().filter(tenant).filter(|c| c.is_default).collect()
+        channels
+            .iter()
+            .filter(tenant)
+            .filter(|c| c.is_default)
+            .collect()
     } else {
         channels
             .iter()
@@ -168,17 +172,20 @@ pub fn plan_incident(
         .collect()
 }
 
-/// One delivery per operator channel for a probe region that went offline or
-/// came back.
+/// One delivery per operator channel for a probe region that went offline; for
+/// its return, one per channel that was told of the outage (`outage.channel_ids`),
+/// so "back online" is only ever sent after an offline notice.
 pub fn plan_region(
     channels: &[v1::Channel],
     outage: &RegionOutage,
     kind: v1::DeliveryKind,
     now: SystemTime,
 ) -> Vec<OutboxRecord> {
+    let online = kind == v1::DeliveryKind::RegionOnline;
     channels
         .iter()
         .filter(|c| c.tenant_id.is_empty())
+        .filter(|c| !online || outage.channel_ids.contains(&c.id))
         .map(|c| {
             let mut r = record(c, &outage.region, kind, now);
             // The subject shown is the region; the key names this outage, so a
@@ -501,8 +508,16 @@ mod tests {
         };
         assert_eq!(ids(&plan(&m, &[])), ["a", "c"]);
         m.channel_ids = vec!["b".into(), "x".into(), "gone".into()];
-        assert_eq!(ids(&plan(&m, &[])), ["b"], "another tenant's channel is never used");
-        assert_eq!(ids(&plan(&m, &["a".into()])), ["a"], "a resolve follows its open");
+        assert_eq!(
+            ids(&plan(&m, &[])),
+            ["b"],
+            "another tenant's channel is never used"
+        );
+        assert_eq!(
+            ids(&plan(&m, &["a".into()])),
+            ["a"],
+            "a resolve follows its open"
+        );
         let r = &plan(&m, &[])[0];
         let d = r.delivery.as_ref().unwrap();
         assert_eq!(d.idempotency_key, "inc-1:opened:b");
@@ -517,10 +532,27 @@ mod tests {
             ..Default::default()
         };
         let rs = plan_region(&chans, &o, v1::DeliveryKind::RegionOffline, now);
-        assert_eq!(ids(&rs), ["op"], "region notices go to operator channels only");
+        assert_eq!(
+            ids(&rs),
+            ["op"],
+            "region notices go to operator channels only"
+        );
         let d = rs[0].delivery.as_ref().unwrap();
         assert_eq!(d.idempotency_key, "out-1:offline:op");
         assert_eq!(d.subject_id, "eu");
+        assert!(
+            plan_region(&chans, &o, v1::DeliveryKind::RegionOnline, now).is_empty(),
+            "no 'back online' to a channel that was not told of the outage"
+        );
+        let told = RegionOutage {
+            channel_ids: vec!["op".into()],
+            ..o
+        };
+        let rs = plan_region(&chans, &told, v1::DeliveryKind::RegionOnline, now);
+        assert_eq!(
+            rs[0].delivery.as_ref().unwrap().idempotency_key,
+            "out-1:online:op"
+        );
     }
 
     #[test]
@@ -560,7 +592,11 @@ mod tests {
 
         let mut d = fresh();
         apply(&mut d, fail(true), t0, &s, 1.0);
-        assert_eq!(d.state, v1::DeliveryState::Failed as i32, "a refusal is final");
+        assert_eq!(
+            d.state,
+            v1::DeliveryState::Failed as i32,
+            "a refusal is final"
+        );
 
         let mut d = fresh();
         apply(&mut d, fail(false), t0, &s, 0.0);

@@ -1,6 +1,6 @@
 //! Wires the coordinator together: store, hub, gRPC services (agent stream,
-//! admin API, health, reflection), TLS, metrics, the maintenance loop, and
-//! graceful shutdown.
+//! admin API, health, reflection), TLS, metrics, the notification outbox
+//! worker, the maintenance loop, and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,8 +16,10 @@ use tracing::{error, info, warn};
 use crate::admin::AdminApi;
 use crate::agents::AgentApi;
 use crate::auth::Auth;
+use crate::channels::Senders;
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
+use crate::outbox::{OutboxSettings, Worker};
 use crate::store::Store;
 
 /// How long shutdown waits for agents to drain their streams.
@@ -41,14 +43,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             heartbeat_interval: config.heartbeat_interval,
             heartbeat_timeout: config.heartbeat_timeout,
             offline_grace: config.offline_grace,
+            region_offline_grace: config.region_offline_grace,
         },
     )
     .context("loading state from the store")?;
     let auth = Auth::new(&config.operator_token, store.clone());
+    let senders = Senders::new(
+        config.allow_private_channel_targets,
+        config.delivery_timeout,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("notifications")?;
 
     if let Some(addr) = config.metrics_listen {
-        let handle = crate::metrics_http::install().map_err(anyhow::Error::msg)?;
-        let bound = crate::metrics_http::serve(addr, handle, shutdown.clone())
+        let handle = portwatch_telemetry::metrics_http::install().map_err(anyhow::Error::msg)?;
+        let bound = portwatch_telemetry::metrics_http::serve(addr, handle, shutdown.clone())
             .await
             .with_context(|| format!("metrics_listen: binding {addr}"))?;
         println!("portwatch-coordinator metrics on http://{bound}/metrics");
@@ -97,6 +106,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(%bound, tls = config.tls.is_some(), "coordinator listening");
 
     let maintenance = tokio::spawn(maintain(hub.clone(), config.clone(), shutdown.clone()));
+    // Pending deliveries left by a previous run (even a crash) are sent from here on.
+    let outbox_stop = CancellationToken::new();
+    let outbox = tokio::spawn(
+        Worker::new(
+            store.clone(),
+            senders.clone(),
+            OutboxSettings {
+                retry_initial: config.delivery_retry_initial,
+                retry_max: config.delivery_retry_max,
+                retry_horizon: config.delivery_retry_horizon,
+            },
+            hub.outbox_wake(),
+        )
+        .run(outbox_stop.clone()),
+    );
 
     let server_stop = CancellationToken::new();
     let router = builder
@@ -110,6 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             hub.clone(),
             auth,
             config.plans,
+            senders,
         )));
     let serve =
         router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
@@ -131,6 +156,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     maintenance.abort();
+    outbox_stop.cancel();
+    if let Err(e) = outbox.await {
+        warn!(error = %e, "the outbox worker ended abnormally");
+    }
     store.flush().await.context("final flush")?;
     info!("coordinator stopped");
     Ok(())
@@ -153,6 +182,9 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
         if let Err(e) = hub.evaluate_all().await {
             error!(error = %e, "evaluation failed");
         }
+        if let Err(e) = hub.region_notices().await {
+            error!(error = %e, "probe region notices failed");
+        }
         for (region, n) in hub.agents_per_region() {
             metrics::gauge!("portwatch_agents_online", "region" => region).set(n as f64);
         }
@@ -171,6 +203,15 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
                 Ok(n) if n > 0 => info!(removed = n, "pruned result history past retention"),
                 Ok(_) => {}
                 Err(e) => error!(error = %e, "pruning history failed"),
+            }
+            // Finished deliveries follow the same retention; pending ones stay.
+            match hub
+                .store()
+                .prune_deliveries(portwatch_proto::time::unix_micros(cutoff))
+            {
+                Ok(n) if n > 0 => info!(removed = n, "pruned finished deliveries past retention"),
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "pruning deliveries failed"),
             }
         }
     }

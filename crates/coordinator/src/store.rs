@@ -139,6 +139,9 @@ pub struct RegionOutage {
     /// When an agent came back (set only in the online notice's snapshot).
     #[prost(message, optional, tag = "5")]
     pub online_at: Option<prost_types::Timestamp>,
+    /// The channels told of the outage: only they hear that it ended.
+    #[prost(string, repeated, tag = "6")]
+    pub channel_ids: Vec<String>,
 }
 
 /// The sled-backed store.
@@ -757,6 +760,26 @@ impl Store {
             .collect()
     }
 
+    /// The channels that deliveries of `kind` about `subject_id` went (or go) to.
+    pub fn delivery_channels(
+        &self,
+        subject_id: &str,
+        kind: v1::DeliveryKind,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for v in self.outbox.iter().values() {
+            let r: OutboxRecord = decode("outbox", &v?)?;
+            if let Some(d) = r.delivery
+                && d.subject_id == subject_id
+                && d.kind == kind as i32
+                && !out.contains(&d.channel_id)
+            {
+                out.push(d.channel_id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every pending delivery: (id, next attempt in unix µs).
     pub fn pending_deliveries(&self) -> Result<Vec<(String, u64)>> {
         self.outbox_pending
@@ -957,5 +980,90 @@ mod tests {
         closed.closed_at = Some(to_timestamp(from_unix_micros(5)));
         store.put_incident(&closed).unwrap();
         assert!(store.open_incident("m1").unwrap().is_none());
+    }
+
+    fn delivery(id: &str, state: v1::DeliveryState, next_us: u64) -> OutboxRecord {
+        OutboxRecord {
+            delivery: Some(v1::Delivery {
+                id: id.into(),
+                channel_id: "ch-1".into(),
+                subject_id: "i1".into(),
+                kind: v1::DeliveryKind::Opened as i32,
+                state: state as i32,
+                created_at: Some(to_timestamp(from_unix_micros(1))),
+                next_attempt_at: Some(to_timestamp(from_unix_micros(next_us))),
+                ..Default::default()
+            }),
+            tenant_id: "acme".into(),
+            incident: None,
+            outage: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_incident_and_its_deliveries_are_written_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let open = v1::Incident {
+                id: "i1".into(),
+                monitor_id: "m1".into(),
+                ..Default::default()
+            };
+            let ds = [
+                delivery("d1", v1::DeliveryState::Pending, 10),
+                delivery("d2", v1::DeliveryState::Pending, 20),
+            ];
+            store.put_incident_with_deliveries(&open, &ds).unwrap();
+            store.flush().await.unwrap();
+            // A corrupt record aborts the whole transaction: no incident without its deliveries.
+            let other = v1::Incident {
+                id: "i2".into(),
+                monitor_id: "m2".into(),
+                ..Default::default()
+            };
+            let broken = OutboxRecord::default();
+            assert!(
+                store
+                    .put_incident_with_deliveries(&other, &[broken])
+                    .is_err()
+            );
+            assert!(store.get_incident("i2").unwrap().is_none());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.open_incident("m1").unwrap().is_some());
+        assert_eq!(
+            store.pending_deliveries().unwrap(),
+            [("d1".to_string(), 10), ("d2".to_string(), 20)]
+        );
+        // Delivered leaves the pending index; a retry moves its time.
+        store
+            .put_delivery(&delivery("d1", v1::DeliveryState::Delivered, 0))
+            .unwrap();
+        store
+            .put_delivery(&delivery("d2", v1::DeliveryState::Pending, 99))
+            .unwrap();
+        assert_eq!(
+            store.pending_deliveries().unwrap(),
+            [("d2".to_string(), 99)]
+        );
+        assert_eq!(
+            store
+                .delivery_channels("i1", v1::DeliveryKind::Opened)
+                .unwrap(),
+            ["ch-1"]
+        );
+        assert_eq!(
+            store.list_deliveries().unwrap()[0].id(),
+            "d2",
+            "newest first"
+        );
+        assert_eq!(
+            store.prune_deliveries(u64::MAX).unwrap(),
+            1,
+            "only the finished one"
+        );
+        assert!(store.get_delivery("d1").unwrap().is_none());
+        assert!(store.get_delivery("d2").unwrap().is_some());
     }
 }

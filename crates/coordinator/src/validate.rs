@@ -695,7 +695,12 @@ fn mailbox(field: &'static str, value: &str) -> Result<()> {
     value
         .parse::<lettre::message::Mailbox>()
         .map(|_| ())
-        .map_err(|e| FieldError::invalid(field, format!("{} is not an email address: {e}", quote(value))))
+        .map_err(|e| {
+            FieldError::invalid(
+                field,
+                format!("{} is not an email address: {e}", quote(value)),
+            )
+        })
 }
 
 /// Checks a channel's settings and returns them normalised (name, SMTP port and
@@ -1301,11 +1306,31 @@ mod tests {
             (v1::Channel::default(), "channel.config", "required"),
             (webhook("not a url"), "channel.webhook.url", "malformed URL"),
             (webhook(""), "channel.webhook.url", "required"),
-            (webhook("ftp://example.com/x"), "channel.webhook.url", "unknown scheme \"ftp\""),
-            (webhook("http://127.0.0.1:8080/x"), "channel.webhook.url", "non-public"),
-            (webhook("http://[::1]/x"), "channel.webhook.url", "non-public"),
-            (webhook("http://localhost/x"), "channel.webhook.url", "non-public"),
-            (webhook("https://10.1.2.3/x"), "channel.webhook.url", "non-public"),
+            (
+                webhook("ftp://example.com/x"),
+                "channel.webhook.url",
+                "unknown scheme \"ftp\"",
+            ),
+            (
+                webhook("http://127.0.0.1:8080/x"),
+                "channel.webhook.url",
+                "non-public",
+            ),
+            (
+                webhook("http://[::1]/x"),
+                "channel.webhook.url",
+                "non-public",
+            ),
+            (
+                webhook("http://localhost/x"),
+                "channel.webhook.url",
+                "non-public",
+            ),
+            (
+                webhook("https://10.1.2.3/x"),
+                "channel.webhook.url",
+                "non-public",
+            ),
             (
                 v1::Channel {
                     config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
@@ -1317,20 +1342,60 @@ mod tests {
                 "channel.webhook.secret",
                 "at least 16",
             ),
-            (slack("mailto:x@example.com"), "channel.slack.webhook_url", "unknown scheme"),
-            (email(|e| e.smtp_host.clear()), "channel.email.smtp_host", "required"),
-            (email(|e| e.smtp_host = "localhost".into()), "channel.email.smtp_host", "non-public"),
+            (
+                slack("mailto:x@example.com"),
+                "channel.slack.webhook_url",
+                "unknown scheme",
+            ),
+            (
+                email(|e| e.smtp_host.clear()),
+                "channel.email.smtp_host",
+                "required",
+            ),
+            (
+                email(|e| e.smtp_host = "localhost".into()),
+                "channel.email.smtp_host",
+                "non-public",
+            ),
             (email(|e| e.from.clear()), "channel.email.from", "required"),
-            (email(|e| e.from = "not an address".into()), "channel.email.from", "not an email address"),
+            (
+                email(|e| e.from = "not an address".into()),
+                "channel.email.from",
+                "not an email address",
+            ),
             (email(|e| e.to.clear()), "channel.email.to", "at least one"),
-            (email(|e| e.to.push("oncall@example.com".into())), "channel.email.to", "twice"),
+            (
+                email(|e| e.to.push("oncall@example.com".into())),
+                "channel.email.to",
+                "twice",
+            ),
             (email(|e| e.tls = 9), "channel.email.tls", "unknown value"),
-            (email(|e| e.tls = v1::SmtpTls::None as i32), "channel.email.tls", "plaintext"),
-            (email(|e| e.smtp_port = 70_000), "channel.email.smtp_port", "not a TCP port"),
-            (email(|e| e.username.clear()), "channel.email.username", "required"),
-            (email(|e| e.password.clear()), "channel.email.password", "required"),
+            (
+                email(|e| e.tls = v1::SmtpTls::None as i32),
+                "channel.email.tls",
+                "plaintext",
+            ),
+            (
+                email(|e| e.smtp_port = 70_000),
+                "channel.email.smtp_port",
+                "not a TCP port",
+            ),
+            (
+                email(|e| e.username.clear()),
+                "channel.email.username",
+                "required",
+            ),
+            (
+                email(|e| e.password.clear()),
+                "channel.email.password",
+                "required",
+            ),
             (pd("", ""), "channel.pagerduty.routing_key", "required"),
-            (pd("key", "gopher://x"), "channel.pagerduty.base_url", "unknown scheme"),
+            (
+                pd("key", "gopher://x"),
+                "channel.pagerduty.base_url",
+                "unknown scheme",
+            ),
             (
                 v1::Channel {
                     name: "a\nb".into(),
@@ -1381,6 +1446,9 @@ mod tests {
         assert_eq!(e.smtp_port, 465);
         let mut w = webhook("https://Hooks.Example.com/x");
         w.name.clear();
-        assert_eq!(channel(&w, &tenant).unwrap().name, "webhook hooks.example.com");
+        assert_eq!(
+            channel(&w, &tenant).unwrap().name,
+            "webhook hooks.example.com"
+        );
     }
 }

@@ -932,3 +932,39 @@ fn malformed_config_exits_non_zero_naming_the_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn sigterm_drains_agents_and_exits_cleanly_with_state_flushed() {
+    let mut w = world().await;
+    let m = w
+        .tenant
+        .create_monitor(monitor_req("db.example.com", &["eu"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut agent = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+        .await
+        .unwrap();
+    agent.keepalive();
+    let seq = agent.report_acked(&m.id, v1::Outcome::Ok).await;
+    let status = w
+        .coord
+        .proc
+        .terminate(Duration::from_secs(15))
+        .expect("coordinator exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    // The agent was asked to drain before the coordinator went away.
+    let _ = agent
+        .pump_until(Duration::from_secs(2), |a| a.drained)
+        .await;
+    assert!(agent.drained, "agents get a Drain on shutdown");
+    w.coord.restart();
+    let again = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        again.welcome.as_ref().unwrap().acked_seq,
+        seq,
+        "acknowledged state survived the restart"
+    );
+}

@@ -19,3 +19,21 @@ pub fn init_logs(filter: &str, json: bool) -> Result<(), String> {
     };
     result.map_err(|e| format!("log: {e}"))
 }
+
+/// Cancels `shutdown` on SIGTERM or SIGINT (Ctrl-C): both daemons drain softly.
+pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("signal received; shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,849 @@
+//! What a notification says, as pure functions: values in, text and JSON out.
+//!
+//! Every channel kind renders from the same [`Notification`], so an email, a
+//! webhook body, a Slack message and a PagerDuty event always agree on the
+//! subject, the failure reason and every region's state. Nothing here touches
+//! the network, the store or the clock (timestamps come from the incident), so
+//! a retry renders exactly what the first attempt rendered and the table tests
+//! below cover every kind.
+//!
+//! Guarantees:
+//! - subjects are `TCP Port Unreachable: {host}:{port}` (opened) and
+//!   `TCP Port Reachable Again: {host}:{port}` (resolved), IPv6 hosts bracketed;
+//! - user-supplied text (monitor names, agent details) is stripped of control
+//!   characters everywhere and escaped for Slack's markup;
+//! - the email body is plain text without links.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use portwatch_check::Outcome;
+use portwatch_proto::time::from_timestamp;
+use portwatch_proto::v1;
+use serde_json::{Value, json};
+
+use crate::store::RegionOutage;
+
+/// Version of the webhook JSON body; bumped only for incompatible changes.
+pub const WEBHOOK_VERSION: u32 = 1;
+/// PagerDuty's limit on `payload.summary`.
+const PD_SUMMARY_MAX: usize = 1024;
+
+/// What happened.
+#[derive(Clone, Copy, Debug)]
+pub enum Notice<'a> {
+    Opened(&'a v1::Incident),
+    Resolved(&'a v1::Incident),
+    RegionOffline(&'a RegionOutage),
+    RegionOnline(&'a RegionOutage),
+}
+
+/// One message to render: what happened, the idempotency key receivers dedup
+/// on, and whether it is a sample sent by `TestChannel`.
+#[derive(Clone, Copy, Debug)]
+pub struct Notification<'a> {
+    pub notice: Notice<'a>,
+    pub key: &'a str,
+    pub test: bool,
+}
+
+impl Notice<'_> {
+    /// The machine name of the event (`X-Portwatch-Event`, JSON `event`).
+    pub fn event(&self) -> &'static str {
+        match self {
+            Notice::Opened(_) => "incident.opened",
+            Notice::Resolved(_) => "incident.resolved",
+            Notice::RegionOffline(_) => "region.offline",
+            Notice::RegionOnline(_) => "region.online",
+        }
+    }
+
+    /// The severity receivers should page with.
+    pub fn severity(&self) -> &'static str {
+        match self {
+            Notice::Opened(i) | Notice::Resolved(i) if !i.severity.is_empty() => {
+                match i.severity.as_str() {
+                    "warning" => "warning",
+                    "info" => "info",
+                    "error" => "error",
+                    _ => "critical",
+                }
+            }
+            Notice::Opened(_) | Notice::Resolved(_) => "critical",
+            Notice::RegionOffline(_) => "warning",
+            Notice::RegionOnline(_) => "info",
+        }
+    }
+}
+
+/// Text without control characters (newlines in user input would forge lines
+/// of the email body or of Slack's table).
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `host:port`, with IPv6 literals bracketed.
+pub fn target(host: &str, port: u32) -> String {
+    if host.contains(':') {
+        format!("[{}]:{port}", clean(host))
+    } else {
+        format!("{}:{port}", clean(host))
+    }
+}
+
+/// RFC 3339, UTC, whole seconds; "-" when unset.
+pub fn time(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(from_timestamp)
+        .map_or_else(|| "-".to_string(), rfc3339)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn time_json(ts: Option<&prost_types::Timestamp>) -> Value {
+    ts.and_then(from_timestamp)
+        .map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// How long between two timestamps, in whole seconds ("3m 12s").
+fn span(from: Option<&prost_types::Timestamp>, to: Option<&prost_types::Timestamp>) -> String {
+    match (from.and_then(from_timestamp), to.and_then(from_timestamp)) {
+        (Some(a), Some(b)) => {
+            let secs = b.duration_since(a).unwrap_or_default().as_secs();
+            humantime::format_duration(Duration::from_secs(secs)).to_string()
+        }
+        _ => "-".to_string(),
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match v1::RegionState::try_from(state) {
+        Ok(v1::RegionState::Up) => "up",
+        Ok(v1::RegionState::Down) => "down",
+        _ => "unknown",
+    }
+}
+
+fn outcome(value: i32) -> Option<Outcome> {
+    Outcome::from_wire(value, "outcome").ok()
+}
+
+/// The incident's failure reason as people read it.
+fn reason_text(i: &v1::Incident) -> String {
+    if !i.reason_text.is_empty() {
+        clean(&i.reason_text)
+    } else {
+        outcome(i.reason)
+            .map_or("unknown", Outcome::text)
+            .to_string()
+    }
+}
+
+/// The connect time in milliseconds, one decimal; None when nothing connected.
+fn connect_ms(e: &v1::RegionEvidence) -> Option<f64> {
+    let connected = outcome(e.outcome) == Some(Outcome::Ok);
+    // Whole tenths of a millisecond, so the JSON carries no float noise.
+    (connected && e.connect_us > 0).then(|| (e.connect_us / 100) as f64 / 10.0)
+}
+
+/// One region's reason: the outcome's text, then the agent's detail if it adds
+/// something; for an unknown region, why it is unknown.
+fn region_reason(e: &v1::RegionEvidence) -> String {
+    let detail = clean(e.detail.trim());
+    if e.state != v1::RegionState::Up as i32 && e.state != v1::RegionState::Down as i32 {
+        let why = if detail.is_empty() {
+            "no fresh result".to_string()
+        } else {
+            detail
+        };
+        return if e.ignored_offline {
+            format!("{why}; offline past the grace period, not waited for")
+        } else {
+            why
+        };
+    }
+    let text = outcome(e.outcome).map_or("", Outcome::text);
+    if detail.is_empty() || detail.eq_ignore_ascii_case(text) || text.is_empty() {
+        if text.is_empty() {
+            detail
+        } else {
+            text.to_string()
+        }
+    } else {
+        format!("{text} ({detail})")
+    }
+}
+
+/// The evidence that goes with the notice: at open, or at close.
+fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
+    match n {
+        Notice::Opened(i) => &i.open_evidence,
+        Notice::Resolved(i) => &i.close_evidence,
+        _ => &[],
+    }
+}
+
+/// The subject line (email subject, Slack headline, PagerDuty summary).
+pub fn subject(n: &Notification<'_>) -> String {
+    let s = match n.notice {
+        Notice::Opened(i) => format!("TCP Port Unreachable: {}", target(&i.host, i.port)),
+        Notice::Resolved(i) => format!("TCP Port Reachable Again: {}", target(&i.host, i.port)),
+        Notice::RegionOffline(o) => format!("Probe region offline: {}", clean(&o.region)),
+        Notice::RegionOnline(o) => format!("Probe region back online: {}", clean(&o.region)),
+    };
+    if n.test { format!("[test] {s}") } else { s }
+}
+
+/// A plain-text table: columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The per-region table of an incident notice.
+pub fn region_table(n: &Notice<'_>) -> String {
+    let rows: Vec<Vec<String>> = evidence(n)
+        .iter()
+        .map(|e| {
+            vec![
+                clean(&e.region),
+                state_name(e.state).to_string(),
+                region_reason(e),
+                connect_ms(e).map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms")),
+                time(e.checked_at.as_ref()),
+            ]
+        })
+        .collect();
+    table(
+        &["Region", "State", "Reason", "Connect", "Checked at"],
+        &rows,
+    )
+}
+
+/// The plain-text body (email): every fact of the notice, no links.
+pub fn text(n: &Notification<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", subject(n));
+    let _ = writeln!(out);
+    if n.test {
+        let _ = writeln!(
+            out,
+            "This is a test notification sent through this channel; nothing is down.\n"
+        );
+    }
+    let mut fields: Vec<(&str, String)> = Vec::new();
+    match n.notice {
+        Notice::Opened(i) | Notice::Resolved(i) => {
+            fields.push(("Monitor", clean(&i.monitor_name)));
+            fields.push(("Host", clean(&i.host)));
+            fields.push(("Port", i.port.to_string()));
+            fields.push(("Severity", n.notice.severity().to_string()));
+            fields.push(("Failure reason", reason_text(i)));
+            fields.push(("Opened at", time(i.opened_at.as_ref())));
+            if let Notice::Resolved(_) = n.notice {
+                fields.push(("Resolved at", time(i.closed_at.as_ref())));
+                fields.push(("Down for", span(i.opened_at.as_ref(), i.closed_at.as_ref())));
+            }
+            fields.push(("Incident", clean(&i.id)));
+        }
+        Notice::RegionOffline(o) | Notice::RegionOnline(o) => {
+            fields.push(("Region", clean(&o.region)));
+            fields.push(("Offline since", time(o.offline_since.as_ref())));
+            if let Notice::RegionOnline(_) = n.notice {
+                fields.push(("Back online at", time(o.online_at.as_ref())));
+                fields.push((
+                    "Offline for",
+                    span(o.offline_since.as_ref(), o.online_at.as_ref()),
+                ));
+            }
+            fields.push(("Outage", clean(&o.id)));
+        }
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in &fields {
+        let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
+    }
+    match n.notice {
+        Notice::Opened(_) => {
+            let _ = writeln!(out, "\nRegions when the incident opened:\n");
+            out.push_str(&region_table(&n.notice));
+        }
+        Notice::Resolved(_) => {
+            let _ = writeln!(out, "\nRegions when the incident resolved:\n");
+            out.push_str(&region_table(&n.notice));
+        }
+        Notice::RegionOffline(_) => {
+            let _ = writeln!(
+                out,
+                "\nNo agent of this region has been connected for the grace period. \
+                 Its monitors show the region as unknown; no tenant is paged for it."
+            );
+        }
+        Notice::RegionOnline(_) => {
+            let _ = writeln!(out, "\nAn agent of this region is connected again.");
+        }
+    }
+    let _ = writeln!(out, "\nIdempotency key: {}", n.key);
+    out
+}
+
+fn regions_json(n: &Notice<'_>) -> Value {
+    Value::Array(
+        evidence(n)
+            .iter()
+            .map(|e| {
+                json!({
+                    "region": e.region,
+                    "state": state_name(e.state),
+                    "outcome": outcome(e.outcome).map(Outcome::name),
+                    "reason": region_reason(e),
+                    "detail": e.detail,
+                    "connect_ms": connect_ms(e),
+                    "checked_at": time_json(e.checked_at.as_ref()),
+                    "ignored_offline": e.ignored_offline,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
+    json!({
+        "id": i.id,
+        "tenant_id": i.tenant_id,
+        "monitor_id": i.monitor_id,
+        "monitor_name": i.monitor_name,
+        "host": i.host,
+        "port": i.port,
+        "severity": n.severity(),
+        "reason": outcome(i.reason).map(Outcome::name),
+        "reason_text": reason_text(i),
+        "opened_at": time_json(i.opened_at.as_ref()),
+        "closed_at": time_json(i.closed_at.as_ref()),
+        "regions": regions_json(n),
+    })
+}
+
+fn outage_json(o: &RegionOutage) -> Value {
+    json!({
+        "id": o.id,
+        "name": o.region,
+        "offline_since": time_json(o.offline_since.as_ref()),
+        "online_at": time_json(o.online_at.as_ref()),
+    })
+}
+
+/// The webhook body. Field names are part of the public contract (README).
+pub fn webhook(n: &Notification<'_>) -> Value {
+    let mut body = json!({
+        "version": WEBHOOK_VERSION,
+        "event": n.notice.event(),
+        "test": n.test,
+        "idempotency_key": n.key,
+        "subject": subject(n),
+        "severity": n.notice.severity(),
+    });
+    match n.notice {
+        Notice::Opened(i) | Notice::Resolved(i) => {
+            body["incident"] = incident_json(&n.notice, i);
+        }
+        Notice::RegionOffline(o) | Notice::RegionOnline(o) => {
+            body["region"] = outage_json(o);
+        }
+    }
+    body
+}
+
+/// Slack's markup reserves `&`, `<` and `>`; everything else is literal.
+fn markup_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// User text for a Slack line: one line, markup escaped.
+fn slack_escape(s: &str) -> String {
+    markup_escape(&clean(s))
+}
+
+/// The Slack incoming-webhook body: a headline, the facts, and the regions as a
+/// monospaced table.
+pub fn slack(n: &Notification<'_>) -> Value {
+    let headline = match n.notice {
+        Notice::Opened(_) | Notice::RegionOffline(_) => {
+            format!(":red_circle: *{}*", slack_escape(&subject(n)))
+        }
+        Notice::Resolved(_) | Notice::RegionOnline(_) => {
+            format!(":large_green_circle: *{}*", slack_escape(&subject(n)))
+        }
+    };
+    let mut lines = vec![headline];
+    if n.test {
+        lines.push("_Test notification: nothing is down._".to_string());
+    }
+    match n.notice {
+        Notice::Opened(i) | Notice::Resolved(i) => {
+            lines.push(format!(
+                "*Monitor:* {}   *Severity:* {}",
+                slack_escape(&i.monitor_name),
+                n.notice.severity()
+            ));
+            lines.push(format!(
+                "*Failure reason:* {}",
+                slack_escape(&reason_text(i))
+            ));
+            let mut when = format!("*Opened:* {}", time(i.opened_at.as_ref()));
+            if let Notice::Resolved(_) = n.notice {
+                let _ = write!(
+                    when,
+                    "   *Resolved:* {}   *Down for:* {}",
+                    time(i.closed_at.as_ref()),
+                    span(i.opened_at.as_ref(), i.closed_at.as_ref())
+                );
+            }
+            lines.push(when);
+            lines.push(format!("*Incident:* `{}`", slack_escape(&i.id)));
+            // The table's cells are already cleaned; its newlines are its rows.
+            lines.push(format!(
+                "```\n{}```",
+                markup_escape(&region_table(&n.notice))
+            ));
+        }
+        Notice::RegionOffline(o) | Notice::RegionOnline(o) => {
+            lines.push(format!(
+                "*Offline since:* {}",
+                time(o.offline_since.as_ref())
+            ));
+            if let Notice::RegionOnline(_) = n.notice {
+                lines.push(format!("*Back online at:* {}", time(o.online_at.as_ref())));
+            }
+            lines.push(format!("*Outage:* `{}`", slack_escape(&o.id)));
+        }
+    }
+    let text = lines.join("\n");
+    json!({
+        "text": text,
+        "blocks": [
+            { "type": "section", "text": { "type": "mrkdwn", "text": text } },
+            { "type": "context", "elements": [
+                { "type": "mrkdwn", "text": format!("portwatch · {}", slack_escape(n.key)) }
+            ] },
+        ],
+    })
+}
+
+/// The PagerDuty dedup key: the incident id, or the region outage id.
+pub fn dedup_key(n: &Notice<'_>) -> String {
+    match n {
+        Notice::Opened(i) | Notice::Resolved(i) => i.id.clone(),
+        Notice::RegionOffline(o) | Notice::RegionOnline(o) => o.id.clone(),
+    }
+}
+
+fn truncate(s: String, max: usize) -> String {
+    if s.chars().count() <= max {
+        s
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The PagerDuty Events API v2 body: `trigger` on open/offline, `resolve` on
+/// resolved/online, one `dedup_key` for both.
+pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Value {
+    let dedup = dedup_key(&n.notice);
+    match n.notice {
+        Notice::Resolved(_) | Notice::RegionOnline(_) => json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": dedup,
+        }),
+        Notice::Opened(i) => json!({
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "client": "portwatch",
+            "payload": {
+                "summary": truncate(subject(n), PD_SUMMARY_MAX),
+                "source": target(&i.host, i.port),
+                "severity": if n.test { "info" } else { n.notice.severity() },
+                "timestamp": time_json(i.opened_at.as_ref()),
+                "component": clean(&i.monitor_name),
+                "group": i.tenant_id,
+                "class": outcome(i.reason).map_or("unknown", Outcome::name),
+                "custom_details": {
+                    "incident_id": i.id,
+                    "monitor_id": i.monitor_id,
+                    "failure_reason": reason_text(i),
+                    "idempotency_key": n.key,
+                    "test": n.test,
+                    "regions": regions_json(&n.notice),
+                },
+            },
+        }),
+        Notice::RegionOffline(o) => json!({
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "client": "portwatch",
+            "payload": {
+                "summary": truncate(subject(n), PD_SUMMARY_MAX),
+                "source": format!("portwatch probe region {}", clean(&o.region)),
+                "severity": n.notice.severity(),
+                "timestamp": time_json(o.noticed_at.as_ref()),
+                "component": clean(&o.region),
+                "class": "probe_region_offline",
+                "custom_details": {
+                    "outage_id": o.id,
+                    "offline_since": time_json(o.offline_since.as_ref()),
+                    "idempotency_key": n.key,
+                },
+            },
+        }),
+    }
+}
+
+/// The incident a `TestChannel` call sends: plausible, clearly marked, and
+/// pointing at a documentation address.
+pub fn sample_incident(id: &str, at: SystemTime) -> v1::Incident {
+    let ts = portwatch_proto::time::to_timestamp;
+    let opened = at.checked_sub(Duration::from_secs(60)).unwrap_or(at);
+    let ev = |region: &str, state: v1::RegionState, o: v1::Outcome, detail: &str, us: u64| {
+        v1::RegionEvidence {
+            region: region.into(),
+            state: state as i32,
+            outcome: o as i32,
+            detail: detail.into(),
+            connect_us: us,
+            checked_at: Some(ts(opened)),
+            ignored_offline: false,
+        }
+    };
+    v1::Incident {
+        id: id.into(),
+        tenant_id: String::new(),
+        monitor_id: "mon-sample".into(),
+        monitor_name: "Sample: example database".into(),
+        host: "db.example.com".into(),
+        port: 5432,
+        opened_at: Some(ts(opened)),
+        closed_at: None,
+        reason: v1::Outcome::Refused as i32,
+        reason_text: "Connection refused".into(),
+        open_evidence: vec![
+            ev(
+                "eu-west",
+                v1::RegionState::Down,
+                v1::Outcome::Refused,
+                "Connection refused",
+                0,
+            ),
+            ev(
+                "us-east",
+                v1::RegionState::Down,
+                v1::Outcome::Refused,
+                "Connection refused",
+                0,
+            ),
+            ev("ap-south", v1::RegionState::Up, v1::Outcome::Ok, "", 12_345),
+        ],
+        close_evidence: vec![
+            ev("eu-west", v1::RegionState::Up, v1::Outcome::Ok, "", 9_876),
+            ev("us-east", v1::RegionState::Up, v1::Outcome::Ok, "", 14_321),
+            ev("ap-south", v1::RegionState::Up, v1::Outcome::Ok, "", 12_345),
+        ],
+        severity: "critical".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portwatch_proto::time::{from_unix_micros, to_timestamp};
+
+    fn ts(secs: u64) -> Option<prost_types::Timestamp> {
+        Some(to_timestamp(from_unix_micros(secs * 1_000_000)))
+    }
+
+    fn ev(
+        region: &str,
+        state: v1::RegionState,
+        o: v1::Outcome,
+        detail: &str,
+        us: u64,
+    ) -> v1::RegionEvidence {
+        v1::RegionEvidence {
+            region: region.into(),
+            state: state as i32,
+            outcome: o as i32,
+            detail: detail.into(),
+            connect_us: us,
+            checked_at: ts(1_700_000_000),
+            ignored_offline: false,
+        }
+    }
+
+    fn incident() -> v1::Incident {
+        v1::Incident {
+            id: "inc-1".into(),
+            tenant_id: "acme".into(),
+            monitor_id: "mon-1".into(),
+            monitor_name: "db primary\nFAKE: line".into(),
+            host: "db.example.com".into(),
+            port: 5432,
+            opened_at: ts(1_700_000_000),
+            closed_at: None,
+            reason: v1::Outcome::Refused as i32,
+            reason_text: "Connection refused".into(),
+            open_evidence: vec![
+                ev(
+                    "eu",
+                    v1::RegionState::Down,
+                    v1::Outcome::Refused,
+                    "connect: os error 111",
+                    0,
+                ),
+                ev("us", v1::RegionState::Down, v1::Outcome::TimedOut, "", 0),
+                ev("ap", v1::RegionState::Up, v1::Outcome::Ok, "", 12_345),
+                ev(
+                    "sa",
+                    v1::RegionState::Unknown,
+                    v1::Outcome::Unspecified,
+                    "no live agent",
+                    0,
+                ),
+            ],
+            close_evidence: vec![
+                ev("eu", v1::RegionState::Up, v1::Outcome::Ok, "", 1_000),
+                v1::RegionEvidence {
+                    ignored_offline: true,
+                    ..ev(
+                        "sa",
+                        v1::RegionState::Unknown,
+                        v1::Outcome::Unspecified,
+                        "no live agent",
+                        0,
+                    )
+                },
+            ],
+            severity: "critical".into(),
+        }
+    }
+
+    fn outage() -> RegionOutage {
+        RegionOutage {
+            id: "out-1".into(),
+            region: "eu-west".into(),
+            offline_since: ts(1_700_000_000),
+            noticed_at: ts(1_700_000_600),
+            online_at: ts(1_700_000_900),
+            channel_ids: vec![],
+        }
+    }
+
+    fn note<'a>(notice: Notice<'a>) -> Notification<'a> {
+        Notification {
+            notice,
+            key: "k",
+            test: false,
+        }
+    }
+
+    #[test]
+    fn subjects_for_every_kind() {
+        let i = incident();
+        let o = outage();
+        let v6 = v1::Incident {
+            host: "2001:db8::1".into(),
+            ..incident()
+        };
+        let cases: Vec<(Notification<'_>, &str)> = vec![
+            (
+                note(Notice::Opened(&i)),
+                "TCP Port Unreachable: db.example.com:5432",
+            ),
+            (
+                note(Notice::Resolved(&i)),
+                "TCP Port Reachable Again: db.example.com:5432",
+            ),
+            (
+                note(Notice::Opened(&v6)),
+                "TCP Port Unreachable: [2001:db8::1]:5432",
+            ),
+            (
+                note(Notice::RegionOffline(&o)),
+                "Probe region offline: eu-west",
+            ),
+            (
+                note(Notice::RegionOnline(&o)),
+                "Probe region back online: eu-west",
+            ),
+            (
+                Notification {
+                    test: true,
+                    ..note(Notice::Opened(&i))
+                },
+                "[test] TCP Port Unreachable: db.example.com:5432",
+            ),
+        ];
+        for (n, want) in cases {
+            assert_eq!(subject(&n), want);
+        }
+    }
+
+    #[test]
+    fn email_body_has_every_fact_and_no_forged_lines() {
+        let i = incident();
+        let body = text(&note(Notice::Opened(&i)));
+        for want in [
+            "Monitor:        db primary FAKE: line",
+            "Host:           db.example.com",
+            "Port:           5432",
+            "Severity:       critical",
+            "Failure reason: Connection refused",
+            "Opened at:      2023-11-14T22:13:20Z",
+            "Incident:       inc-1",
+            "Idempotency key: k",
+        ] {
+            assert!(body.contains(want), "{want:?} missing from:\n{body}");
+        }
+        assert!(
+            !body.contains("\nFAKE"),
+            "a newline in a name must not start a line"
+        );
+        assert!(!body.contains("http"), "plain text without links");
+        let table: Vec<&str> = body
+            .lines()
+            .skip_while(|l| !l.starts_with("Region "))
+            .take(5)
+            .collect();
+        assert_eq!(
+            table,
+            [
+                "Region  State    Reason                                      Connect  Checked at",
+                "eu      down     Connection refused (connect: os error 111)  -        2023-11-14T22:13:20Z",
+                "us      down     Connection timed out                        -        2023-11-14T22:13:20Z",
+                "ap      up       Connected                                   12.3 ms  2023-11-14T22:13:20Z",
+                "sa      unknown  no live agent                               -        2023-11-14T22:13:20Z",
+            ]
+        );
+
+        let mut closed = incident();
+        closed.closed_at = ts(1_700_000_192);
+        let body = text(&note(Notice::Resolved(&closed)));
+        assert!(
+            body.contains("Resolved at:    2023-11-14T22:16:32Z"),
+            "{body}"
+        );
+        assert!(body.contains("Down for:       3m 12s"), "{body}");
+        assert!(
+            body.contains("no live agent; offline past the grace period, not waited for"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn webhook_json_fields() {
+        let i = incident();
+        let v = webhook(&note(Notice::Opened(&i)));
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["event"], "incident.opened");
+        assert_eq!(v["idempotency_key"], "k");
+        assert_eq!(v["severity"], "critical");
+        assert_eq!(v["incident"]["id"], "inc-1");
+        assert_eq!(v["incident"]["port"], 5432);
+        assert_eq!(v["incident"]["reason"], "refused");
+        assert_eq!(v["incident"]["opened_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["incident"]["closed_at"], Value::Null);
+        let regions = v["incident"]["regions"].as_array().unwrap();
+        assert_eq!(regions.len(), 4);
+        assert_eq!(regions[0]["state"], "down");
+        assert_eq!(regions[0]["outcome"], "refused");
+        assert_eq!(regions[2]["connect_ms"], 12.3);
+        assert_eq!(regions[0]["connect_ms"], Value::Null);
+        assert_eq!(regions[3]["outcome"], Value::Null);
+
+        let o = outage();
+        let v = webhook(&note(Notice::RegionOnline(&o)));
+        assert_eq!(v["event"], "region.online");
+        assert_eq!(v["region"]["name"], "eu-west");
+        assert_eq!(v["region"]["online_at"], "2023-11-14T22:28:20Z");
+        assert!(v.get("incident").is_none());
+    }
+
+    #[test]
+    fn slack_has_a_region_table_and_escapes_markup() {
+        let mut i = incident();
+        i.monitor_name = "<!channel> & co".into();
+        let v = slack(&note(Notice::Opened(&i)));
+        let t = v["text"].as_str().unwrap();
+        assert!(
+            t.starts_with(":red_circle: *TCP Port Unreachable: db.example.com:5432*"),
+            "{t}"
+        );
+        assert!(t.contains("&lt;!channel&gt; &amp; co"), "{t}");
+        assert!(!t.contains("<!channel>"));
+        assert!(t.contains("```\nRegion  State"), "{t}");
+        assert!(t.contains("\nap      up       Connected"), "{t}");
+        assert_eq!(v["blocks"][0]["text"]["text"], v["text"]);
+    }
+
+    #[test]
+    fn pagerduty_trigger_and_resolve_share_the_dedup_key() {
+        let i = incident();
+        let t = pagerduty(&note(Notice::Opened(&i)), "rk");
+        assert_eq!(t["event_action"], "trigger");
+        assert_eq!(t["dedup_key"], "inc-1");
+        assert_eq!(t["routing_key"], "rk");
+        assert_eq!(t["payload"]["severity"], "critical");
+        assert_eq!(t["payload"]["source"], "db.example.com:5432");
+        assert_eq!(
+            t["payload"]["summary"],
+            "TCP Port Unreachable: db.example.com:5432"
+        );
+        let r = pagerduty(&note(Notice::Resolved(&i)), "rk");
+        assert_eq!(r["event_action"], "resolve");
+        assert_eq!(r["dedup_key"], "inc-1");
+        assert!(r.get("payload").is_none());
+        let o = outage();
+        assert_eq!(
+            pagerduty(&note(Notice::RegionOffline(&o)), "rk")["dedup_key"],
+            "out-1"
+        );
+        assert_eq!(
+            pagerduty(&note(Notice::RegionOnline(&o)), "rk")["event_action"],
+            "resolve"
+        );
+        assert_eq!(
+            truncate("x".repeat(2000), PD_SUMMARY_MAX).chars().count(),
+            PD_SUMMARY_MAX
+        );
+    }
+}
