@@ -307,7 +307,20 @@ impl Hub {
         st.latest.retain(|(m, _), _| m != id);
         st.last_decisive.retain(|(m, _), _| m != id);
         st.region_state.retain(|(m, _), _| m != id);
-        st.open.remove(id);
+        // A deleted monitor's open incident is closed without a "reachable again"
+        // notice (nobody checks the port any more): it must not stay open forever.
+        if let Some(mut incident) = st.open.remove(id) {
+            drop(st);
+            incident.closed_at = Some(to_timestamp(now()));
+            match self.store.put_incident(&incident) {
+                Ok(()) => {
+                    info!(monitor_id = %id, incident_id = %incident.id, "incident closed: monitor deleted")
+                }
+                Err(e) => {
+                    warn!(monitor_id = %id, error = %e, "closing the deleted monitor's incident failed")
+                }
+            }
+        }
     }
 
     /// A region was created or deleted (already in the store).
@@ -660,6 +673,33 @@ impl Hub {
             .collect()
     }
 
+    /// The consensus rule applied to `m` on the current view, with each
+    /// region's agent liveness (in the monitor's region order).
+    fn consensus_for(
+        &self,
+        st: &State,
+        m: &v1::Monitor,
+        now: SystemTime,
+    ) -> (consensus::Evaluation, Vec<bool>) {
+        let raw = Self::inputs(st, m);
+        let inputs: Vec<RegionInput> = raw
+            .iter()
+            .map(|(r, latest, online, last)| RegionInput {
+                region: r,
+                latest: *latest,
+                agent_online: *online,
+                last_decisive_at: *last,
+            })
+            .collect();
+        let opened_at = st
+            .open
+            .get(&m.id)
+            .map(|i| i.opened_at.as_ref().and_then(from_timestamp).unwrap_or(now));
+        let rules = rules_for(m, self.settings.offline_grace);
+        let eval = consensus::evaluate(&inputs, &rules, opened_at, now);
+        (eval, raw.iter().map(|(_, _, online, _)| *online).collect())
+    }
+
     /// Evaluates one monitor and acts on the decision.
     pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
         self.count(|c| c.evaluations += 1);
@@ -672,28 +712,8 @@ impl Hub {
             if m.paused {
                 return Ok(());
             }
-            let raw = Self::inputs(&st, &m);
-            let inputs: Vec<RegionInput> = raw
-                .iter()
-                .map(|(r, latest, online, last)| RegionInput {
-                    region: r,
-                    latest: *latest,
-                    agent_online: *online,
-                    last_decisive_at: *last,
-                })
-                .collect();
             let open = st.open.get(monitor_id).cloned();
-            let opened_at = open
-                .as_ref()
-                .and_then(|i| i.opened_at.as_ref())
-                .and_then(from_timestamp);
-            let rules = rules_for(&m, self.settings.offline_grace);
-            let eval = consensus::evaluate(
-                &inputs,
-                &rules,
-                open.as_ref().map(|_| opened_at.unwrap_or(t)),
-                t,
-            );
+            let (eval, _) = self.consensus_for(&st, &m, t);
             // Region state changes, for the event stream and fast confirmation.
             let mut changes = Vec::new();
             let mut newly_down = false;
@@ -958,24 +978,13 @@ impl Hub {
     pub fn status(&self, m: &v1::Monitor) -> v1::MonitorStatus {
         let st = self.lock();
         let t = now();
-        let raw = Self::inputs(&st, m);
-        let inputs: Vec<RegionInput> = raw
-            .iter()
-            .map(|(r, latest, online, last)| RegionInput {
-                region: r,
-                latest: *latest,
-                agent_online: *online,
-                last_decisive_at: *last,
-            })
-            .collect();
-        let rules = rules_for(m, self.settings.offline_grace);
         let open = st.open.get(&m.id);
-        let eval = consensus::evaluate(&inputs, &rules, open.map(|_| t), t);
+        let (eval, online) = self.consensus_for(&st, m, t);
         let regions: Vec<v1::RegionStatus> = eval
             .regions
             .iter()
-            .zip(raw.iter())
-            .map(|(v, (_, _, online, _))| v1::RegionStatus {
+            .zip(online.iter())
+            .map(|(v, online)| v1::RegionStatus {
                 region: v.region.clone(),
                 state: wire_state(&v.state) as i32,
                 last_result: st.latest.get(&(m.id.clone(), v.region.clone())).cloned(),

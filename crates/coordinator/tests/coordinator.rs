@@ -968,3 +968,31 @@ async fn sigterm_drains_agents_and_exits_cleanly_with_state_flushed() {
         "acknowledged state survived the restart"
     );
 }
+
+#[tokio::test]
+async fn deleting_a_monitor_closes_its_open_incident() {
+    let mut w = world().await;
+    let m = w
+        .tenant
+        .create_monitor(monitor_req("db.example.com", &["eu"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ag = agents(&w).await;
+    ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
+    assert_eq!(incidents(&mut w.tenant, true).await.len(), 1);
+    w.tenant
+        .delete_monitor(v1::DeleteMonitorRequest {
+            id: m.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        incidents(&mut w.tenant, true).await.is_empty(),
+        "no incident stays open for a deleted monitor"
+    );
+    let all = incidents(&mut w.tenant, false).await;
+    assert_eq!(all.len(), 1);
+    assert!(all[0].closed_at.is_some());
+}
