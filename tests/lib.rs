@@ -88,6 +88,34 @@ impl Proc {
         }
     }
 
+    /// Like [`Proc::spawn`], but stderr lines arrive on `lines` too (for
+    /// processes that report readiness or progress on stderr).
+    pub fn spawn_merged(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let (tx, rx) = std_mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let readers: Vec<Box<dyn std::io::Read + Send>> = vec![Box::new(stdout), Box::new(stderr)];
+        for r in readers {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines: rx,
+            name: name.to_string(),
+        }
+    }
+
     /// Waits for a stdout line containing `needle`; returns it.
     pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;

@@ -1,0 +1,700 @@
+//! `portwatch apply -f monitors.toml [--dry-run]`: monitors as code.
+//!
+//! The file lists the tenant's monitors as `[[monitor]]` tables; `apply` makes
+//! the coordinator match it: monitors in the file and not on the coordinator
+//! are created, those on both with different settings are updated, and those
+//! only on the coordinator are deleted. Monitors are identified by `name`.
+//!
+//! Guarantees:
+//! - the whole file is read and checked (unknown keys, duplicate names, hosts,
+//!   ports, durations, enum words) before anything is sent: bad input is
+//!   exit 2 and changes nothing;
+//! - the plan is a pure function of (file, current monitors) — see [`plan`] —
+//!   and `--dry-run` prints it and stops;
+//! - applying is idempotent: settings are compared in the coordinator's
+//!   normalised form (host lower-cased, trailing dot dropped, as
+//!   `portwatch-check` parses it), so a second run finds nothing to do;
+//! - a key left out of an entry is not managed: on create the coordinator's
+//!   default applies, on update the current value stays;
+//! - deletes run first (they free plan quota), then updates, then creates; the
+//!   first refusal stops the run with the server's message, and what was
+//!   already applied is listed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use portwatch_check::Host;
+use portwatch_proto::v1;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cli::{ApplyArgs, ConnectArgs, OutputFormat, parse_millis};
+use crate::client::Client;
+use crate::error::{CliError, Result};
+use crate::names::{self, AddressPolicy, CloseMode, Consensus, Family};
+use crate::output::{self, target};
+
+/// The file as written.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    monitor: Vec<Entry>,
+}
+
+/// One `[[monitor]]` table.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    host: String,
+    port: u16,
+    regions: Vec<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    consensus: Option<Consensus>,
+    family: Option<Family>,
+    address_policy: Option<AddressPolicy>,
+    close_mode: Option<CloseMode>,
+    channels: Option<Vec<String>>,
+    paused: Option<bool>,
+}
+
+/// A monitor as the file wants it, checked and normalised. `None` = not managed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub name: String,
+    pub host: String,
+    pub port: u32,
+    pub regions: Vec<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u32>,
+    pub consensus: Option<i32>,
+    pub family: Option<i32>,
+    pub address_policy: Option<i32>,
+    pub close_mode: Option<i32>,
+    pub channels: Option<Vec<String>>,
+    pub paused: Option<bool>,
+}
+
+/// One setting that differs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diff {
+    pub field: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+/// What apply will do to one monitor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Create(Desired),
+    Update {
+        current: v1::Monitor,
+        desired: Desired,
+        diffs: Vec<Diff>,
+    },
+    Delete(v1::Monitor),
+    Unchanged(v1::Monitor),
+}
+
+/// Reads and checks a monitors file.
+pub fn load(path: &Path) -> Result<Vec<Desired>> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("{shown}: {e}")))?;
+    parse(&text).map_err(|e| e.context(shown))
+}
+
+/// Parses and checks the text of a monitors file.
+pub fn parse(text: &str) -> Result<Vec<Desired>> {
+    let file: File =
+        toml::from_str(text).map_err(|e| CliError::usage(e.to_string().trim_end().to_string()))?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(file.monitor.len());
+    for (i, e) in file.monitor.into_iter().enumerate() {
+        let at = format!("monitor {} ({:?})", i + 1, e.name);
+        if e.name.trim().is_empty() {
+            return Err(CliError::usage(format!(
+                "monitor {}: name: required (apply identifies monitors by name)",
+                i + 1
+            )));
+        }
+        if !seen.insert(e.name.clone()) {
+            return Err(CliError::usage(format!(
+                "{at}: name: listed twice; names must be unique"
+            )));
+        }
+        let host = Host::parse(&e.host)
+            .map_err(|err| CliError::usage(format!("{at}: host: {err}")))?
+            .as_str();
+        if e.port == 0 {
+            return Err(CliError::usage(format!("{at}: port: must be 1-65535")));
+        }
+        if e.regions.is_empty() {
+            return Err(CliError::usage(format!(
+                "{at}: regions: at least one region is required"
+            )));
+        }
+        let interval_ms = e
+            .interval
+            .as_deref()
+            .map(parse_millis)
+            .transpose()
+            .map_err(|err| CliError::usage(format!("{at}: interval: {err}")))?;
+        let timeout_ms = e
+            .timeout
+            .as_deref()
+            .map(|t| {
+                parse_millis(t)
+                    .and_then(|ms| u32::try_from(ms).map_err(|_| format!("{t:?} is too long")))
+            })
+            .transpose()
+            .map_err(|err| CliError::usage(format!("{at}: timeout: {err}")))?;
+        out.push(Desired {
+            name: e.name,
+            host,
+            port: u32::from(e.port),
+            regions: e.regions,
+            interval_ms,
+            timeout_ms,
+            consensus: e.consensus.map(Consensus::wire),
+            family: e.family.map(Family::wire),
+            address_policy: e.address_policy.map(AddressPolicy::wire),
+            close_mode: e.close_mode.map(CloseMode::wire),
+            channels: e.channels,
+            paused: e.paused,
+        });
+    }
+    Ok(out)
+}
+
+/// The settings of `current` that differ from what `desired` manages.
+fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
+    let mut out = Vec::new();
+    let mut cmp = |field: &'static str, from: String, to: String| {
+        if from != to {
+            out.push(Diff { field, from, to });
+        }
+    };
+    cmp("host", current.host.clone(), d.host.clone());
+    cmp("port", current.port.to_string(), d.port.to_string());
+    cmp("regions", current.regions.join(","), d.regions.join(","));
+    if let Some(v) = d.interval_ms {
+        cmp(
+            "interval",
+            output::millis(current.interval_ms),
+            output::millis(v),
+        );
+    }
+    if let Some(v) = d.timeout_ms {
+        cmp(
+            "timeout",
+            output::millis(u64::from(current.timeout_ms)),
+            output::millis(u64::from(v)),
+        );
+    }
+    if let Some(v) = d.consensus {
+        cmp(
+            "consensus",
+            names::consensus(current.consensus),
+            names::consensus(v),
+        );
+    }
+    if let Some(v) = d.family {
+        cmp("family", names::family(current.family), names::family(v));
+    }
+    if let Some(v) = d.address_policy {
+        cmp(
+            "address_policy",
+            names::address_policy(current.address_policy),
+            names::address_policy(v),
+        );
+    }
+    if let Some(v) = d.close_mode {
+        cmp(
+            "close_mode",
+            names::close_mode(current.close_mode),
+            names::close_mode(v),
+        );
+    }
+    if let Some(v) = &d.channels {
+        cmp("channels", current.channel_ids.join(","), v.join(","));
+    }
+    if let Some(v) = d.paused {
+        cmp("paused", current.paused.to_string(), v.to_string());
+    }
+    out
+}
+
+/// What to do to make `current` match `desired`. Pure: no I/O.
+///
+/// Fails when a name in the file is shared by several current monitors, since
+/// the file could then mean either.
+pub fn plan(desired: &[Desired], current: &[v1::Monitor]) -> Result<Vec<Change>> {
+    let mut by_name: BTreeMap<&str, Vec<&v1::Monitor>> = BTreeMap::new();
+    for m in current {
+        by_name.entry(m.name.as_str()).or_default().push(m);
+    }
+    let wanted: HashSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    let mut changes = Vec::new();
+    for m in current {
+        if !wanted.contains(m.name.as_str()) {
+            changes.push(Change::Delete(m.clone()));
+        }
+    }
+    for d in desired {
+        match by_name.get(d.name.as_str()).map(Vec::as_slice) {
+            None | Some([]) => changes.push(Change::Create(d.clone())),
+            Some([m]) => {
+                let diffs = diffs(m, d);
+                if diffs.is_empty() {
+                    changes.push(Change::Unchanged((*m).clone()));
+                } else {
+                    changes.push(Change::Update {
+                        current: (*m).clone(),
+                        desired: d.clone(),
+                        diffs,
+                    });
+                }
+            }
+            Some(many) => {
+                return Err(CliError::refused(format!(
+                    "monitor name {:?} is used by {} monitors ({}); apply identifies monitors by name: rename or delete all but one first",
+                    d.name,
+                    many.len(),
+                    many.iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// The plan as text, one line per monitor that changes.
+fn render(changes: &[Change]) -> String {
+    let mut text = String::new();
+    let (mut c, mut u, mut d, mut same) = (0, 0, 0, 0);
+    for ch in changes {
+        match ch {
+            Change::Create(x) => {
+                c += 1;
+                let mut extra = String::new();
+                if let Some(ms) = x.interval_ms {
+                    extra.push_str(&format!(", every {}", output::millis(ms)));
+                }
+                if x.paused == Some(true) {
+                    extra.push_str(", paused");
+                }
+                text.push_str(&format!(
+                    "+ create {:?}: {} from {}{extra}\n",
+                    x.name,
+                    target(&x.host, x.port),
+                    x.regions.join(",")
+                ));
+            }
+            Change::Update { current, diffs, .. } => {
+                u += 1;
+                let what: Vec<String> = diffs
+                    .iter()
+                    .map(|df| format!("{}: {} -> {}", df.field, show(&df.from), show(&df.to)))
+                    .collect();
+                text.push_str(&format!(
+                    "~ update {:?} ({}): {}\n",
+                    current.name,
+                    current.id,
+                    what.join("; ")
+                ));
+            }
+            Change::Delete(m) => {
+                d += 1;
+                text.push_str(&format!(
+                    "- delete {:?} ({}): {}\n",
+                    m.name,
+                    m.id,
+                    target(&m.host, m.port)
+                ));
+            }
+            Change::Unchanged(_) => same += 1,
+        }
+    }
+    text.push_str(&format!(
+        "plan: {c} to create, {u} to update, {d} to delete, {same} unchanged\n"
+    ));
+    text
+}
+
+fn show(s: &str) -> &str {
+    if s.is_empty() { "(none)" } else { s }
+}
+
+fn plan_json(changes: &[Change], dry_run: bool, applied: &[String]) -> Value {
+    let mut create = Vec::new();
+    let mut update = Vec::new();
+    let mut delete = Vec::new();
+    let mut unchanged = Vec::new();
+    for ch in changes {
+        match ch {
+            Change::Create(x) => create.push(json!({ "name": x.name })),
+            Change::Update { current, diffs, .. } => update.push(json!({
+                "name": current.name,
+                "id": current.id,
+                "changes": diffs.iter().map(|d| json!({
+                    "field": d.field, "from": d.from, "to": d.to,
+                })).collect::<Vec<_>>(),
+            })),
+            Change::Delete(m) => delete.push(json!({ "name": m.name, "id": m.id })),
+            Change::Unchanged(m) => unchanged.push(json!({ "name": m.name, "id": m.id })),
+        }
+    }
+    json!({
+        "dry_run": dry_run,
+        "create": create,
+        "update": update,
+        "delete": delete,
+        "unchanged": unchanged,
+        "applied": applied,
+    })
+}
+
+/// The UpdateMonitor request for the settings that differ (not `paused`,
+/// which has calls of its own); `None` when only `paused` differs.
+fn update_request(
+    tenant: &str,
+    current: &v1::Monitor,
+    d: &Desired,
+    diffs: &[Diff],
+) -> Option<v1::UpdateMonitorRequest> {
+    let changed = |f: &str| diffs.iter().any(|x| x.field == f);
+    let mut req = v1::UpdateMonitorRequest {
+        tenant_id: tenant.to_string(),
+        id: current.id.clone(),
+        ..Default::default()
+    };
+    let mut any = false;
+    if changed("host") {
+        req.host = Some(d.host.clone());
+        any = true;
+    }
+    if changed("port") {
+        req.port = Some(d.port);
+        any = true;
+    }
+    if changed("regions") {
+        req.set_regions = true;
+        req.regions = d.regions.clone();
+        any = true;
+    }
+    if changed("interval") {
+        req.interval_ms = d.interval_ms;
+        any = true;
+    }
+    if changed("timeout") {
+        req.timeout_ms = d.timeout_ms;
+        any = true;
+    }
+    if changed("consensus") {
+        req.consensus = d.consensus;
+        any = true;
+    }
+    if changed("family") {
+        req.family = d.family;
+        any = true;
+    }
+    if changed("address_policy") {
+        req.address_policy = d.address_policy;
+        any = true;
+    }
+    if changed("close_mode") {
+        req.close_mode = d.close_mode;
+        any = true;
+    }
+    if changed("channels") {
+        req.set_channel_ids = true;
+        req.channel_ids = d.channels.clone().unwrap_or_default();
+        any = true;
+    }
+    if any {
+        // The name is the identity; sent explicitly so a default name never
+        // follows a new host or port and loses the monitor for the next apply.
+        req.name = Some(d.name.clone());
+    }
+    any.then_some(req)
+}
+
+async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) -> Result<()> {
+    let tenant = c.tenant.clone();
+    for ch in changes {
+        if let Change::Delete(m) = ch {
+            c.admin
+                .delete_monitor(v1::DeleteMonitorRequest {
+                    tenant_id: tenant.clone(),
+                    id: m.id.clone(),
+                })
+                .await
+                .map_err(|e| CliError::from(e).context(format!("deleting {:?}", m.name)))?;
+            applied.push(format!("deleted {:?} ({})", m.name, m.id));
+        }
+    }
+    for ch in changes {
+        if let Change::Update {
+            current,
+            desired,
+            diffs,
+        } = ch
+        {
+            if let Some(req) = update_request(&tenant, current, desired, diffs) {
+                c.admin.update_monitor(req).await.map_err(|e| {
+                    CliError::from(e).context(format!("updating {:?}", current.name))
+                })?;
+            }
+            match desired.paused {
+                Some(true) if !current.paused => {
+                    c.admin
+                        .pause_monitor(v1::PauseMonitorRequest {
+                            tenant_id: tenant.clone(),
+                            id: current.id.clone(),
+                        })
+                        .await
+                        .map_err(|e| {
+                            CliError::from(e).context(format!("pausing {:?}", current.name))
+                        })?;
+                }
+                Some(false) if current.paused => {
+                    c.admin
+                        .resume_monitor(v1::ResumeMonitorRequest {
+                            tenant_id: tenant.clone(),
+                            id: current.id.clone(),
+                        })
+                        .await
+                        .map_err(|e| {
+                            CliError::from(e).context(format!("resuming {:?}", current.name))
+                        })?;
+                }
+                _ => {}
+            }
+            applied.push(format!("updated {:?} ({})", current.name, current.id));
+        }
+    }
+    for ch in changes {
+        if let Change::Create(d) = ch {
+            let m = c
+                .admin
+                .create_monitor(v1::CreateMonitorRequest {
+                    tenant_id: tenant.clone(),
+                    name: d.name.clone(),
+                    host: d.host.clone(),
+                    port: d.port,
+                    regions: d.regions.clone(),
+                    interval_ms: d.interval_ms.unwrap_or(0),
+                    timeout_ms: d.timeout_ms.unwrap_or(0),
+                    consensus: d.consensus.unwrap_or(0),
+                    family: d.family.unwrap_or(0),
+                    address_policy: d.address_policy.unwrap_or(0),
+                    close_mode: d.close_mode.unwrap_or(0),
+                    channel_ids: d.channels.clone().unwrap_or_default(),
+                    paused: d.paused.unwrap_or(false),
+                })
+                .await
+                .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?
+                .into_inner();
+            applied.push(format!("created {:?} ({})", m.name, m.id));
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(conn: &ConnectArgs, a: ApplyArgs, out: OutputFormat) -> Result<()> {
+    let desired = load(&a.file)?;
+    let mut c = Client::connect(conn).await?;
+    let current = c.all_monitors().await?;
+    let changes = plan(&desired, &current)?;
+    if out == OutputFormat::Table {
+        output::print(&render(&changes))?;
+    }
+    let mut applied = Vec::new();
+    let result = if a.dry_run {
+        Ok(())
+    } else {
+        execute(&mut c, &changes, &mut applied).await
+    };
+    match out {
+        OutputFormat::Json => output::json(&plan_json(&changes, a.dry_run, &applied))?,
+        OutputFormat::Table if a.dry_run => output::line("dry run: nothing changed")?,
+        OutputFormat::Table => {
+            for line in &applied {
+                output::line(line)?;
+            }
+            if result.is_ok() {
+                output::line(&format!("applied: {} change(s)", applied.len()))?;
+            }
+        }
+    }
+    result.map_err(|e| {
+        if applied.is_empty() {
+            e
+        } else {
+            e.context(format!("stopped after {} change(s)", applied.len()))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[monitor]]
+name = "web"
+host = "Web.Example.COM."
+port = 443
+regions = ["eu", "us"]
+interval = "30s"
+
+[[monitor]]
+name = "db"
+host = "db.example.com"
+port = 5432
+regions = ["eu"]
+consensus = "unanimous"
+paused = true
+"#;
+
+    fn current(
+        name: &str,
+        host: &str,
+        port: u32,
+        regions: &[&str],
+        interval_ms: u64,
+    ) -> v1::Monitor {
+        v1::Monitor {
+            id: format!("mon_{name}"),
+            name: name.into(),
+            host: host.into(),
+            port,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            interval_ms,
+            timeout_ms: 3000,
+            consensus: v1::ConsensusPolicy::Quorum as i32,
+            family: v1::IpFamily::Any as i32,
+            address_policy: v1::AddressPolicy::Any as i32,
+            close_mode: v1::CloseMode::Fin as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_file_is_checked_whole_and_normalised() {
+        let d = parse(FILE).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].host, "web.example.com");
+        assert_eq!(d[0].interval_ms, Some(30_000));
+        assert_eq!(d[0].timeout_ms, None);
+        assert_eq!(d[1].consensus, Some(v1::ConsensusPolicy::Unanimous as i32));
+
+        let bad = [
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\ncolour = \"red\"\n",
+                "colour",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 70000\nregions = [\"eu\"]\n",
+                "port",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x y\"\nport = 1\nregions = [\"eu\"]\n",
+                "host",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = []\n",
+                "regions",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\ninterval = \"often\"\n",
+                "interval",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\nconsensus = \"most\"\n",
+                "consensus",
+            ),
+            (
+                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\n[[monitor]]\nname = \"a\"\nhost = \"y.com\"\nport = 1\nregions = [\"eu\"]\n",
+                "twice",
+            ),
+            ("[[monitors]]\nname = \"a\"\n", "monitors"),
+        ];
+        for (text, needle) in bad {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.kind, crate::error::Failure::Usage);
+            assert!(e.message.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn plan_creates_updates_deletes_and_leaves_the_rest() {
+        let d = parse(FILE).unwrap();
+        let now = vec![
+            current("web", "web.example.com", 443, &["eu", "us"], 60_000),
+            current("old", "old.example.com", 22, &["eu"], 60_000),
+        ];
+        let changes = plan(&d, &now).unwrap();
+        assert!(matches!(&changes[0], Change::Delete(m) if m.name == "old"));
+        match &changes[1] {
+            Change::Update { diffs, .. } => assert_eq!(
+                diffs,
+                &vec![Diff {
+                    field: "interval",
+                    from: "1m".into(),
+                    to: "30s".into()
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&changes[2], Change::Create(x) if x.name == "db"));
+        let text = render(&changes);
+        assert!(
+            text.contains("plan: 1 to create, 1 to update, 1 to delete, 0 unchanged"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_matching_coordinator_needs_nothing() {
+        let d = parse(FILE).unwrap();
+        let mut db = current("db", "db.example.com", 5432, &["eu"], 60_000);
+        db.consensus = v1::ConsensusPolicy::Unanimous as i32;
+        db.paused = true;
+        let now = vec![
+            current("web", "web.example.com", 443, &["eu", "us"], 30_000),
+            db,
+        ];
+        let changes = plan(&d, &now).unwrap();
+        assert!(
+            changes.iter().all(|c| matches!(c, Change::Unchanged(_))),
+            "{changes:?}"
+        );
+    }
+
+    #[test]
+    fn only_paused_differing_sends_no_update() {
+        let d = parse(FILE).unwrap();
+        let db = current("db", "db.example.com", 5432, &["eu"], 60_000);
+        let mut diffs_found = diffs(&db, &d[1]);
+        diffs_found.retain(|x| x.field == "paused");
+        assert!(update_request("", &db, &d[1], &diffs_found).is_none());
+    }
+
+    #[test]
+    fn a_name_shared_on_the_coordinator_is_refused() {
+        let d = parse(FILE).unwrap();
+        let mut a = current("web", "web.example.com", 443, &["eu"], 30_000);
+        let mut b = a.clone();
+        a.id = "mon_a".into();
+        b.id = "mon_b".into();
+        let e = plan(&d, &[a, b]).unwrap_err();
+        assert!(e.message.contains("mon_a, mon_b"), "{e}");
+    }
+}

@@ -1,0 +1,531 @@
+//! The command line: every subcommand and flag of `portwatch`, as clap types.
+//!
+//! Only the shape lives here (what a user may type, with help text); what each
+//! command does lives in `commands/`. Connection flags are global, so they may
+//! follow the subcommand, and each has an environment variable so a shell
+//! session can be set up once (`PORTWATCH_ADDR`, `PORTWATCH_TOKEN`, ...).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::names;
+
+/// Shown under `--help`: the exit codes scripts can rely on.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  the coordinator refused or found nothing (plan limits, permission, not found, ...)
+  2  usage error or bad input (also the coordinator's INVALID_ARGUMENT)
+  3  cannot reach the coordinator (connection, TLS, unavailable)";
+
+/// portwatch admin CLI: monitors, status, incidents, regions, tenants.
+#[derive(Parser, Debug)]
+#[command(
+    name = "portwatch",
+    version,
+    about = "portwatch admin CLI: multi-region TCP port monitoring",
+    long_about = "portwatch admin CLI: talks to the coordinator's AdminService over TLS.\n\n\
+                  Set PORTWATCH_ADDR, PORTWATCH_TOKEN and PORTWATCH_CA once per shell; \
+                  use --output json for scripts.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// Output format: aligned tables for people, JSON for scripts.
+    #[arg(
+        long,
+        short = 'o',
+        global = true,
+        value_enum,
+        default_value = "table",
+        env = "PORTWATCH_OUTPUT"
+    )]
+    pub output: OutputFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+/// Where the coordinator is and who we are.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Coordinator URL: https://host:port (http:// only to a loopback coordinator
+    /// running with insecure_plaintext).
+    #[arg(
+        long,
+        global = true,
+        env = "PORTWATCH_ADDR",
+        default_value = "https://127.0.0.1:7400"
+    )]
+    pub addr: String,
+    /// Bearer token: the operator's or a tenant's.
+    #[arg(long, global = true, env = "PORTWATCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long, global = true, env = "PORTWATCH_CA")]
+    pub ca: Option<PathBuf>,
+    /// TLS server name to expect (default: the host in --addr).
+    #[arg(long, global = true, env = "PORTWATCH_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// Client certificate (PEM) when the coordinator requires mTLS.
+    #[arg(long, global = true, env = "PORTWATCH_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Client key (PEM) for --client-cert.
+    #[arg(long, global = true, env = "PORTWATCH_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
+    /// Tenant to act on (required with the operator token for tenant objects;
+    /// a tenant token implies its own tenant).
+    #[arg(long, global = true, env = "PORTWATCH_TENANT")]
+    pub tenant: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show who the token belongs to.
+    Whoami,
+    /// Create, list, show, change, pause, resume and delete port monitors.
+    #[command(subcommand)]
+    Monitor(MonitorCmd),
+    /// Every monitor, one line each, with a mark per region.
+    Status,
+    /// Check results of one monitor (newest last).
+    Results(ResultsArgs),
+    /// Incidents, newest first.
+    Incidents(IncidentsArgs),
+    /// Probe regions and their live agents.
+    Regions,
+    /// Probe agents, online and known (operator).
+    Agents(AgentsArgs),
+    /// Notification channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// Tenants and plans (operator).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Create or delete a probe region (operator).
+    #[command(subcommand)]
+    Region(RegionCmd),
+    /// Tokens agents use to join a region (operator).
+    #[command(subcommand)]
+    AgentToken(AgentTokenCmd),
+    /// Stream live events (incidents, region state changes) until Ctrl-C.
+    Watch(WatchArgs),
+    /// Make the tenant's monitors match a TOML file (create, update, delete by name).
+    Apply(ApplyArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (or write one page per command with --dir).
+    Man(ManArgs),
+    /// Write a development CA, server and client certificates (not for production).
+    DevCerts(DevCertsArgs),
+    /// Listen on local TCP ports and accept connections (a target for demos).
+    DevListen(DevListenArgs),
+}
+
+/// A monitor named by id or by its (unique) name.
+#[derive(Args, Debug, Clone)]
+pub struct MonitorRef {
+    /// Monitor id or name.
+    pub monitor: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MonitorCmd {
+    /// Create a monitor; the first check runs at once.
+    Add(MonitorAdd),
+    /// List the tenant's monitors.
+    #[command(alias = "ls")]
+    List,
+    /// One monitor: settings, per-region state and a latency sparkline.
+    Show(MonitorRef),
+    /// Change a monitor; only the flags given change.
+    Update(MonitorUpdate),
+    /// Delete a monitor.
+    #[command(alias = "delete", alias = "remove")]
+    Rm(MonitorRef),
+    /// Stop checking a monitor.
+    Pause(MonitorRef),
+    /// Start checking a paused monitor again.
+    Resume(MonitorRef),
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorAdd {
+    /// DNS name or IP literal to check.
+    #[arg(long)]
+    pub host: String,
+    /// TCP port (1-65535).
+    #[arg(long)]
+    pub port: u16,
+    /// Regions to check from, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub regions: Vec<String>,
+    /// Display name (default "host:port").
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Time between checks, e.g. 30s or 5m (default 60s, at least the plan's minimum).
+    #[arg(long, value_parser = parse_millis)]
+    pub interval: Option<u64>,
+    /// Deadline over DNS and handshake, 1s-10s (default 3s).
+    #[arg(long, value_parser = parse_millis)]
+    pub timeout: Option<u64>,
+    /// quorum: ceil(0.66 n) regions down opens an incident; unanimous: all of them.
+    #[arg(long, value_enum)]
+    pub consensus: Option<names::Consensus>,
+    /// Address family.
+    #[arg(long, value_enum)]
+    pub family: Option<names::Family>,
+    /// any: one address connecting is success; all: every resolved address must.
+    #[arg(long, value_enum)]
+    pub address_policy: Option<names::AddressPolicy>,
+    /// How the probe closes its connection.
+    #[arg(long, value_enum)]
+    pub close_mode: Option<names::CloseMode>,
+    /// Channel ids to notify, comma-separated (default: the tenant's default channels).
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Create the monitor paused.
+    #[arg(long)]
+    pub paused: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorUpdate {
+    /// Monitor id or name.
+    pub monitor: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Replace the region list (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Option<Vec<String>>,
+    #[arg(long, value_parser = parse_millis)]
+    pub interval: Option<u64>,
+    #[arg(long, value_parser = parse_millis)]
+    pub timeout: Option<u64>,
+    #[arg(long, value_enum)]
+    pub consensus: Option<names::Consensus>,
+    #[arg(long, value_enum)]
+    pub family: Option<names::Family>,
+    #[arg(long, value_enum)]
+    pub address_policy: Option<names::AddressPolicy>,
+    #[arg(long, value_enum)]
+    pub close_mode: Option<names::CloseMode>,
+    /// Replace the channel list (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "default_channels")]
+    pub channels: Option<Vec<String>>,
+    /// Notify the tenant's default channels again (clears --channels).
+    #[arg(long)]
+    pub default_channels: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// Monitor id or name.
+    pub monitor: String,
+    /// Start of the window: a duration ago (1h, 30m) or an RFC 3339 time.
+    #[arg(long, default_value = "1h", value_parser = parse_when)]
+    pub since: When,
+    /// End of the window (default now): a duration ago or an RFC 3339 time.
+    #[arg(long, value_parser = parse_when)]
+    pub until: Option<When>,
+    /// Only this region.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Show at most this many, the newest (0 = all in the window).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct IncidentsArgs {
+    /// Only incidents still open.
+    #[arg(long)]
+    pub open: bool,
+    /// Only this monitor (id or name).
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Show at most this many (0 = all).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentsArgs {
+    /// Only this region.
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelCmd {
+    /// Create a channel.
+    #[command(subcommand)]
+    Add(ChannelAdd),
+    /// List channels.
+    #[command(alias = "ls")]
+    List,
+    /// Delete a channel.
+    #[command(alias = "delete", alias = "remove")]
+    Rm {
+        /// Channel id.
+        id: String,
+    },
+    /// Send a test notification through a channel and show the receiver's answer.
+    Test {
+        /// Channel id.
+        id: String,
+    },
+    /// Notification deliveries and their state (did the page go out?).
+    Deliveries {
+        /// Only deliveries of this incident.
+        #[arg(long)]
+        incident: Option<String>,
+        /// Show at most this many (0 = all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// Settings every channel has.
+#[derive(Args, Debug)]
+pub struct ChannelCommon {
+    /// Display name (default derived from the target).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Notify this channel for monitors that name no channels of their own.
+    #[arg(long)]
+    pub default: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ChannelAdd {
+    /// JSON POST with an HMAC-SHA256 signature header.
+    Webhook {
+        #[arg(long)]
+        url: String,
+        /// HMAC key for X-Portwatch-Signature.
+        #[arg(long, env = "PORTWATCH_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[command(flatten)]
+        common: ChannelCommon,
+    },
+    /// Slack incoming webhook.
+    Slack {
+        #[arg(long)]
+        webhook_url: String,
+        #[command(flatten)]
+        common: ChannelCommon,
+    },
+    /// Email over SMTP.
+    Email {
+        #[arg(long)]
+        smtp_host: String,
+        /// Default: 587 (starttls), 465 (implicit), 25 (none).
+        #[arg(long)]
+        smtp_port: Option<u16>,
+        #[arg(long, value_enum, default_value = "starttls")]
+        tls: names::SmtpTls,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "PORTWATCH_SMTP_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        from: String,
+        /// Recipients, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[command(flatten)]
+        common: ChannelCommon,
+    },
+    /// PagerDuty Events API v2.
+    Pagerduty {
+        #[arg(long, env = "PORTWATCH_PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
+        routing_key: String,
+        /// Events API base URL (default: PagerDuty's public endpoint).
+        #[arg(long)]
+        base_url: Option<String>,
+        #[command(flatten)]
+        common: ChannelCommon,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant; prints its first token once.
+    Add {
+        /// Tenant id ([a-z0-9-]); generated when left out.
+        id: Option<String>,
+        /// Display name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "basic")]
+        plan: names::Plan,
+    },
+    /// List tenants with their plans and monitor counts.
+    #[command(alias = "ls")]
+    List,
+    /// Change a tenant's plan.
+    SetPlan {
+        /// Tenant id.
+        id: String,
+        #[arg(value_enum)]
+        plan: names::Plan,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegionCmd {
+    /// Create a region; with --owner it is that tenant's private region.
+    Add {
+        /// Region name ([a-z0-9-]), e.g. eu-west.
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Owning tenant: a private region whose agents may probe private addresses.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Delete a region no monitor uses.
+    #[command(alias = "delete", alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentTokenCmd {
+    /// Create a token for agents of a region; prints the secret once.
+    Create {
+        region: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke an agent token.
+    Revoke {
+        /// Token id (not the secret).
+        id: String,
+    },
+    /// List agent tokens (never their secrets).
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        region: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Only this monitor (id or name).
+    #[arg(long)]
+    pub monitor: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The monitors file (TOML, `[[monitor]]` tables).
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Print what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write portwatch.1 and one page per subcommand into this directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DevCertsArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Extra server names (DNS names or IPs) besides localhost, 127.0.0.1 and ::1.
+    #[arg(long, value_delimiter = ',')]
+    pub san: Vec<String>,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DevListenArgs {
+    /// Ports on 127.0.0.1 to listen on (0 picks a free port; the chosen port is printed).
+    #[arg(required = true)]
+    pub ports: Vec<u16>,
+}
+
+/// A point in time given relative to now or absolutely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Ago(Duration),
+    At(SystemTime),
+}
+
+impl When {
+    pub fn resolve(self, now: SystemTime) -> SystemTime {
+        match self {
+            When::Ago(d) => now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH),
+            When::At(t) => t,
+        }
+    }
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(When::Ago(d));
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(When::At)
+        .map_err(|_| format!("{s:?} is neither a duration (1h, 30m) nor an RFC 3339 time"))
+}
+
+/// "30s", "1500ms", "2m" as milliseconds.
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 30s, 1500ms or 5m ({e})"))?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_times_parse() {
+        assert_eq!(parse_millis("30s"), Ok(30_000));
+        assert_eq!(parse_millis("1500ms"), Ok(1_500));
+        assert!(parse_millis("30").is_err());
+        assert_eq!(parse_when("1h"), Ok(When::Ago(Duration::from_secs(3600))));
+        assert!(matches!(
+            parse_when("2026-01-02T03:04:05Z"),
+            Ok(When::At(_))
+        ));
+        assert!(parse_when("yesterday").is_err());
+    }
+}

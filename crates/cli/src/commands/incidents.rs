@@ -1,0 +1,92 @@
+//! `portwatch incidents [--open]`: incidents newest first, with the regions that
+//! were down when each opened and how long it lasted.
+
+use std::time::SystemTime;
+
+use portwatch_proto::time::from_timestamp;
+use portwatch_proto::v1;
+use serde_json::Value;
+
+use crate::cli::{IncidentsArgs, OutputFormat};
+use crate::client::Client;
+use crate::error::Result;
+use crate::names;
+use crate::output::{self, Table};
+use crate::views;
+
+use crate::output::target;
+
+pub async fn run(c: &mut Client, a: IncidentsArgs, out: OutputFormat) -> Result<()> {
+    let monitor_id = match &a.monitor {
+        Some(key) => c.find_monitor(key).await?.id,
+        None => String::new(),
+    };
+    let mut incidents = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .admin
+            .list_incidents(v1::ListIncidentsRequest {
+                tenant_id: c.tenant.clone(),
+                monitor_id: monitor_id.clone(),
+                open_only: a.open,
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await?
+            .into_inner();
+        incidents.extend(page.incidents);
+        let enough = a.limit > 0 && incidents.len() >= a.limit;
+        if enough || page.next_page_token.is_empty() || page.next_page_token == page_token {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if a.limit > 0 {
+        incidents.truncate(a.limit);
+    }
+    let now = SystemTime::now();
+    let mut t = Table::new(&[
+        "ID", "MONITOR", "TARGET", "STATE", "OPENED", "DURATION", "REASON", "DOWN IN",
+    ]);
+    for i in &incidents {
+        let opened = i.opened_at.as_ref().and_then(from_timestamp);
+        let closed = i.closed_at.as_ref().and_then(from_timestamp);
+        let lasted = opened
+            .and_then(|o| closed.unwrap_or(now).duration_since(o).ok())
+            .map(output::short_duration)
+            .unwrap_or_default();
+        let down: Vec<&str> = i
+            .open_evidence
+            .iter()
+            .filter(|e| e.state == v1::RegionState::Down as i32)
+            .map(|e| e.region.as_str())
+            .collect();
+        t.row(vec![
+            i.id.clone(),
+            i.monitor_name.clone(),
+            target(&i.host, i.port),
+            if i.closed_at.is_none() {
+                "open"
+            } else {
+                "closed"
+            }
+            .to_string(),
+            output::ts(i.opened_at.as_ref()),
+            lasted,
+            if i.reason_text.is_empty() {
+                names::outcome_text(i.reason)
+            } else {
+                i.reason_text.clone()
+            },
+            down.join(","),
+        ]);
+    }
+    let v = Value::Array(incidents.iter().map(views::incident).collect());
+    let empty = if a.open {
+        "no open incidents"
+    } else {
+        "no incidents"
+    };
+    output::either(out, &v, &t, empty)
+}

@@ -1,0 +1,64 @@
+//! What each subcommand does: one module per concept, each taking a connected
+//! [`Client`] (or nothing, for the offline commands) and printing through
+//! `output`. This module only dispatches.
+
+mod channel;
+mod dev;
+mod docs;
+mod fleet;
+mod incidents;
+mod monitor;
+mod results;
+mod status;
+mod tenant;
+mod watch;
+
+use crate::apply;
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::client::Client;
+use crate::error::Result;
+use crate::output;
+
+/// Runs one parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let out = cli.output;
+    let conn = cli.conn;
+    match cli.command {
+        // Offline: no coordinator needed.
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
+        Command::DevCerts(a) => dev::certs(a, out),
+        Command::DevListen(a) => dev::listen(a).await,
+        // Reads and checks its file before connecting: bad input is exit 2 offline.
+        Command::Apply(a) => apply::run(&conn, a, out).await,
+        // Everything else talks to the coordinator.
+        Command::Whoami => whoami(&mut Client::connect(&conn).await?, out).await,
+        Command::Monitor(m) => monitor::run(&mut Client::connect(&conn).await?, m, out).await,
+        Command::Status => status::run(&mut Client::connect(&conn).await?, out).await,
+        Command::Results(a) => results::run(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Incidents(a) => incidents::run(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Regions => fleet::regions(&mut Client::connect(&conn).await?, out).await,
+        Command::Agents(a) => fleet::agents(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Region(r) => fleet::region(&mut Client::connect(&conn).await?, r, out).await,
+        Command::AgentToken(t) => {
+            fleet::agent_token(&mut Client::connect(&conn).await?, t, out).await
+        }
+        Command::Channel(ch) => channel::run(&mut Client::connect(&conn).await?, ch, out).await,
+        Command::Tenant(t) => tenant::run(&mut Client::connect(&conn).await?, t, out).await,
+        Command::Watch(a) => watch::run(&mut Client::connect(&conn).await?, a, out).await,
+    }
+}
+
+async fn whoami(c: &mut Client, out: OutputFormat) -> Result<()> {
+    let who = c
+        .admin
+        .who_am_i(portwatch_proto::v1::WhoAmIRequest {})
+        .await?
+        .into_inner();
+    let v = serde_json::json!({ "operator": who.operator, "tenant_id": who.tenant_id });
+    match out {
+        OutputFormat::Json => output::json(&v),
+        OutputFormat::Table if who.operator => output::line("operator"),
+        OutputFormat::Table => output::line(&format!("tenant {}", who.tenant_id)),
+    }
+}

@@ -1,0 +1,367 @@
+//! `portwatch monitor add|list|show|update|rm|pause|resume`.
+//!
+//! Monitors are named by id or by unique name. `show` combines three calls:
+//! the monitor, its live status (per-region state, reason, last connect time)
+//! and its recent history, drawn as one latency sparkline per region.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use portwatch_proto::time::to_timestamp;
+use portwatch_proto::v1;
+use serde_json::{Value, json};
+
+use crate::cli::{MonitorAdd, MonitorCmd, MonitorUpdate, OutputFormat};
+use crate::client::Client;
+use crate::error::{CliError, Result};
+use crate::names;
+use crate::output::{self, Spark, Table, target};
+use crate::views;
+
+/// Checks per region drawn in the sparkline.
+const SPARK_POINTS: usize = 40;
+
+pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<()> {
+    match cmd {
+        MonitorCmd::Add(a) => add(c, a, out).await,
+        MonitorCmd::List => list(c, out).await,
+        MonitorCmd::Show(r) => show(c, &r.monitor, out).await,
+        MonitorCmd::Update(u) => update(c, u, out).await,
+        MonitorCmd::Rm(r) => {
+            let m = c.find_monitor(&r.monitor).await?;
+            c.admin
+                .delete_monitor(v1::DeleteMonitorRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: m.id.clone(),
+                })
+                .await?;
+            match out {
+                OutputFormat::Json => output::json(&json!({ "deleted": m.id, "name": m.name })),
+                OutputFormat::Table => {
+                    output::line(&format!("deleted monitor {} ({})", m.id, m.name))
+                }
+            }
+        }
+        MonitorCmd::Pause(r) => {
+            let m = c.find_monitor(&r.monitor).await?;
+            let m = c
+                .admin
+                .pause_monitor(v1::PauseMonitorRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: m.id,
+                })
+                .await?
+                .into_inner();
+            print_monitor(&m, "paused", out)
+        }
+        MonitorCmd::Resume(r) => {
+            let m = c.find_monitor(&r.monitor).await?;
+            let m = c
+                .admin
+                .resume_monitor(v1::ResumeMonitorRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: m.id,
+                })
+                .await?
+                .into_inner();
+            print_monitor(&m, "resumed", out)
+        }
+    }
+}
+
+fn timeout_ms(ms: Option<u64>) -> Result<Option<u32>> {
+    ms.map(|v| u32::try_from(v).map_err(|_| CliError::usage("--timeout: must be at most 10s")))
+        .transpose()
+}
+
+async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
+    let req = v1::CreateMonitorRequest {
+        tenant_id: c.tenant.clone(),
+        name: a.name.unwrap_or_default(),
+        host: a.host,
+        port: u32::from(a.port),
+        regions: a.regions,
+        interval_ms: a.interval.unwrap_or(0),
+        timeout_ms: timeout_ms(a.timeout)?.unwrap_or(0),
+        consensus: a.consensus.map_or(0, |v| v.wire()),
+        family: a.family.map_or(0, |v| v.wire()),
+        address_policy: a.address_policy.map_or(0, |v| v.wire()),
+        close_mode: a.close_mode.map_or(0, |v| v.wire()),
+        channel_ids: a.channels,
+        paused: a.paused,
+    };
+    let m = c.admin.create_monitor(req).await?.into_inner();
+    print_monitor(&m, "created", out)
+}
+
+async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<()> {
+    let m = c.find_monitor(&u.monitor).await?;
+    let (set_channel_ids, channel_ids) = match (u.channels, u.default_channels) {
+        (Some(ids), _) => (true, ids),
+        (None, true) => (true, Vec::new()),
+        (None, false) => (false, Vec::new()),
+    };
+    let req = v1::UpdateMonitorRequest {
+        tenant_id: c.tenant.clone(),
+        id: m.id,
+        name: u.name,
+        host: u.host,
+        port: u.port.map(u32::from),
+        set_regions: u.regions.is_some(),
+        regions: u.regions.unwrap_or_default(),
+        interval_ms: u.interval,
+        timeout_ms: timeout_ms(u.timeout)?,
+        consensus: u.consensus.map(|v| v.wire()),
+        family: u.family.map(|v| v.wire()),
+        address_policy: u.address_policy.map(|v| v.wire()),
+        close_mode: u.close_mode.map(|v| v.wire()),
+        channel_ids,
+        set_channel_ids,
+    };
+    let nothing = req.name.is_none()
+        && req.host.is_none()
+        && req.port.is_none()
+        && !req.set_regions
+        && req.interval_ms.is_none()
+        && req.timeout_ms.is_none()
+        && req.consensus.is_none()
+        && req.family.is_none()
+        && req.address_policy.is_none()
+        && req.close_mode.is_none()
+        && !req.set_channel_ids;
+    if nothing {
+        return Err(CliError::usage(
+            "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels",
+        ));
+    }
+    let m = c.admin.update_monitor(req).await?.into_inner();
+    print_monitor(&m, "updated", out)
+}
+
+fn channels_text(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "tenant defaults".to_string()
+    } else {
+        ids.join(",")
+    }
+}
+
+/// One monitor as "key  value" lines.
+fn details(m: &v1::Monitor) -> Table {
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    let rows = [
+        ("id", m.id.clone()),
+        ("name", m.name.clone()),
+        ("target", target(&m.host, m.port)),
+        ("regions", m.regions.join(",")),
+        ("interval", output::millis(m.interval_ms)),
+        ("timeout", output::millis(u64::from(m.timeout_ms))),
+        ("consensus", names::consensus(m.consensus)),
+        ("family", names::family(m.family)),
+        ("address policy", names::address_policy(m.address_policy)),
+        ("close mode", names::close_mode(m.close_mode)),
+        ("channels", channels_text(&m.channel_ids)),
+        ("paused", m.paused.to_string()),
+        ("tenant", m.tenant_id.clone()),
+    ];
+    for (k, v) in rows {
+        t.row(vec![k.to_string(), v]);
+    }
+    t
+}
+
+fn print_monitor(m: &v1::Monitor, verb: &str, out: OutputFormat) -> Result<()> {
+    match out {
+        OutputFormat::Json => output::json(&views::monitor(m)),
+        OutputFormat::Table => {
+            output::line(&format!("{verb} monitor {} ({})", m.id, m.name))?;
+            output::print(&details(m).render())
+        }
+    }
+}
+
+async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {
+    let ms = c.all_monitors().await?;
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "TARGET",
+        "REGIONS",
+        "INTERVAL",
+        "TIMEOUT",
+        "CONSENSUS",
+        "PAUSED",
+    ]);
+    for m in &ms {
+        t.row(vec![
+            m.id.clone(),
+            m.name.clone(),
+            target(&m.host, m.port),
+            m.regions.join(","),
+            output::millis(m.interval_ms),
+            output::millis(u64::from(m.timeout_ms)),
+            names::consensus(m.consensus),
+            if m.paused { "yes" } else { "" }.to_string(),
+        ]);
+    }
+    let v = Value::Array(ms.iter().map(views::monitor).collect());
+    output::either(out, &v, &t, "no monitors")
+}
+
+/// What a region's row says about why it is in its state.
+pub fn reason(s: &v1::RegionStatus) -> String {
+    match (&s.last_result, v1::RegionState::try_from(s.state)) {
+        (_, Ok(v1::RegionState::Unknown)) => s.unknown_reason.clone(),
+        (Some(r), _) if r.detail.is_empty() || r.outcome == v1::Outcome::Ok as i32 => {
+            names::outcome_text(r.outcome)
+        }
+        (Some(r), _) => format!("{}: {}", names::outcome_text(r.outcome), r.detail),
+        (None, _) => String::new(),
+    }
+}
+
+fn spark_point(r: &v1::CheckResult) -> Spark {
+    match v1::Outcome::try_from(r.outcome) {
+        Ok(v1::Outcome::Ok) => Spark::Latency(r.connect_us as f64 / 1000.0),
+        Ok(v1::Outcome::Blocked | v1::Outcome::ProbeError) | Err(_) => Spark::Unknown,
+        Ok(_) => Spark::Down,
+    }
+}
+
+async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
+    let m = c.find_monitor(key).await?;
+    let status = c
+        .admin
+        .get_monitor_status(v1::GetMonitorStatusRequest {
+            tenant_id: c.tenant.clone(),
+            id: m.id.clone(),
+        })
+        .await?
+        .into_inner();
+    // Enough history for SPARK_POINTS checks per region, at most a day.
+    let now = SystemTime::now();
+    let window = Duration::from_millis(m.interval_ms.max(1000))
+        .saturating_mul(SPARK_POINTS as u32 + 2)
+        .min(Duration::from_secs(86_400));
+    let since = now.checked_sub(window).map(to_timestamp);
+    let history = c.results(&m.id, since, None, "").await?;
+    let mut per_region: BTreeMap<String, Vec<&v1::CheckResult>> = BTreeMap::new();
+    for r in &history {
+        per_region.entry(r.region.clone()).or_default().push(r);
+    }
+    for rs in per_region.values_mut() {
+        let skip = rs.len().saturating_sub(SPARK_POINTS);
+        rs.drain(..skip);
+    }
+
+    if out == OutputFormat::Json {
+        let recent: serde_json::Map<String, Value> = per_region
+            .iter()
+            .map(|(region, rs)| {
+                let points: Vec<Spark> = rs.iter().map(|r| spark_point(r)).collect();
+                (
+                    region.clone(),
+                    json!({
+                        "sparkline": output::sparkline(&points),
+                        "results": rs.iter().map(|r| views::result(r)).collect::<Vec<_>>(),
+                    }),
+                )
+            })
+            .collect();
+        return output::json(&json!({
+            "monitor": views::monitor(&m),
+            "status": views::status(&status),
+            "recent": recent,
+        }));
+    }
+
+    let mut text = format!(
+        "{}  {}  {}\nstate: {}   quorum: {} of {} ({})   incident: {}\n",
+        m.id,
+        m.name,
+        target(&m.host, m.port),
+        names::overall(status.overall),
+        status.quorum,
+        m.regions.len(),
+        names::consensus(m.consensus),
+        if status.open_incident_id.is_empty() {
+            "none".to_string()
+        } else {
+            status.open_incident_id.clone()
+        },
+    );
+    text.push_str(&format!(
+        "every {}, timeout {}, family {}, address policy {}, close {}, channels: {}\n\n",
+        output::millis(m.interval_ms),
+        output::millis(u64::from(m.timeout_ms)),
+        names::family(m.family),
+        names::address_policy(m.address_policy),
+        names::close_mode(m.close_mode),
+        channels_text(&m.channel_ids),
+    ));
+    let mut t = Table::new(&[
+        "REGION",
+        "STATE",
+        "REASON",
+        "CONNECT MS",
+        "CHECKED AT",
+        "AGENT",
+    ]);
+    for s in &status.regions {
+        let last = s.last_result.as_ref();
+        let checked = last.and_then(|r| r.checked_at.as_ref());
+        t.row(vec![
+            s.region.clone(),
+            names::region_state(s.state),
+            reason(s),
+            last.map(|r| output::us_as_ms(r.connect_us))
+                .unwrap_or_default(),
+            if checked.is_some() {
+                format!("{} ({})", output::ts(checked), output::ago(checked, now))
+            } else {
+                "never".to_string()
+            },
+            if s.agent_online { "online" } else { "offline" }.to_string(),
+        ]);
+    }
+    text.push_str(&t.render());
+    text.push_str(&format!(
+        "\nconnect latency, last {SPARK_POINTS} checks per region (oldest first; ✗ failed, · no verdict):\n"
+    ));
+    let mut spark = Table::new(&["REGION", "SPARKLINE", "MIN MS", "AVG MS", "MAX MS"]);
+    for (region, rs) in &per_region {
+        let points: Vec<Spark> = rs.iter().map(|r| spark_point(r)).collect();
+        let lat: Vec<f64> = points
+            .iter()
+            .filter_map(|p| match p {
+                Spark::Latency(v) => Some(*v),
+                _ => None,
+            })
+            .collect();
+        let (min, avg, max) = if lat.is_empty() {
+            (String::new(), String::new(), String::new())
+        } else {
+            let min = lat.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = lat.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let avg = lat.iter().sum::<f64>() / lat.len() as f64;
+            (
+                format!("{min:.1}"),
+                format!("{avg:.1}"),
+                format!("{max:.1}"),
+            )
+        };
+        spark.row(vec![
+            region.clone(),
+            output::sparkline(&points),
+            min,
+            avg,
+            max,
+        ]);
+    }
+    if spark.is_empty() {
+        text.push_str("no checks yet\n");
+    } else {
+        text.push_str(&spark.render());
+    }
+    output::print(&text)
+}

@@ -1,0 +1,1082 @@
+//! `portwatch` as a real process against a real coordinator process (TLS, temp
+//! sled dir) on loopback: every subcommand, JSON output parsed, tables checked
+//! for what a person reads, error messages and exit codes, `apply` idempotence
+//! and `--dry-run`. Results come from hand-driven agents (`FakeAgent`), so
+//! states and incidents are deterministic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use portwatch_e2e::{Coordinator, FakeAgent, OPERATOR_TOKEN, Proc, Setup, TestCert, eventually};
+use portwatch_proto::v1;
+use serde_json::Value;
+
+const PLANS: &str = "[plans.enterprise]\nport_monitors = true\nmax_monitors = 100\nmin_interval = \"1s\"\n\n[plans.free]\nport_monitors = false\nmax_monitors = 5\nmin_interval = \"5m\"\n";
+
+fn cli_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_portwatch"))
+}
+
+/// A binary built beside the CLI in the target directory.
+fn sibling(name: &str) -> PathBuf {
+    let mut p = cli_bin().to_path_buf();
+    p.set_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// What one CLI run printed and how it ended.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        assert_eq!(self.code, 0, "{self:?}");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "{self:?}");
+        &self.stdout
+    }
+
+    fn failed(&self, code: i32, needles: &[&str]) {
+        assert_eq!(self.code, code, "{self:?}");
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "stderr lacks {n:?}: {}",
+                self.stderr
+            );
+        }
+    }
+}
+
+/// Runs a command with a bounded wait; a hung process is killed and fails the test.
+fn run_bounded(mut cmd: Command, timeout: Duration) -> Out {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(o)) => Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        Ok(Err(e)) => panic!("waiting for the CLI: {e}"),
+        Err(_) => {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("{cmd:?} did not finish within {timeout:?}")
+        }
+    }
+}
+
+/// The CLI pointed at one coordinator with one token (through the environment
+/// variables a user would export).
+#[derive(Clone)]
+struct Cli {
+    addr: String,
+    ca: PathBuf,
+    token: String,
+    tenant: Option<String>,
+}
+
+impl Cli {
+    fn new(coord: &Coordinator, token: &str) -> Cli {
+        Cli {
+            addr: format!("https://{}", coord.addr),
+            ca: coord.cert.cert.clone(),
+            token: token.to_string(),
+            tenant: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cli_bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PORTWATCH_ADDR", &self.addr)
+            .env("PORTWATCH_CA", &self.ca)
+            .env("PORTWATCH_TLS_SERVER_NAME", "localhost")
+            .env("PORTWATCH_TOKEN", &self.token);
+        if let Some(t) = &self.tenant {
+            cmd.env("PORTWATCH_TENANT", t);
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        run_bounded(self.command(args), Duration::from_secs(30))
+    }
+
+    /// Runs with `--output json` and parses stdout (exit 0 required).
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        self.run(&all).json()
+    }
+}
+
+/// A coordinator, an enterprise tenant "acme" and a free tenant "cheap", three
+/// public regions with an agent token each.
+struct World {
+    coord: Coordinator,
+    op: Cli,
+    tenant: Cli,
+    free: Cli,
+    agent_tokens: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coordinator::start(&sibling("portwatch-coordinator"), dir.path(), PLANS);
+    let mut admin = coord.admin(OPERATOR_TOKEN).await;
+    let (_, token) = Setup::tenant(&mut admin, "acme", v1::Plan::Enterprise).await;
+    let (_, free_token) = Setup::tenant(&mut admin, "cheap", v1::Plan::Free).await;
+    let mut agent_tokens = Vec::new();
+    for r in ["eu", "us", "ap"] {
+        Setup::region(&mut admin, r, "").await;
+        agent_tokens.push((r.to_string(), Setup::agent_token(&mut admin, r).await));
+    }
+    World {
+        op: Cli::new(&coord, OPERATOR_TOKEN),
+        tenant: Cli::new(&coord, &token),
+        free: Cli::new(&coord, &free_token),
+        coord,
+        agent_tokens,
+        dir,
+    }
+}
+
+async fn agents(w: &World) -> Vec<FakeAgent> {
+    let mut v = Vec::new();
+    for (region, token) in &w.agent_tokens {
+        let a = FakeAgent::connect(&w.coord, token, &format!("agent-{region}"))
+            .await
+            .expect("agent connects");
+        a.keepalive();
+        v.push(a);
+    }
+    v
+}
+
+fn monitor_names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_manage_tenants_regions_and_agent_tokens() {
+    let w = world().await;
+
+    let me = w.op.json(&["whoami"]);
+    assert_eq!(me["operator"], true);
+    assert_eq!(w.tenant.run(&["whoami"]).ok().trim(), "tenant acme");
+
+    // tenant add / list / set-plan
+    let created = w.op.json(&[
+        "tenant", "add", "globex", "--name", "Globex", "--plan", "pro",
+    ]);
+    assert_eq!(created["tenant"]["id"], "globex");
+    assert_eq!(created["tenant"]["plan"], "pro");
+    let globex_token = created["token"].as_str().unwrap().to_string();
+    assert!(globex_token.starts_with("pwt_"), "{created}");
+    let globex = Cli::new(&w.coord, &globex_token);
+    assert_eq!(globex.json(&["whoami"])["tenant_id"], "globex");
+
+    let tenants = w.op.json(&["tenant", "list"]);
+    let ids: Vec<&str> = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["acme", "cheap", "globex"]);
+    let table = w.op.run(&["tenant", "list"]).ok().to_string();
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains("globex  Globex"), "{table}");
+
+    let t = w.op.json(&["tenant", "set-plan", "globex", "enterprise"]);
+    assert_eq!(t["plan"], "enterprise");
+    assert_eq!(t["min_interval_ms"], 1000);
+
+    // region add (public and private), regions
+    let r =
+        w.op.json(&["region", "add", "sa", "--description", "São Paulo"]);
+    assert_eq!(r["private"], false);
+    let r =
+        w.op.json(&["region", "add", "globex-dc", "--owner", "globex"]);
+    assert_eq!(r["owner_tenant_id"], "globex");
+    let out = w.op.run(&["region", "add", "lab", "--owner", "nobody"]);
+    out.failed(1, &["owner_tenant_id: no such tenant"]);
+
+    let all = w.op.json(&["regions"]);
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ap", "eu", "globex-dc", "sa", "us"]);
+    // A tenant sees the public regions and its own private ones only.
+    let theirs = w.tenant.json(&["regions"]);
+    assert!(
+        theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != "globex-dc")
+    );
+    assert!(
+        globex
+            .json(&["regions"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "globex-dc")
+    );
+
+    // agent-token create / list / revoke; agents
+    let tok =
+        w.op.json(&["agent-token", "create", "sa", "--description", "probe 1"]);
+    let secret = tok["token"].as_str().unwrap().to_string();
+    let token_id = tok["token_id"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("pwa_"));
+    let listed = w.op.json(&["agent-token", "list", "--region", "sa"]);
+    assert_eq!(listed[0]["id"], token_id.as_str());
+    assert_eq!(listed[0]["revoked"], false);
+    assert!(
+        !listed.to_string().contains(&secret),
+        "secrets are never listed"
+    );
+
+    assert_eq!(w.op.json(&["agents"]), Value::Array(vec![]));
+    let agent = FakeAgent::connect(&w.coord, &secret, "probe-sa-1")
+        .await
+        .expect("agent connects");
+    agent.keepalive();
+    let listed = w.op.json(&["agents", "--region", "sa"]);
+    assert_eq!(listed[0]["agent_id"], "probe-sa-1");
+    assert_eq!(listed[0]["online"], true);
+    let table = w.op.run(&["agents"]).ok().to_string();
+    assert!(table.contains("probe-sa-1  sa"), "{table}");
+
+    w.op.run(&["agent-token", "revoke", &token_id]).ok();
+    let listed = w.op.json(&["agent-token", "list", "--region", "sa"]);
+    assert_eq!(listed[0]["revoked"], true);
+    assert!(
+        FakeAgent::connect(&w.coord, &secret, "probe-sa-2")
+            .await
+            .is_err(),
+        "a revoked token no longer connects"
+    );
+    drop(agent);
+
+    // region rm, then it is gone.
+    w.op.run(&["region", "rm", "sa"]).ok();
+    w.op.run(&["region", "rm", "sa"])
+        .failed(1, &["name: no such region"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_are_created_listed_shown_updated_paused_and_deleted() {
+    let w = world().await;
+    let t = &w.tenant;
+
+    let m = t.json(&[
+        "monitor",
+        "add",
+        "--host",
+        "DB.Example.com",
+        "--port",
+        "5432",
+        "--regions",
+        "eu,us,ap",
+        "--name",
+        "db",
+        "--interval",
+        "30s",
+        "--timeout",
+        "2s",
+        "--consensus",
+        "unanimous",
+        "--family",
+        "ipv4",
+        "--address-policy",
+        "all",
+        "--close-mode",
+        "rst",
+    ]);
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(m["host"], "db.example.com");
+    assert_eq!(m["port"], 5432);
+    assert_eq!(m["regions"], serde_json::json!(["eu", "us", "ap"]));
+    assert_eq!(m["interval_ms"], 30_000);
+    assert_eq!(m["timeout_ms"], 2_000);
+    assert_eq!(m["consensus"], "unanimous");
+    assert_eq!(m["family"], "ipv4");
+    assert_eq!(m["address_policy"], "all");
+    assert_eq!(m["close_mode"], "rst");
+    assert_eq!(m["paused"], false);
+
+    // Defaults, and a table for people.
+    let out = t.run(&[
+        "monitor",
+        "add",
+        "--host",
+        "web.example.com",
+        "--port",
+        "443",
+        "--regions",
+        "eu",
+    ]);
+    let text = out.ok();
+    assert!(text.starts_with("created monitor mon"), "{text}");
+    assert!(text.contains("web.example.com:443"), "{text}");
+    assert!(text.contains("interval        1m"), "{text}");
+
+    let list = t.json(&["monitor", "list"]);
+    assert_eq!(monitor_names(&list), ["db", "web.example.com:443"]);
+    let table = t.run(&["monitor", "ls"]).ok().to_string();
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("ID "), "{table}");
+    for col in ["NAME", "TARGET", "REGIONS", "INTERVAL", "CONSENSUS"] {
+        assert!(header.contains(col), "{header}");
+    }
+    // Columns line up: every row's TARGET starts where the header's does.
+    let at = header.find("TARGET").unwrap();
+    for line in table.lines().skip(1) {
+        let prefix: String = line.chars().take(at).collect();
+        let rest: String = line.chars().skip(at).collect();
+        assert!(prefix.ends_with("  "), "{table}");
+        assert!(!rest.starts_with(' '), "{table}");
+    }
+
+    // show, by id and by name
+    let shown = t.json(&["monitor", "show", &id]);
+    assert_eq!(shown["monitor"]["name"], "db");
+    assert_eq!(shown["status"]["quorum"], 3, "unanimous over three regions");
+    assert_eq!(shown["status"]["regions"].as_array().unwrap().len(), 3);
+    assert_eq!(shown["status"]["regions"][0]["state"], "unknown");
+    assert_eq!(
+        t.json(&["monitor", "show", "db"])["monitor"]["id"],
+        id.as_str()
+    );
+
+    // update: only the given flags change.
+    let u = t.json(&[
+        "monitor",
+        "update",
+        "db",
+        "--interval",
+        "10s",
+        "--regions",
+        "eu,us",
+    ]);
+    assert_eq!(u["interval_ms"], 10_000);
+    assert_eq!(u["regions"], serde_json::json!(["eu", "us"]));
+    assert_eq!(u["consensus"], "unanimous");
+    assert_eq!(u["generation"], 2);
+    t.run(&["monitor", "update", "db"])
+        .failed(2, &["nothing to change"]);
+
+    // pause / resume
+    assert_eq!(t.json(&["monitor", "pause", "db"])["paused"], true);
+    let st = t.json(&["status"]);
+    let db = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "db")
+        .unwrap();
+    assert_eq!(db["overall"], "paused");
+    assert_eq!(t.json(&["monitor", "resume", &id])["paused"], false);
+
+    // rm
+    let gone = t.json(&["monitor", "rm", "db"]);
+    assert_eq!(gone["deleted"], id.as_str());
+    t.run(&["monitor", "show", &id])
+        .failed(1, &["no such monitor", "not_found"]);
+    assert_eq!(
+        monitor_names(&t.json(&["monitor", "list"])),
+        ["web.example.com:443"]
+    );
+
+    // The operator acts on a tenant's monitors with --tenant.
+    let mut op = w.op.clone();
+    op.run(&["monitor", "list"])
+        .failed(2, &["tenant_id: required for the operator"]);
+    op.tenant = Some("acme".into());
+    assert_eq!(
+        monitor_names(&op.json(&["monitor", "list"])),
+        ["web.example.com:443"]
+    );
+    let ok = op.run(&["--tenant", "cheap", "--output", "json", "monitor", "list"]);
+    assert_eq!(ok.json(), Value::Array(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_results_incidents_and_watch_follow_the_agents() {
+    let w = world().await;
+    let t = &w.tenant;
+    let m = t.json(&[
+        "monitor",
+        "add",
+        "--host",
+        "db.example.com",
+        "--port",
+        "5432",
+        "--regions",
+        "eu,us,ap",
+        "--name",
+        "db",
+        "--interval",
+        "2s",
+        "--timeout",
+        "1s",
+    ]);
+    let id = m["id"].as_str().unwrap().to_string();
+    let mut ag = agents(&w).await;
+
+    // watch, as a real process streaming JSON lines.
+    let mut watch = Proc::spawn_merged("watch", t.command(&["--output", "json", "watch"]));
+    watch.wait_line("watching events", Duration::from_secs(10));
+
+    for a in &mut ag {
+        a.report_acked(&id, v1::Outcome::Ok).await;
+    }
+    let st = t.json(&["status"]);
+    assert_eq!(st[0]["overall"], "up", "{st}");
+    let states: Vec<&str> = st[0]["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["up", "up", "up"]);
+    let line = t.run(&["status"]).ok().to_string();
+    assert!(line.contains("eu ✓  us ✓  ap ✓"), "{line}");
+
+    // Two of three regions refused: quorum, incident.
+    ag[0].report_acked(&id, v1::Outcome::Refused).await;
+    ag[1].report_acked(&id, v1::Outcome::Refused).await;
+    let open = eventually("an open incident", Duration::from_secs(10), || {
+        let v = t.json(&["incidents", "--open"]);
+        async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
+    })
+    .await;
+    assert_eq!(open[0]["monitor_name"], "db");
+    assert_eq!(open[0]["open"], true);
+    assert_eq!(open[0]["reason"], "refused");
+    let incident_id = open[0]["id"].as_str().unwrap().to_string();
+    let table = t.run(&["incidents", "--open"]).ok().to_string();
+    assert!(table.contains("Connection refused"), "{table}");
+    assert!(table.contains("open"), "{table}");
+
+    let st = t.json(&["status"]);
+    assert_eq!(st[0]["overall"], "down");
+    assert_eq!(st[0]["open_incident_id"], incident_id.as_str());
+    assert!(
+        t.run(&["status"]).ok().contains("eu ✗  us ✗  ap ✓"),
+        "marks per region"
+    );
+
+    // monitor show: per-region table and sparkline.
+    let shown = t.run(&["monitor", "show", "db"]).ok().to_string();
+    for needle in [
+        "state: down",
+        "REGION",
+        "CONNECT MS",
+        "CHECKED AT",
+        "Connection refused",
+        "1.2",
+        "SPARKLINE",
+        "▁✗",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} in\n{shown}");
+    }
+    let shown = t.json(&["monitor", "show", "db"]);
+    assert_eq!(shown["recent"]["eu"]["sparkline"], "▁✗");
+    assert_eq!(shown["recent"]["ap"]["sparkline"], "▁");
+    assert_eq!(shown["status"]["regions"][0]["connect_ms"], 1.234);
+
+    // Recovery: every region up closes it.
+    for a in &mut ag {
+        a.report_acked(&id, v1::Outcome::Ok).await;
+    }
+    eventually("the incident closed", Duration::from_secs(10), || {
+        let v = t.json(&["incidents", "--open"]);
+        async move { v.as_array().unwrap().is_empty().then_some(()) }
+    })
+    .await;
+    let all = t.json(&["incidents"]);
+    assert_eq!(all[0]["open"], false);
+    assert!(all[0]["closed_at"].is_string());
+    assert_eq!(
+        t.json(&["incidents", "--monitor", "db"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // results: all eight in the last hour, the newest one by --limit, per region.
+    let rs = t.json(&["results", "db", "--since", "1h"]);
+    assert_eq!(rs.as_array().unwrap().len(), 8, "{rs}");
+    assert_eq!(rs[0]["outcome"], "ok");
+    let newest = t.json(&["results", &id, "--limit", "1"]);
+    assert_eq!(newest.as_array().unwrap().len(), 1);
+    assert_eq!(newest[0]["outcome"], "ok");
+    let eu = t.json(&["results", "db", "--region", "eu", "--limit", "0"]);
+    let outcomes: Vec<&str> = eu
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["ok", "refused", "ok"]);
+    let old = t.json(&["results", "db", "--since", "2h", "--until", "1h"]);
+    assert_eq!(old, Value::Array(vec![]));
+    let table = t.run(&["results", "db"]).ok().to_string();
+    assert!(table.contains("203.0.113.10:5432"), "{table}");
+
+    // The watcher saw the incident open and close, as JSON lines.
+    let opened = watch.wait_line("\"incident_opened\"", Duration::from_secs(10));
+    let ev: Value = serde_json::from_str(&opened).expect("one JSON object per line");
+    assert_eq!(ev["incident"]["id"], incident_id.as_str());
+    watch.wait_line("\"incident_closed\"", Duration::from_secs(10));
+    assert_eq!(
+        watch.terminate(Duration::from_secs(5)).map(|s| s.success()),
+        Some(false),
+        "SIGTERM ends watch"
+    );
+
+    // watch for one monitor, in a table, ends cleanly on Ctrl-C (SIGINT).
+    let mut human = Proc::spawn_merged("watch", t.command(&["watch", "--monitor", "db"]));
+    human.wait_line("watching events", Duration::from_secs(10));
+    ag[2].report_acked(&id, v1::Outcome::TimedOut).await;
+    let line = human.wait_line("region ap", Duration::from_secs(10));
+    assert!(line.contains("db  up -> down"), "{line}");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(human.child.id() as i32, libc::SIGINT);
+    }
+    let status = eventually("watch exits", Duration::from_secs(5), || {
+        let s = human.child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "Ctrl-C is a normal end of watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_the_servers_message_and_documented_exit_codes() {
+    let w = world().await;
+
+    // 1: refused by the plan, with the plan named.
+    w.free
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "db.example.com",
+            "--port",
+            "5432",
+            "--regions",
+            "eu",
+        ])
+        .failed(
+            1,
+            &[
+                "plan: the free plan does not include port monitors; basic or above is required",
+                "failed_precondition",
+            ],
+        );
+    // 1: operator-only, not found, already exists, bad token.
+    w.tenant
+        .run(&["tenant", "list"])
+        .failed(1, &["only the operator may list tenants"]);
+    w.tenant
+        .run(&["monitor", "show", "mon-nope"])
+        .failed(1, &["id: no such monitor"]);
+    w.op.run(&["tenant", "add", "acme", "--plan", "basic"])
+        .failed(1, &["already exists"]);
+    let mut wrong = w.tenant.clone();
+    wrong.token = "pwt_not-a-real-token".into();
+    wrong.run(&["status"]).failed(1, &["unauthenticated"]);
+
+    // 2: the server's INVALID_ARGUMENT, naming the field.
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "bad host",
+            "--port",
+            "22",
+            "--regions",
+            "eu",
+        ])
+        .failed(2, &["host:", "invalid_argument"]);
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--port",
+            "22",
+            "--regions",
+            "mars",
+        ])
+        .failed(2, &["regions: unknown region \"mars\""]);
+    // 2: usage errors found by the CLI itself.
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--regions",
+            "eu",
+        ])
+        .failed(2, &["--port"]);
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--port",
+            "70000",
+            "--regions",
+            "eu",
+        ])
+        .failed(2, &["70000"]);
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--port",
+            "22",
+            "--regions",
+            "eu",
+            "--interval",
+            "soon",
+        ])
+        .failed(2, &["--interval", "30s"]);
+    w.tenant.run(&["frobnicate"]).failed(2, &["frobnicate"]);
+    let mut no_token = w.tenant.clone();
+    no_token.token = String::new();
+    no_token.run(&["status"]).failed(2, &["--token"]);
+    let mut no_ca = w.tenant.command(&["status"]);
+    no_ca.env_remove("PORTWATCH_CA");
+    run_bounded(no_ca, Duration::from_secs(10)).failed(2, &["--ca"]);
+    let mut remote_plain = w.tenant.clone();
+    remote_plain.addr = "http://192.0.2.1:7400".into();
+    remote_plain.run(&["status"]).failed(2, &["loopback"]);
+
+    // 3: nothing listening, or a certificate from another CA.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut nowhere = w.tenant.clone();
+    nowhere.addr = format!("https://127.0.0.1:{port}");
+    nowhere
+        .run(&["status"])
+        .failed(3, &["cannot connect", "refused"]);
+    let other = w.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut stranger = w.tenant.clone();
+    stranger.ca = TestCert::generate(&other).cert;
+    stranger
+        .run(&["status"])
+        .failed(3, &["cannot connect", "certificate"]);
+
+    // Channels: whatever the coordinator says is shown, and a refusal exits non-zero.
+    let add = w.tenant.run(&[
+        "--output",
+        "json",
+        "channel",
+        "add",
+        "webhook",
+        "--url",
+        "https://hooks.example.com/portwatch",
+        "--secret",
+        "0123456789abcdef0123456789abcdef",
+        "--name",
+        "ops hook",
+    ]);
+    if add.code == 0 {
+        let ch = add.json();
+        let id = ch["id"].as_str().unwrap().to_string();
+        assert_eq!(ch["kind"], "webhook");
+        assert!(!add.stdout.contains("0123456789abcdef0123456789abcdef"));
+        let list = w.tenant.json(&["channel", "list"]);
+        assert_eq!(list[0]["id"], id.as_str());
+        w.tenant.run(&["channel", "rm", &id]).ok();
+        assert_eq!(w.tenant.json(&["channel", "list"]), Value::Array(vec![]));
+    } else {
+        assert_ne!(add.code, 0);
+        assert!(!add.stderr.trim().is_empty(), "{add:?}");
+        w.tenant
+            .run(&["channel", "list"])
+            .failed(1, &["unimplemented"]);
+    }
+    let test = w.tenant.run(&["channel", "test", "chan-nope"]);
+    assert_eq!(test.code, 1, "{test:?}");
+    assert!(test.stderr.starts_with("portwatch: "), "{test:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_is_idempotent_and_dry_run_changes_nothing() {
+    let w = world().await;
+    let t = &w.tenant;
+    let file = w.dir.path().join("monitors.toml");
+    let first = r#"
+# Monitors of acme, as code.
+[[monitor]]
+name = "web"
+host = "Web.Example.com."
+port = 443
+regions = ["eu", "us", "ap"]
+interval = "30s"
+
+[[monitor]]
+name = "db"
+host = "db.example.com"
+port = 5432
+regions = ["eu", "us"]
+consensus = "unanimous"
+timeout = "2s"
+
+[[monitor]]
+name = "legacy"
+host = "legacy.example.com"
+port = 22
+regions = ["eu"]
+paused = true
+"#;
+    std::fs::write(&file, first).unwrap();
+    let path = file.to_str().unwrap();
+
+    // Dry run: the plan, and nothing stored.
+    let plan = t.json(&["apply", "-f", path, "--dry-run"]);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["create"].as_array().unwrap().len(), 3);
+    assert_eq!(t.json(&["monitor", "list"]), Value::Array(vec![]));
+    let text = t.run(&["apply", "-f", path, "--dry-run"]).ok().to_string();
+    assert!(
+        text.contains("+ create \"web\": web.example.com:443 from eu,us,ap, every 30s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plan: 3 to create, 0 to update, 0 to delete, 0 unchanged"),
+        "{text}"
+    );
+    assert!(text.contains("dry run: nothing changed"), "{text}");
+
+    // Apply, then apply again: nothing to do, nothing touched.
+    let done = t.run(&["apply", "-f", path]).ok().to_string();
+    assert!(done.contains("applied: 3 change(s)"), "{done}");
+    let before = t.json(&["monitor", "list"]);
+    assert_eq!(before.as_array().unwrap().len(), 3);
+    let legacy = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "legacy")
+        .unwrap();
+    assert_eq!(legacy["paused"], true);
+    let again = t.json(&["apply", "-f", path]);
+    assert_eq!(again["unchanged"].as_array().unwrap().len(), 3, "{again}");
+    for k in ["create", "update", "delete", "applied"] {
+        assert_eq!(again[k], Value::Array(vec![]), "{k}: {again}");
+    }
+    assert_eq!(
+        t.json(&["monitor", "list"]),
+        before,
+        "a second apply changes nothing"
+    );
+
+    // A changed file: one update, one delete, one create, one resume.
+    let second = r#"
+[[monitor]]
+name = "web"
+host = "web.example.com"
+port = 443
+regions = ["eu", "us", "ap"]
+interval = "1m"
+
+[[monitor]]
+name = "db"
+host = "db.example.com"
+port = 5432
+regions = ["eu", "us"]
+
+[[monitor]]
+name = "cache"
+host = "cache.example.com"
+port = 6379
+regions = ["ap"]
+"#;
+    std::fs::write(&file, second).unwrap();
+    let plan = t.json(&["apply", "-f", path, "--dry-run"]);
+    assert_eq!(plan["update"][0]["name"], "web");
+    assert_eq!(plan["update"][0]["changes"][0]["field"], "interval");
+    assert_eq!(plan["update"][0]["changes"][0]["from"], "30s");
+    assert_eq!(plan["update"][0]["changes"][0]["to"], "1m");
+    assert_eq!(plan["delete"][0]["name"], "legacy");
+    assert_eq!(plan["create"][0]["name"], "cache");
+    assert_eq!(
+        plan["unchanged"][0]["name"], "db",
+        "omitted keys are not managed"
+    );
+    assert_eq!(
+        t.json(&["monitor", "list"]),
+        before,
+        "dry run changed nothing"
+    );
+    let text = t.run(&["apply", "-f", path, "--dry-run"]).ok().to_string();
+    assert!(text.contains("~ update \"web\""), "{text}");
+    assert!(text.contains("interval: 30s -> 1m"), "{text}");
+    assert!(text.contains("- delete \"legacy\""), "{text}");
+
+    t.run(&["apply", "-f", path]).ok();
+    let after = t.json(&["monitor", "list"]);
+    let mut names = monitor_names(&after);
+    names.sort();
+    assert_eq!(names, ["cache", "db", "web"]);
+    let web = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "web")
+        .unwrap();
+    assert_eq!(web["interval_ms"], 60_000);
+    let db = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "db")
+        .unwrap();
+    assert_eq!(db["consensus"], "unanimous");
+    let again = t.json(&["apply", "-f", path]);
+    assert_eq!(again["applied"], Value::Array(vec![]), "{again}");
+
+    // Bad input: exit 2, nothing changed, even when only one entry is wrong.
+    std::fs::write(
+        &file,
+        format!("{second}\n[[monitor]]\nname = \"bad\"\nhost = \"x.example.com\"\nport = 22\nregions = [\"eu\"]\ninterval = \"often\"\n"),
+    )
+    .unwrap();
+    t.run(&["apply", "-f", path])
+        .failed(2, &["monitor 4 (\"bad\"): interval"]);
+    std::fs::write(&file, "[[monitor]]\nname = \"x\"\nhots = \"typo\"\n").unwrap();
+    t.run(&["apply", "-f", path]).failed(2, &["hots"]);
+    t.run(&["apply", "-f", "/nonexistent/monitors.toml"])
+        .failed(2, &["/nonexistent/monitors.toml"]);
+    assert_eq!(t.json(&["monitor", "list"]), after);
+
+    // A refusal by the server stops the run with its message (exit 1).
+    std::fs::write(
+        &file,
+        "[[monitor]]\nname = \"x\"\nhost = \"x.example.com\"\nport = 22\nregions = [\"eu\"]\n",
+    )
+    .unwrap();
+    w.free.run(&["apply", "-f", path]).failed(
+        1,
+        &[
+            "creating \"x\"",
+            "the free plan does not include port monitors",
+        ],
+    );
+}
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(cli_bin());
+        cmd.args(args).env_clear();
+        run_bounded(cmd, Duration::from_secs(10))
+    };
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = run(&["completions", shell]);
+        assert!(out.ok().contains("portwatch"), "{shell}");
+    }
+    assert!(run(&["completions", "bash"]).ok().contains("agent-token"));
+    let man = run(&["man"]);
+    assert!(
+        man.ok().starts_with(".ie") || man.stdout.contains(".TH portwatch"),
+        "{}",
+        man.stdout
+    );
+    assert!(man.stdout.contains("apply"));
+    let dir = tempfile::tempdir().unwrap();
+    let pages = run(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let listed = pages.ok();
+    for page in [
+        "portwatch.1",
+        "portwatch-monitor-add.1",
+        "portwatch-apply.1",
+    ] {
+        assert!(dir.path().join(page).exists(), "{page} in {listed}");
+    }
+    let help = run(&["--help"]);
+    assert!(help.ok().contains("Exit codes:"), "{}", help.stdout);
+    assert!(help.stdout.contains("3  cannot reach the coordinator"));
+}
+
+/// Waits for the "listening on" line of a coordinator process; returns host:port.
+fn listening(proc: &mut Proc, scheme: &str) -> String {
+    let line = proc.wait_line(
+        &format!("listening on {scheme}://"),
+        Duration::from_secs(20),
+    );
+    line.rsplit("://").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn dev_certs_give_working_tls_and_mtls_and_plaintext_stays_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(cli_bin());
+        cmd.args(args).env_clear();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd, Duration::from_secs(20))
+    };
+    let out = run(
+        &[
+            "--output",
+            "json",
+            "dev-certs",
+            "--out",
+            certs.to_str().unwrap(),
+            "--san",
+            "coord.test",
+        ],
+        &[],
+    );
+    let v = out.json();
+    assert_eq!(
+        v["server_names"],
+        serde_json::json!(["localhost", "127.0.0.1", "::1", "coord.test"])
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "private keys are not world-readable");
+    }
+    run(&["dev-certs", "--out", certs.to_str().unwrap()], &[])
+        .failed(2, &["already exists", "--force"]);
+
+    // A coordinator with the dev server certificate, requiring client certificates.
+    let mut cmd = Command::new(sibling("portwatch-coordinator"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--operator-token",
+        OPERATOR_TOKEN,
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("data"))
+    .arg("--tls-cert")
+    .arg(certs.join("server.pem"))
+    .arg("--tls-key")
+    .arg(certs.join("server.key"))
+    .arg("--client-ca")
+    .arg(certs.join("ca.pem"));
+    let mut coord = Proc::spawn("coordinator", cmd);
+    let addr = listening(&mut coord, "https");
+    let url = format!("https://{addr}");
+    let base = [
+        "--addr",
+        url.as_str(),
+        "--token",
+        OPERATOR_TOKEN,
+        "--output",
+        "json",
+    ];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        a.push("whoami");
+        a
+    }
+    let ca = certs.join("ca.pem");
+    let cert = certs.join("client.pem");
+    let key = certs.join("client.key");
+    // The IP SAN verifies without --tls-server-name; the client certificate is required.
+    let ok = run(
+        &with(&base, &[]),
+        &[
+            ("PORTWATCH_CA", &ca),
+            ("PORTWATCH_CLIENT_CERT", &cert),
+            ("PORTWATCH_CLIENT_KEY", &key),
+        ],
+    );
+    assert_eq!(ok.json()["operator"], true);
+    run(&with(&base, &[]), &[("PORTWATCH_CA", &ca)]).failed(3, &["client certificate"]);
+    run(
+        &with(&base, &["--client-cert", cert.to_str().unwrap()]),
+        &[("PORTWATCH_CA", &ca)],
+    )
+    .failed(2, &["--client-key"]);
+    coord.terminate(Duration::from_secs(10));
+
+    // Plaintext: only with insecure_plaintext on loopback, and http:// only to loopback.
+    let mut cmd = Command::new(sibling("portwatch-coordinator"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--operator-token",
+        OPERATOR_TOKEN,
+        "--insecure-plaintext",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("data-plain"));
+    let mut plain = Proc::spawn("coordinator", cmd);
+    let addr = listening(&mut plain, "http");
+    let url = format!("http://{addr}");
+    let out = run(&["--addr", &url, "--token", OPERATOR_TOKEN, "whoami"], &[]);
+    assert_eq!(out.ok().trim(), "operator");
+    // https:// to a plaintext server is a connection failure, never a silent downgrade.
+    let tls_url = format!("https://{addr}");
+    run(
+        &["--addr", &tls_url, "--token", OPERATOR_TOKEN, "whoami"],
+        &[("PORTWATCH_CA", &ca)],
+    )
+    .failed(3, &["cannot connect"]);
+    plain.terminate(Duration::from_secs(10));
+}
