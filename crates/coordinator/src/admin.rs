@@ -751,18 +751,13 @@ impl AdminService for AdminApi {
         let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
-        let mut monitors: Vec<v1::Monitor> = self
-            .monitors_of(&tenant_id)?
-            .into_iter()
-            .filter(|m| req.page_token.is_empty() || m.id > req.page_token)
-            .take(limit + 1)
-            .collect();
-        let next_page_token = if monitors.len() > limit {
-            monitors.truncate(limit);
-            monitors.last().map(|m| m.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (monitors, next_page_token) = page(
+            self.monitors_of(&tenant_id)?
+                .into_iter()
+                .filter(|m| req.page_token.is_empty() || m.id > req.page_token),
+            limit,
+            |x| x.id.clone(),
+        );
         Ok(Response::new(v1::ListMonitorsResponse {
             monitors,
             next_page_token,
@@ -952,23 +947,18 @@ impl AdminService for AdminApi {
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
         // Newest first: ids sort by creation time, so the next page has smaller ids.
-        let mut incidents: Vec<v1::Incident> = self
-            .store()
-            .list_incidents()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|i| i.tenant_id == tenant_id)
-            .filter(|i| req.monitor_id.is_empty() || i.monitor_id == req.monitor_id)
-            .filter(|i| !req.open_only || i.closed_at.is_none())
-            .filter(|i| req.page_token.is_empty() || i.id < req.page_token)
-            .take(limit + 1)
-            .collect();
-        let next_page_token = if incidents.len() > limit {
-            incidents.truncate(limit);
-            incidents.last().map(|i| i.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (incidents, next_page_token) = page(
+            self.store()
+                .list_incidents()
+                .map_err(internal)?
+                .into_iter()
+                .filter(|i| i.tenant_id == tenant_id)
+                .filter(|i| req.monitor_id.is_empty() || i.monitor_id == req.monitor_id)
+                .filter(|i| !req.open_only || i.closed_at.is_none())
+                .filter(|i| req.page_token.is_empty() || i.id < req.page_token),
+            limit,
+            |x| x.id.clone(),
+        );
         Ok(Response::new(v1::ListIncidentsResponse {
             incidents,
             next_page_token,
@@ -1101,23 +1091,18 @@ impl AdminService for AdminApi {
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
         // Newest first: ids sort by creation time, so the next page has smaller ids.
-        let mut deliveries: Vec<v1::Delivery> = self
-            .store()
-            .list_deliveries()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|r| r.tenant_id == owner)
-            .filter_map(|r| r.delivery)
-            .filter(|d| req.incident_id.is_empty() || d.subject_id == req.incident_id)
-            .filter(|d| req.page_token.is_empty() || d.id < req.page_token)
-            .take(limit + 1)
-            .collect();
-        let next_page_token = if deliveries.len() > limit {
-            deliveries.truncate(limit);
-            deliveries.last().map(|d| d.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (deliveries, next_page_token) = page(
+            self.store()
+                .list_deliveries()
+                .map_err(internal)?
+                .into_iter()
+                .filter(|r| r.tenant_id == owner)
+                .filter_map(|r| r.delivery)
+                .filter(|d| req.incident_id.is_empty() || d.subject_id == req.incident_id)
+                .filter(|d| req.page_token.is_empty() || d.id < req.page_token),
+            limit,
+            |x| x.id.clone(),
+        );
         Ok(Response::new(v1::ListDeliveriesResponse {
             deliveries,
             next_page_token,
@@ -1168,6 +1153,23 @@ impl AdminService for AdminApi {
                 Err(_lagged) => None,
             });
         Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// One page of `items` (already in page order, after the page token): at most
+/// `limit`, and the token of the next page (the last id returned) when more follow.
+fn page<T>(
+    items: impl Iterator<Item = T>,
+    limit: usize,
+    id: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let mut page: Vec<T> = items.take(limit + 1).collect();
+    if page.len() > limit {
+        page.truncate(limit);
+        let next = page.last().map(&id).unwrap_or_default();
+        (page, next)
+    } else {
+        (page, String::new())
     }
 }
 
