@@ -40,14 +40,20 @@ pub struct TestCert {
 
 impl TestCert {
     pub fn generate(dir: &Path) -> TestCert {
+        Self::generate_named(dir, "coordinator")
+    }
+
+    /// Like [`TestCert::generate`], written to `{name}.pem` and `{name}.key`
+    /// (several certificates side by side in one directory).
+    pub fn generate_named(dir: &Path, name: &str) -> TestCert {
         let ck = rcgen::generate_simple_self_signed(vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
         ])
         .expect("generate a test certificate");
         let cert_pem = ck.cert.pem();
-        let cert = dir.join("coordinator.pem");
-        let key = dir.join("coordinator.key");
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, &cert_pem).expect("write cert");
         std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
         TestCert {
@@ -55,6 +61,23 @@ impl TestCert {
             cert,
             key,
         }
+    }
+
+    /// A rustls server configuration presenting this certificate (for test
+    /// servers that speak TLS).
+    pub fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        crypto();
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the test certificate parses");
+        let key = PrivateKeyDer::from_pem_file(&self.key).expect("the test key parses");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("a usable certificate and key");
+        std::sync::Arc::new(config)
     }
 }
 
@@ -739,6 +762,8 @@ pub struct HttpReceiver {
     pub addr: SocketAddr,
     requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Serves HTTPS (see [`HttpReceiver::start_tls`]).
+    tls: bool,
 }
 
 impl HttpReceiver {
@@ -759,6 +784,29 @@ impl HttpReceiver {
         addr: SocketAddr,
         respond: impl Fn(&Recorded, usize) -> (u16, String) + Send + Sync + 'static,
     ) -> HttpReceiver {
+        Self::listen(addr, None, respond).await
+    }
+
+    /// Like [`HttpReceiver::start`], over HTTPS with `cert` (HTTP/1.1; the
+    /// URLs it hands out start with `https://`).
+    pub async fn start_tls(
+        cert: &TestCert,
+        respond: impl Fn(&Recorded, usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> HttpReceiver {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
+        Self::listen(
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(acceptor),
+            respond,
+        )
+        .await
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        respond: impl Fn(&Recorded, usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> HttpReceiver {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the HTTP receiver");
@@ -766,6 +814,7 @@ impl HttpReceiver {
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let respond: std::sync::Arc<Responder> = std::sync::Arc::new(respond);
         let recorded = requests.clone();
+        let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
@@ -773,8 +822,15 @@ impl HttpReceiver {
                 };
                 let recorded = recorded.clone();
                 let respond = respond.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve_http(conn, recorded, respond).await;
+                    let _ = match tls {
+                        None => serve_http(conn, recorded, respond).await,
+                        Some(acceptor) => match tls_accept(&acceptor, conn).await {
+                            Ok(conn) => serve_http(conn, recorded, respond).await,
+                            Err(e) => Err(e),
+                        },
+                    };
                 });
             }
         });
@@ -782,11 +838,13 @@ impl HttpReceiver {
             addr,
             requests,
             task,
+            tls: is_tls,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -816,14 +874,27 @@ impl Drop for HttpReceiver {
     }
 }
 
-async fn serve_http(
+/// A TLS handshake as a server, bounded in time.
+async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
     conn: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(conn))
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+async fn serve_http<S>(
+    conn: S,
     recorded: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
     respond: std::sync::Arc<Responder>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     const LIMIT: usize = 1 << 20;
-    let (rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = tokio::io::split(conn);
     let mut rd = tokio::io::BufReader::new(rd);
     loop {
         let mut line = String::new();
@@ -910,6 +981,8 @@ pub struct Mail {
     pub data: String,
     /// `(username, password)` from AUTH PLAIN or LOGIN, if the client logged in.
     pub auth: Option<(String, String)>,
+    /// Whether the message arrived over TLS (after STARTTLS, or implicit TLS).
+    pub tls: bool,
 }
 
 impl Mail {
@@ -993,38 +1066,93 @@ pub fn decode_base64(s: &str) -> Vec<u8> {
     out
 }
 
-/// A small SMTP server on loopback (plain TCP): EHLO/HELO, AUTH PLAIN/LOGIN,
-/// MAIL, RCPT, DATA, RSET, NOOP, QUIT. Records every accepted message.
+/// How an [`SmtpServer`] uses TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTlsMode {
+    /// Plain TCP throughout (what [`SmtpServer::start`] does).
+    Plain,
+    /// Plaintext greeting, `STARTTLS` advertised in EHLO (AUTH only after the
+    /// upgrade), then TLS; the client says EHLO again over TLS. A client that
+    /// skips STARTTLS is still served, so that a test sees it (`Mail::tls`).
+    StartTls,
+    /// TLS from the first byte (SMTPS, port 465 style).
+    Implicit,
+}
+
+/// A small SMTP server on loopback (plain TCP, STARTTLS or implicit TLS):
+/// EHLO/HELO, STARTTLS, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT.
+/// Records every accepted message, and whether it came over TLS.
 pub struct SmtpServer {
     pub addr: SocketAddr,
     mails: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
     task: tokio::task::JoinHandle<()>,
+    tls_failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SmtpServer {
     pub async fn start() -> SmtpServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Starts on `addr` (e.g. a port a channel already points at, after the
+    /// test kept it unreachable for a while).
+    pub async fn start_on(addr: SocketAddr) -> SmtpServer {
+        Self::listen(addr, SmtpTlsMode::Plain, None).await
+    }
+
+    /// Starts a server speaking TLS (`mode`) with `cert` (a certificate for
+    /// `localhost` and 127.0.0.1, e.g. [`TestCert::generate_named`]).
+    pub async fn start_tls(mode: SmtpTlsMode, cert: &TestCert) -> SmtpServer {
+        Self::start_tls_on("127.0.0.1:0".parse().expect("addr"), mode, cert).await
+    }
+
+    /// Like [`SmtpServer::start_tls`], on `addr`.
+    pub async fn start_tls_on(addr: SocketAddr, mode: SmtpTlsMode, cert: &TestCert) -> SmtpServer {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config());
+        Self::listen(addr, mode, Some(acceptor)).await
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        mode: SmtpTlsMode,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> SmtpServer {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the SMTP server");
         let addr = listener.local_addr().expect("local addr");
         let mails = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tls_failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let store = mails.clone();
+        let failures = tls_failures.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     continue;
                 };
                 let store = store.clone();
+                let failures = failures.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let _ = serve_smtp(conn, store).await;
+                    let _ = serve_smtp(conn, mode, acceptor, store, failures).await;
                 });
             }
         });
-        SmtpServer { addr, mails, task }
+        SmtpServer {
+            addr,
+            mails,
+            task,
+            tls_failures,
+        }
     }
 
     pub fn mails(&self) -> Vec<Mail> {
         self.mails.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// TLS handshakes that failed (e.g. the client refused the certificate).
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until at least `n` messages arrived; returns them all.
@@ -1047,14 +1175,71 @@ impl Drop for SmtpServer {
     }
 }
 
+/// One connection: the TLS handshake where the mode says, then the dialogue.
 async fn serve_smtp(
     conn: tokio::net::TcpStream,
+    mode: SmtpTlsMode,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     store: std::sync::Arc<std::sync::Mutex<Vec<Mail>>>,
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<()> {
+    let handshake = async |conn| match &acceptor {
+        Some(a) => tls_accept(a, conn).await.inspect_err(|_| {
+            failures.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+        None => Err(std::io::Error::other("no TLS certificate configured")),
+    };
+    match mode {
+        SmtpTlsMode::Plain => {
+            smtp_session(conn, SmtpStage::Plain, &store).await?;
+        }
+        SmtpTlsMode::Implicit => {
+            let tls = handshake(conn).await?;
+            smtp_session(tls, SmtpStage::Tls { greet: true }, &store).await?;
+        }
+        SmtpTlsMode::StartTls => {
+            if let SmtpEnd::StartTls(conn) =
+                smtp_session(conn, SmtpStage::BeforeStartTls, &store).await?
+            {
+                let tls = handshake(conn).await?;
+                smtp_session(tls, SmtpStage::Tls { greet: false }, &store).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where an SMTP dialogue stands with respect to TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SmtpStage {
+    /// Plain TCP; STARTTLS not offered.
+    Plain,
+    /// Plain TCP; STARTTLS offered, AUTH not yet.
+    BeforeStartTls,
+    /// Over TLS; `greet` unless it follows STARTTLS (no second greeting then).
+    Tls { greet: bool },
+}
+
+/// How a dialogue ended.
+enum SmtpEnd<S> {
+    Closed,
+    /// The client asked for STARTTLS and got 220: the raw stream to upgrade.
+    StartTls(S),
+}
+
+async fn smtp_session<S>(
+    conn: S,
+    stage: SmtpStage,
+    store: &std::sync::Mutex<Vec<Mail>>,
+) -> std::io::Result<SmtpEnd<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let (rd, mut wr) = conn.into_split();
-    let mut rd = tokio::io::BufReader::new(rd);
-    let read = async |rd: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>| {
+    let tls = matches!(stage, SmtpStage::Tls { .. });
+    // BufReader passes writes through to the stream.
+    let mut io = tokio::io::BufReader::new(conn);
+    async fn read<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> std::io::Result<String> {
         let mut line = String::new();
         let n = tokio::time::timeout(Duration::from_secs(30), rd.read_line(&mut line))
             .await
@@ -1062,8 +1247,15 @@ async fn serve_smtp(
         if n == 0 || line.len() > 100_000 {
             return Err(std::io::Error::other("closed"));
         }
-        Ok::<String, std::io::Error>(line.trim_end_matches(['\r', '\n']).to_string())
-    };
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+    async fn send<W: tokio::io::AsyncWrite + Unpin>(
+        wr: &mut W,
+        text: &[u8],
+    ) -> std::io::Result<()> {
+        wr.write_all(text).await?;
+        wr.flush().await
+    }
     let plain = |b64: &str| {
         let raw = decode_base64(b64);
         let parts: Vec<String> = raw
@@ -1075,37 +1267,55 @@ async fn serve_smtp(
             parts.get(2).cloned().unwrap_or_default(),
         )
     };
-    wr.write_all(b"220 portwatch-test ESMTP\r\n").await?;
+    if stage != (SmtpStage::Tls { greet: false }) {
+        send(&mut io, b"220 portwatch-test ESMTP\r\n").await?;
+    }
     let mut mail = Mail::default();
     let mut auth = None;
     loop {
-        let line = read(&mut rd).await?;
+        let line = read(&mut io).await?;
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-portwatch-test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n".into()
+            if stage == SmtpStage::BeforeStartTls {
+                "250-portwatch-test\r\n250-STARTTLS\r\n250 8BITMIME\r\n".into()
+            } else {
+                "250-portwatch-test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n".into()
+            }
         } else if upper.starts_with("HELO") {
             "250 portwatch-test\r\n".into()
+        } else if upper == "STARTTLS" {
+            if stage != SmtpStage::BeforeStartTls {
+                "503 5.5.1 TLS not available now\r\n".into()
+            } else if !io.buffer().is_empty() {
+                // Commands pipelined behind STARTTLS would cross into TLS.
+                send(&mut io, b"501 5.5.4 Nothing may follow STARTTLS\r\n").await?;
+                return Ok(SmtpEnd::Closed);
+            } else {
+                send(&mut io, b"220 2.0.0 Ready to start TLS\r\n").await?;
+                return Ok(SmtpEnd::StartTls(io.into_inner()));
+            }
         } else if upper.starts_with("AUTH PLAIN") {
             let arg = line.get(10..).unwrap_or_default().trim().to_string();
             let arg = if arg.is_empty() {
-                wr.write_all(b"334 \r\n").await?;
-                read(&mut rd).await?
+                send(&mut io, b"334 \r\n").await?;
+                read(&mut io).await?
             } else {
                 arg
             };
             auth = Some(plain(&arg));
             "235 2.7.0 Authentication successful\r\n".into()
         } else if upper.starts_with("AUTH LOGIN") {
-            wr.write_all(b"334 VXNlcm5hbWU6\r\n").await?;
-            let user = String::from_utf8_lossy(&decode_base64(&read(&mut rd).await?)).into_owned();
-            wr.write_all(b"334 UGFzc3dvcmQ6\r\n").await?;
-            let pass = String::from_utf8_lossy(&decode_base64(&read(&mut rd).await?)).into_owned();
+            send(&mut io, b"334 VXNlcm5hbWU6\r\n").await?;
+            let user = String::from_utf8_lossy(&decode_base64(&read(&mut io).await?)).into_owned();
+            send(&mut io, b"334 UGFzc3dvcmQ6\r\n").await?;
+            let pass = String::from_utf8_lossy(&decode_base64(&read(&mut io).await?)).into_owned();
             auth = Some((user, pass));
             "235 2.7.0 Authentication successful\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             mail = Mail {
                 from: line[10..].trim().to_string(),
                 auth: auth.clone(),
+                tls,
                 ..Mail::default()
             };
             "250 2.1.0 OK\r\n".into()
@@ -1113,11 +1323,10 @@ async fn serve_smtp(
             mail.to.push(line[8..].trim().to_string());
             "250 2.1.5 OK\r\n".into()
         } else if upper == "DATA" {
-            wr.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                .await?;
+            send(&mut io, b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
             let mut data = String::new();
             loop {
-                let l = read(&mut rd).await?;
+                let l = read(&mut io).await?;
                 if l == "." {
                     break;
                 }
@@ -1128,6 +1337,7 @@ async fn serve_smtp(
                 }
             }
             mail.data = data;
+            mail.tls = tls;
             let n = {
                 let mut all = store.lock().unwrap_or_else(|e| e.into_inner());
                 all.push(std::mem::take(&mut mail));
@@ -1140,11 +1350,12 @@ async fn serve_smtp(
         } else if upper == "NOOP" {
             "250 2.0.0 OK\r\n".into()
         } else if upper == "QUIT" {
-            wr.write_all(b"221 2.0.0 Bye\r\n").await?;
-            return Ok(());
+            send(&mut io, b"221 2.0.0 Bye\r\n").await?;
+            let _ = io.shutdown().await;
+            return Ok(SmtpEnd::Closed);
         } else {
             "502 5.5.2 Command not recognized\r\n".into()
         };
-        wr.write_all(reply.as_bytes()).await?;
+        send(&mut io, reply.as_bytes()).await?;
     }
 }

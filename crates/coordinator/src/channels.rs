@@ -15,7 +15,11 @@
 //!   of the exact body bytes with the channel secret>`, and carry
 //!   `Idempotency-Key`;
 //! - secrets leave this process only towards their own receiver: [`redacted`]
-//!   is what the admin API returns.
+//!   is what the admin API returns;
+//! - TLS (SMTP STARTTLS or implicit, webhook HTTPS) always verifies the
+//!   receiver's certificate and name: against the public roots, plus the
+//!   operator's private CA (`notify_ca_file`) when one is configured. A
+//!   STARTTLS channel never falls back to plaintext.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,12 +29,13 @@ use hmac::{Hmac, Mac};
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use portwatch_check::Host;
 use portwatch_check::guard;
 use portwatch_proto::v1;
 use reqwest::Url;
+use rustls::pki_types::CertificateDer;
 use sha2::Sha256;
 
 use crate::render::{self, Notice, Notification};
@@ -205,15 +210,33 @@ pub struct Senders {
     any: reqwest::Client,
     allow_private: bool,
     timeout: Duration,
+    /// Trusted for SMTP TLS besides the public (webpki) roots.
+    extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Senders {
     /// Builds the HTTP clients. rustls needs a process-wide crypto provider
     /// (installed in `main`); without one this is an error, not a panic.
     pub fn new(allow_private: bool, timeout: Duration) -> Result<Arc<Senders>, String> {
+        Senders::with_roots(allow_private, timeout, &[])
+    }
+
+    /// Like [`Senders::new`], and trusts `extra_roots` (the operator's
+    /// `notify_ca_file`) for SMTP TLS and webhook HTTPS, in addition to the
+    /// public roots.
+    pub fn with_roots(
+        allow_private: bool,
+        timeout: Duration,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Arc<Senders>, String> {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             return Err("no TLS crypto provider installed (rustls ring provider)".into());
         }
+        let http_roots = extra_roots
+            .iter()
+            .map(|c| reqwest::Certificate::from_der(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("notify_ca_file: {}", chain(&e)))?;
         let base = || {
             reqwest::Client::builder()
                 .timeout(timeout)
@@ -221,6 +244,7 @@ impl Senders {
                 .redirect(reqwest::redirect::Policy::none())
                 .no_proxy()
                 .user_agent(concat!("portwatch/", env!("CARGO_PKG_VERSION")))
+                .tls_certs_merge(http_roots.clone())
         };
         let public = base()
             .dns_resolver(Arc::new(PublicOnly))
@@ -234,6 +258,7 @@ impl Senders {
             any,
             allow_private,
             timeout,
+            extra_roots: extra_roots.to_vec(),
         }))
     }
 
@@ -435,8 +460,17 @@ impl Senders {
         let tls_mode = v1::SmtpTls::try_from(e.tls).unwrap_or(v1::SmtpTls::Starttls);
         let port = smtp_port(e.smtp_port, tls_mode);
         let server = self.smtp_address(guarded, &e.smtp_host, port).await?;
+        // Certificate and name are always verified: the public roots, plus the
+        // operator's private CA when configured.
         let params = || {
-            TlsParameters::new(e.smtp_host.clone())
+            let mut b = TlsParameters::builder(e.smtp_host.clone());
+            for der in &self.extra_roots {
+                let cert = Certificate::from_der(der.to_vec()).map_err(|err| {
+                    Failure::permanent(format!("email TLS: notify_ca_file: {}", chain(&err)))
+                })?;
+                b = b.add_root_certificate(cert);
+            }
+            b.build()
                 .map_err(|err| Failure::permanent(format!("email TLS: {}", chain(&err))))
         };
         let tls = match tls_mode {

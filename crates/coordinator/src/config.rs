@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::plans::Plans;
@@ -83,6 +85,10 @@ pub struct Args {
     /// Time limit of one notification attempt (HTTP request, SMTP command), e.g. "15s".
     #[arg(long, env = "PORTWATCH_DELIVERY_TIMEOUT")]
     pub delivery_timeout: Option<String>,
+    /// PEM bundle of extra CA certificates trusted by notification channels
+    /// (SMTP TLS and webhook HTTPS), on top of the public roots.
+    #[arg(long, env = "PORTWATCH_NOTIFY_CA_FILE")]
+    pub notify_ca_file: Option<PathBuf>,
     /// Log format: human or json.
     #[arg(long, env = "PORTWATCH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -114,6 +120,7 @@ pub struct FileConfig {
     pub delivery_retry_max: Option<String>,
     pub delivery_retry_horizon: Option<String>,
     pub delivery_timeout: Option<String>,
+    pub notify_ca_file: Option<PathBuf>,
     pub log_format: Option<String>,
     pub log: Option<String>,
     pub plans: Option<Plans>,
@@ -132,6 +139,15 @@ pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+}
+
+/// Extra trust roots for notification channels, read and checked at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyCa {
+    /// Where they came from (for messages).
+    pub path: PathBuf,
+    /// The certificates of the bundle (DER), each usable as a trust anchor.
+    pub certs: Vec<CertificateDer<'static>>,
 }
 
 /// The validated configuration.
@@ -158,6 +174,9 @@ pub struct Config {
     pub delivery_retry_horizon: Duration,
     /// Time limit of one notification attempt.
     pub delivery_timeout: Duration,
+    /// Private CA(s) trusted for SMTP TLS and webhook HTTPS in addition to
+    /// the public roots; None: the public roots only.
+    pub notify_ca: Option<NotifyCa>,
     pub log_format: LogFormat,
     pub log: String,
     pub plans: Plans,
@@ -314,6 +333,10 @@ impl Config {
                 ));
             }
         };
+        let notify_ca = match args.notify_ca_file.or(file.notify_ca_file) {
+            Some(path) => Some(read_notify_ca(path)?),
+            None => None,
+        };
         Ok(Config {
             listen,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -368,11 +391,39 @@ impl Config {
                 Duration::from_millis(100),
                 Duration::from_secs(300),
             )?,
+            notify_ca,
             log_format,
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
             plans: file.plans.unwrap_or_default(),
         })
     }
+}
+
+/// Reads a PEM bundle of CA certificates: at least one, each usable as a
+/// trust anchor. Other PEM sections (a stray key, say) are ignored.
+fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, ConfigError> {
+    const KEY: &str = "notify_ca_file";
+    let shown = path.display().to_string();
+    let pem = std::fs::read(&path).map_err(|e| err(KEY, format!("{shown}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(KEY, format!("{shown}: not a PEM file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(
+            KEY,
+            format!("{shown}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)"),
+        ));
+    }
+    for (i, cert) in certs.iter().enumerate() {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(cert.clone()).map_err(|e| {
+            err(
+                KEY,
+                format!("{shown}: certificate {} is not usable as a CA: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(NotifyCa { path, certs })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -509,5 +560,55 @@ mod tests {
             toml::from_str::<FileConfig>("listen_addr = \"x\"").is_err(),
             "unknown keys are errors"
         );
+    }
+
+    #[test]
+    fn notify_ca_file_is_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config::merge(args(), FileConfig::default()).unwrap();
+        assert_eq!(c.notify_ca, None, "the public roots only by default");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["smtp.internal".to_string()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["hooks.internal".to_string()]).unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", ca.cert.pem(), other.cert.pem())).unwrap();
+        let file: FileConfig = toml::from_str(&format!(
+            "notify_ca_file = {:?}",
+            bundle.display().to_string()
+        ))
+        .unwrap();
+        let c = Config::merge(args(), file).unwrap();
+        let got = c.notify_ca.unwrap();
+        assert_eq!(got.path, bundle);
+        assert_eq!(
+            got.certs,
+            vec![ca.cert.der().clone(), other.cert.der().clone()]
+        );
+
+        let key_only = dir.path().join("key.pem");
+        std::fs::write(&key_only, ca.signing_key.serialize_pem()).unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, want) in [
+            (dir.path().join("missing.pem"), "os error 2"),
+            (key_only, "no certificate"),
+            (broken, "certificate 1 is not usable as a CA"),
+        ] {
+            let e = Config::merge(
+                Args {
+                    notify_ca_file: Some(path.clone()),
+                    ..args()
+                },
+                FileConfig::default(),
+            )
+            .unwrap_err();
+            assert_eq!(e.key, "notify_ca_file", "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
     }
 }

@@ -48,9 +48,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .context("loading state from the store")?;
     let auth = Auth::new(&config.operator_token, store.clone());
-    let senders = Senders::new(
+    let extra_roots = config
+        .notify_ca
+        .as_ref()
+        .map(|ca| ca.certs.as_slice())
+        .unwrap_or_default();
+    if let Some(ca) = &config.notify_ca {
+        info!(
+            path = %ca.path.display(),
+            certificates = ca.certs.len(),
+            "notification channels also trust notify_ca_file"
+        );
+    }
+    let senders = Senders::with_roots(
         config.allow_private_channel_targets,
         config.delivery_timeout,
+        extra_roots,
     )
     .map_err(anyhow::Error::msg)
     .context("notifications")?;

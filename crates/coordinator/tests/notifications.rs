@@ -10,7 +10,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use portwatch_e2e::{
     Admin, Coordinator, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Recorded, Setup, SmtpServer,
-    eventually, free_port,
+    SmtpTlsMode, TestCert, eventually, free_port,
 };
 use portwatch_proto::v1;
 use serde_json::Value;
@@ -482,6 +482,237 @@ async fn email_arrives_over_smtp_with_subject_body_and_login() {
         "{:?}",
         mails[2].header("Subject")
     );
+}
+
+/// A private CA for the TLS receivers (a self-signed certificate for
+/// `localhost` and 127.0.0.1) and the coordinator config that trusts it.
+fn private_ca(dir: &Path, name: &str) -> (TestCert, String) {
+    let cert = TestCert::generate_named(dir, name);
+    let config = format!(
+        "{FAST}notify_ca_file = {:?}\n",
+        cert.cert.display().to_string()
+    );
+    (cert, config)
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1 under its own
+/// issuer name (not the one of [`TestCert`]s).
+fn unknown_issuer(dir: &Path) -> TestCert {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone else's CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (path, key_path) = (dir.join("rogue.pem"), dir.join("rogue.key"));
+    std::fs::write(&path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    TestCert {
+        cert_pem: cert.pem(),
+        cert: path,
+        key: key_path,
+    }
+}
+
+/// An email channel with login to the SMTP server on 127.0.0.1:`port`.
+fn email(port: u16, tls: v1::SmtpTls) -> v1::Channel {
+    v1::Channel {
+        name: format!("mail {tls:?}"),
+        is_default: true,
+        config: Some(v1::channel::Config::Email(v1::EmailConfig {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: u32::from(port),
+            tls: tls as i32,
+            username: "alerts".into(),
+            password: "mail-pass".into(),
+            from: "portwatch <alerts@example.com>".into(),
+            to: vec!["oncall@example.com".into()],
+        })),
+        ..Default::default()
+    }
+}
+
+/// The incident email goes out over a verified TLS session (certificate from
+/// the coordinator's `notify_ca_file`), with login, and the test command too.
+async fn email_over_tls_arrives(mode: SmtpTlsMode, tls: v1::SmtpTls) {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, config) = private_ca(certs.path(), "smtp");
+    let mut w = world(&config).await;
+    let smtp = SmtpServer::start_tls(mode, &cert).await;
+    let ch = create(&mut w.tenant, "", email(smtp.addr.port(), tls)).await;
+    let Some(v1::channel::Config::Email(cfg)) = &ch.config else {
+        panic!("email config")
+    };
+    assert_eq!(cfg.tls, tls as i32);
+
+    let m = monitor(&mut w).await;
+    let mut ag = agents(&w).await;
+    let incident = open_incident(&mut w, &mut ag, &m).await;
+    let mails = smtp.wait_for(1, WAIT).await;
+    let mail = &mails[0];
+    assert!(mail.tls, "the message must arrive over TLS ({mode:?})");
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some("TCP Port Unreachable: db.example.com:5432")
+    );
+    assert_eq!(mail.auth, Some(("alerts".into(), "mail-pass".into())));
+    assert!(mail.from.contains("alerts@example.com"), "{}", mail.from);
+    assert_eq!(mail.to, ["<oncall@example.com>"]);
+    assert!(
+        mail.body_text()
+            .contains(&format!("Incident:       {}", incident.id)),
+        "{}",
+        mail.body_text()
+    );
+    let ds = settled(&w.tenant, "", &incident.id, 1).await;
+    assert_eq!(
+        ds[0].state,
+        v1::DeliveryState::Delivered as i32,
+        "{:?}",
+        ds[0]
+    );
+    assert_eq!(ds[0].attempts, 1, "{:?}", ds[0]);
+    assert_eq!(smtp.tls_failures(), 0);
+
+    let t = w
+        .tenant
+        .test_channel(v1::TestChannelRequest {
+            tenant_id: String::new(),
+            id: ch.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(t.ok, "{}", t.detail);
+    assert!(t.detail.starts_with("SMTP 250"), "{}", t.detail);
+    let mails = smtp.wait_for(2, WAIT).await;
+    assert!(mails.iter().all(|m| m.tls), "{mails:?}");
+}
+
+#[tokio::test]
+async fn email_over_starttls_with_login_trusts_the_private_ca() {
+    email_over_tls_arrives(SmtpTlsMode::StartTls, v1::SmtpTls::Starttls).await;
+}
+
+#[tokio::test]
+async fn email_over_implicit_tls_with_login_trusts_the_private_ca() {
+    email_over_tls_arrives(SmtpTlsMode::Implicit, v1::SmtpTls::Implicit).await;
+}
+
+#[tokio::test]
+async fn webhook_over_https_trusts_the_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, config) = private_ca(certs.path(), "hooks");
+    let mut w = world(&config).await;
+    let hook = HttpReceiver::start_tls(&cert, |_, _| (200, "ok".to_string())).await;
+    let url = hook.url("/hook");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ch = create(&mut w.tenant, "", webhook(url, true)).await;
+    let m = monitor(&mut w).await;
+    let mut ag = agents(&w).await;
+    let incident = open_incident(&mut w, &mut ag, &m).await;
+    let got = hook.wait_for(1, WAIT).await;
+    verify_signature(&got[0]);
+    let key = format!("{}:opened:{}", incident.id, ch.id);
+    assert_eq!(got[0].header("idempotency-key"), Some(key.as_str()));
+    let ds = settled(&w.tenant, "", &incident.id, 1).await;
+    assert_eq!(
+        ds[0].state,
+        v1::DeliveryState::Delivered as i32,
+        "{:?}",
+        ds[0]
+    );
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_the_delivery_and_never_falls_back_to_plaintext() {
+    let certs = tempfile::tempdir().unwrap();
+    // The coordinator trusts one private CA; the servers present a certificate
+    // for the right names from an issuer it does not know.
+    let (_trusted, config) = private_ca(certs.path(), "trusted");
+    let rogue = unknown_issuer(certs.path());
+    let mut w = world(&config).await;
+    let starttls = SmtpServer::start_tls(SmtpTlsMode::StartTls, &rogue).await;
+    let implicit = SmtpServer::start_tls(SmtpTlsMode::Implicit, &rogue).await;
+    let hook = HttpReceiver::start_tls(&rogue, |_, _| (200, "ok".to_string())).await;
+    // A server that does not offer STARTTLS at all (a stripped EHLO).
+    let stripped = SmtpServer::start().await;
+    let mut names = HashMap::new();
+    for (name, c) in [
+        (
+            "starttls",
+            email(starttls.addr.port(), v1::SmtpTls::Starttls),
+        ),
+        (
+            "implicit",
+            email(implicit.addr.port(), v1::SmtpTls::Implicit),
+        ),
+        ("https", webhook(hook.url("/hook"), true)),
+        (
+            "stripped",
+            email(stripped.addr.port(), v1::SmtpTls::Starttls),
+        ),
+    ] {
+        let ch = create(&mut w.tenant, "", c).await;
+        names.insert(ch.id, name);
+    }
+
+    let m = monitor(&mut w).await;
+    let mut ag = agents(&w).await;
+    let incident = open_incident(&mut w, &mut ag, &m).await;
+    // Several attempts each, so that a fallback on retry would show too.
+    let t = w.tenant.clone();
+    let ds = eventually("every delivery failed twice", WAIT, || {
+        let mut t = t.clone();
+        let id = incident.id.clone();
+        async move {
+            let ds = deliveries(&mut t, "", &id).await;
+            (ds.len() == 4 && ds.iter().all(|d| d.attempts >= 2)).then_some(ds)
+        }
+    })
+    .await;
+    for d in &ds {
+        let name = names[d.channel_id.as_str()];
+        assert_ne!(
+            d.state,
+            v1::DeliveryState::Delivered as i32,
+            "{name}: {d:?}"
+        );
+        let want = if name == "stripped" {
+            "STARTTLS is not supported"
+        } else {
+            "invalid peer certificate: UnknownIssuer"
+        };
+        assert!(d.last_error.contains(want), "{name}: {:?}", d.last_error);
+    }
+    assert!(starttls.mails().is_empty(), "{:?}", starttls.mails());
+    assert!(implicit.mails().is_empty(), "{:?}", implicit.mails());
+    assert!(stripped.mails().is_empty(), "{:?}", stripped.mails());
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+    // The client did reach the handshake, and refused it.
+    assert!(starttls.tls_failures() >= 2, "{}", starttls.tls_failures());
+    assert!(implicit.tls_failures() >= 2, "{}", implicit.tls_failures());
+
+    // The test command says why, too.
+    let starttls_id = names
+        .iter()
+        .find(|(_, n)| **n == "starttls")
+        .map(|(id, _)| id.clone())
+        .unwrap();
+    let t = w
+        .tenant
+        .test_channel(v1::TestChannelRequest {
+            tenant_id: String::new(),
+            id: starttls_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!t.ok);
+    assert!(t.detail.contains("certificate"), "{}", t.detail);
+    assert!(starttls.mails().is_empty());
 }
 
 #[tokio::test]
