@@ -226,10 +226,11 @@ impl Coordinator {
     ) -> (Proc, SocketAddr, Option<SocketAddr>) {
         let config = dir.join("coordinator.toml");
         let text = format!(
-            "listen = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\noperator_token = \"{OPERATOR_TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"\nevaluate_every = \"200ms\"\n{extra}\n",
+            "listen = \"{listen}\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\noperator_token = \"{OPERATOR_TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{}{extra}\n",
             dir.join("data").display(),
             cert.cert.display(),
             cert.key.display(),
+            fast_timings(extra),
         );
         std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(bin);
@@ -396,6 +397,24 @@ impl Drop for CountingListener {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Short test timings for the coordinator, except the keys `extra` sets itself
+/// (TOML refuses a key given twice).
+fn fast_timings(extra: &str) -> String {
+    [
+        ("heartbeat_interval", "500ms"),
+        ("heartbeat_timeout", "2s"),
+        ("evaluate_every", "200ms"),
+    ]
+    .iter()
+    .filter(|(key, _)| {
+        !extra
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{key} ")))
+    })
+    .map(|(key, value)| format!("{key} = \"{value}\"\n"))
+    .collect()
 }
 
 /// A minimal HTTP GET over loopback (for `/metrics`).

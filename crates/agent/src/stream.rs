@@ -30,6 +30,8 @@ use crate::spool::Spool;
 const WINDOW_BATCHES: u64 = 8;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Largest coordinator message accepted (a snapshot of ~3M assignments).
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How long a shutdown waits for the last acknowledgements.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -136,7 +138,9 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         AgentServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", auth.clone());
             Ok(req)
-        });
+        })
+        // A snapshot of 100k assignments is about 7 MB: far over tonic's 4 MiB default.
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
     let (revision, _) = link.spool.assignments()?;
     let hello = v1::Hello {

@@ -470,3 +470,87 @@ async fn check_now_confirms_within_one_timeout_and_removal_stops_checks() {
         "no check after the monitor was removed"
     );
 }
+
+/// A snapshot far over gRPC's default 4 MiB message limit (70k assignments, ~7 MB)
+/// reaches the agent, which checks every monitor from it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_four_mebibytes_reaches_the_agent() {
+    const N: usize = 70_000;
+    let dir = tempfile::tempdir().unwrap();
+    let coord_dir = dir.path().join("coordinator");
+    std::fs::create_dir_all(&coord_dir).unwrap();
+    // Slow periodic evaluation: this test is about the stream, not consensus at scale.
+    let extra = format!("evaluate_every = \"30s\"\n{PLANS}")
+        .replace("max_monitors = 1000", "max_monitors = 100000");
+    let mut coord = Coordinator::start(&coordinator_bin(), &coord_dir, &extra);
+    let mut op = coord.admin(OPERATOR_TOKEN).await;
+    let (tenant_id, _) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
+    for r in ["r0", "r1"] {
+        Setup::region(&mut op, r, &tenant_id).await;
+    }
+    let token = Setup::agent_token(&mut op, "r0").await;
+    drop(op);
+    // Monitors go straight into the stopped coordinator's store (the admin API
+    // would take minutes for 70k); r1 has no agent, so 1 of 2 down never pages.
+    assert!(
+        coord
+            .proc
+            .terminate(Duration::from_secs(15))
+            .is_some_and(|s| s.success())
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    {
+        let store = portwatch_coordinator::store::Store::open(&coord_dir.join("data")).unwrap();
+        for i in 0..N {
+            let m = v1::Monitor {
+                // Long ids make the snapshot ~7 MB.
+                id: format!("mon-bulk-{i:06}-{}", "x".repeat(40)),
+                tenant_id: tenant_id.clone(),
+                name: format!("bulk {i}"),
+                host: "127.0.0.1".into(),
+                port: u32::from(closed),
+                regions: vec!["r0".into(), "r1".into()],
+                interval_ms: 3_600_000,
+                timeout_ms: 1000,
+                consensus: v1::ConsensusPolicy::Quorum as i32,
+                family: v1::IpFamily::Any as i32,
+                address_policy: v1::AddressPolicy::Any as i32,
+                close_mode: v1::CloseMode::Fin as i32,
+                generation: 1,
+                ..Default::default()
+            };
+            store.put_monitor(&m).unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    coord.restart();
+    let agent_dir = dir.path().join("agent0");
+    let a = AgentProc::start(
+        agent_bin(),
+        &coord,
+        &token,
+        &agent_dir,
+        "allow_private_targets = true\n",
+    );
+    // Every assignment arrived: the agent checked every monitor once, at once.
+    let text = eventually(
+        "all 70k monitors checked from the snapshot",
+        Duration::from_secs(90),
+        || {
+            let a = &a;
+            async move {
+                let text = a.metrics_text().await;
+                let refused =
+                    metric_value(&text, "portwatch_agent_checks_total{outcome=\"refused\"}")
+                        .unwrap_or(0.0);
+                (refused >= N as f64).then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(!text.is_empty());
+}
