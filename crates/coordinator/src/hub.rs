@@ -79,6 +79,9 @@ struct State {
     region_state: HashMap<Key, RegionState>,
     open: HashMap<String, v1::Incident>,
     last_confirm: HashMap<String, Instant>,
+    /// When each monitor's verdict may next change without a new result (a result
+    /// going stale, an offline grace ending). Absent = evaluate at the next tick.
+    recheck: HashMap<String, SystemTime>,
     /// Regions whose operator was told they are offline (mirrors the store).
     outages: HashMap<String, RegionOutage>,
     next_session: u64,
@@ -354,6 +357,17 @@ impl Hub {
     /// Recomputes which agent of `region` owns which monitor and sends each agent
     /// its difference; `changed` is re-sent to its owner even if it did not move.
     fn sync_region(st: &mut State, region: &str, changed: Option<&str>) {
+        // This region's agents or monitors changed: its monitors' verdicts may
+        // change without a new result, so they are evaluated at the next tick.
+        let touched: Vec<String> = st
+            .monitors
+            .values()
+            .filter(|m| m.regions.iter().any(|r| r == region))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in touched {
+            st.recheck.remove(&id);
+        }
         let Some(reg) = st.regions.get(region).cloned() else {
             // A deleted region: its agents lose everything.
             if let Some(sessions) = st.sessions.get_mut(region) {
@@ -640,8 +654,19 @@ impl Hub {
     }
 
     /// Re-evaluates every monitor (results going stale, agents gone, grace passed).
+    ///
+    /// Only monitors whose recheck time has come are evaluated: in steady state,
+    /// with results arriving every interval, that is none of them.
     pub async fn evaluate_all(&self) -> Result<(), StoreError> {
-        let ids: Vec<String> = self.lock().monitors.keys().cloned().collect();
+        let t = now();
+        let ids: Vec<String> = {
+            let st = self.lock();
+            st.monitors
+                .keys()
+                .filter(|id| st.recheck.get(*id).is_none_or(|at| *at <= t))
+                .cloned()
+                .collect()
+        };
         for id in ids {
             self.evaluate(&id).await?;
         }
@@ -700,6 +725,47 @@ impl Hub {
         (eval, raw.iter().map(|(_, _, online, _)| *online).collect())
     }
 
+    /// The earliest time `m`'s evaluation can change without a new result: a
+    /// result going stale, or (incident open) an unknown region's grace ending.
+    fn recheck_at(
+        st: &State,
+        m: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        offline_grace: Duration,
+        now: SystemTime,
+    ) -> SystemTime {
+        let rules = rules_for(m, offline_grace);
+        let window = consensus::freshness_window(rules.interval, rules.timeout);
+        let tick = Duration::from_millis(1);
+        let opened_at = st
+            .open
+            .get(&m.id)
+            .map(|i| i.opened_at.as_ref().and_then(from_timestamp).unwrap_or(now));
+        let mut next: Option<SystemTime> = None;
+        let mut consider = |at: SystemTime| {
+            if at > now && next.is_none_or(|n| at < n) {
+                next = Some(at);
+            }
+        };
+        for v in &eval.regions {
+            let key = (m.id.clone(), v.region.clone());
+            if let Some(at) = st
+                .latest
+                .get(&key)
+                .and_then(|r| r.checked_at.as_ref())
+                .and_then(from_timestamp)
+            {
+                consider(at + window + tick);
+            }
+            if let (Some(opened), RegionState::Unknown(_)) = (opened_at, v.state) {
+                let since = st.last_decisive.get(&key).copied().unwrap_or(opened);
+                consider(since + rules.offline_grace + tick);
+            }
+        }
+        // Nothing pending: look again in a minute anyway (cheap, and a safety net).
+        next.unwrap_or(now + Duration::from_secs(60))
+    }
+
     /// Evaluates one monitor and acts on the decision.
     pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
         self.count(|c| c.evaluations += 1);
@@ -710,10 +776,15 @@ impl Hub {
                 return Ok(());
             };
             if m.paused {
+                // Resuming goes through `monitor_changed`, which makes it due again.
+                st.recheck
+                    .insert(m.id.clone(), t + Duration::from_secs(3600));
                 return Ok(());
             }
             let open = st.open.get(monitor_id).cloned();
             let (eval, _) = self.consensus_for(&st, &m, t);
+            let recheck = Self::recheck_at(&st, &m, &eval, self.settings.offline_grace, t);
+            st.recheck.insert(m.id.clone(), recheck);
             // Region state changes, for the event stream and fast confirmation.
             let mut changes = Vec::new();
             let mut newly_down = false;
@@ -1239,5 +1310,84 @@ mod notice_tests {
         );
         assert!(keys.contains(&format!("{outage}:online:ch-op")), "{keys:?}");
         assert!(store.region_outages().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod recheck_tests {
+    use super::*;
+
+    /// A result going stale changes the verdict with no new traffic: the
+    /// periodic evaluation must notice it, though it skips monitors not yet due.
+    #[tokio::test]
+    async fn a_result_going_stale_is_noticed_without_new_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::load(Store::open(dir.path()).unwrap(), HubSettings::default()).unwrap();
+        hub.region_changed(
+            Some(v1::Region {
+                name: "eu".into(),
+                ..Default::default()
+            }),
+            "eu",
+        );
+        let m = v1::Monitor {
+            id: "m1".into(),
+            tenant_id: "t".into(),
+            host: "db.example.com".into(),
+            port: 5432,
+            regions: vec!["eu".into()],
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            generation: 1,
+            ..Default::default()
+        };
+        hub.monitor_changed(m.clone());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        hub.agent_connected(
+            "eu",
+            v1::Agent {
+                agent_id: "a".into(),
+                ..Default::default()
+            },
+            tx,
+        );
+        // Fresh for another 300 ms (window = 2 × 1 s + 1 s + 5 s).
+        let window = consensus::freshness_window(Duration::from_secs(1), Duration::from_secs(1));
+        let at = SystemTime::now() - window + Duration::from_millis(300);
+        let r = v1::CheckResult {
+            monitor_id: "m1".into(),
+            region: "eu".into(),
+            checked_at: Some(to_timestamp(at)),
+            outcome: v1::Outcome::Ok as i32,
+            ..Default::default()
+        };
+        hub.results_stored(vec![r]).await.unwrap();
+        let state = |hub: &Hub| hub.status(&m).regions[0].state;
+        assert_eq!(state(&hub), v1::RegionState::Up as i32);
+        let mut events = hub.subscribe();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut saw_stale = false;
+        while std::time::Instant::now() < deadline && !saw_stale {
+            hub.evaluate_all().await.unwrap();
+            while let Ok(e) = events.try_recv() {
+                if let Some(v1::event::Kind::RegionState(c)) = e.kind {
+                    saw_stale |= c.to == v1::RegionState::Unknown as i32;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            saw_stale,
+            "the periodic evaluation announced the region unknown once its result went stale"
+        );
+        assert_eq!(state(&hub), v1::RegionState::Unknown as i32);
+        // Not due again for a while: a second pass right away evaluates nothing.
+        let before = hub.counters().evaluations;
+        hub.evaluate_all().await.unwrap();
+        assert_eq!(
+            hub.counters().evaluations,
+            before,
+            "steady monitors are skipped"
+        );
     }
 }
