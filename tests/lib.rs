@@ -345,9 +345,19 @@ impl AgentProc {
         *self = fresh;
     }
 
-    /// The agent's `/metrics` text.
+    /// The agent's `/metrics` text, or `None` if it does not answer in time.
+    pub async fn try_metrics_text(&self) -> Option<String> {
+        try_http_get(self.metrics?, "/metrics").await
+    }
+
+    /// The agent's `/metrics` text (a few attempts: a busy agent may be slow to answer).
     pub async fn metrics_text(&self) -> String {
-        http_get(self.metrics.expect("agent metrics address"), "/metrics").await
+        for _ in 0..4 {
+            if let Some(text) = self.try_metrics_text().await {
+                return text;
+            }
+        }
+        panic!("the agent's /metrics did not answer in 4 attempts of 5 s")
     }
 }
 
@@ -415,6 +425,27 @@ fn fast_timings(extra: &str) -> String {
     })
     .map(|(key, value)| format!("{key} = \"{value}\"\n"))
     .collect()
+}
+
+/// Like [`http_get`], but `None` instead of a panic when the server does not
+/// answer within 5 s (a daemon busy with a burst of work).
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A minimal HTTP GET over loopback (for `/metrics`).
@@ -1377,4 +1408,37 @@ where
         };
         send(&mut io, reply.as_bytes()).await?;
     }
+}
+
+/// Every stored result of a monitor, oldest first (all pages).
+pub async fn all_results(admin: &Admin, monitor: &str) -> Vec<v1::CheckResult> {
+    let mut admin = admin.clone();
+    let mut out = Vec::new();
+    let mut token = String::new();
+    for _ in 0..1000 {
+        let page = admin
+            .list_results(v1::ListResultsRequest {
+                monitor_id: monitor.into(),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list results")
+            .into_inner();
+        out.extend(page.results);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    out
+}
+
+/// A result's `checked_at` in milliseconds since the epoch (0 when unset).
+pub fn checked_at_ms(r: &v1::CheckResult) -> u64 {
+    r.checked_at
+        .as_ref()
+        .and_then(portwatch_proto::time::from_timestamp)
+        .map_or(0, |t| portwatch_proto::time::unix_micros(t) / 1000)
 }

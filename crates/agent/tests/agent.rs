@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use portwatch_e2e::{
-    Admin, AgentProc, Coordinator, CountingListener, OPERATOR_TOKEN, Setup, eventually,
-    metric_value,
+    Admin, AgentProc, Coordinator, CountingListener, OPERATOR_TOKEN, Setup, all_results,
+    checked_at_ms, eventually, metric_value,
 };
 use portwatch_proto::v1;
 use portwatch_testdns::{Answer, DnsServer};
@@ -79,33 +79,11 @@ fn monitor(host: &str, port: u16, regions: usize, interval_ms: u64) -> v1::Creat
 }
 
 async fn results(admin: &mut Admin, monitor: &str) -> Vec<v1::CheckResult> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    for _ in 0..100 {
-        let page = admin
-            .list_results(v1::ListResultsRequest {
-                monitor_id: monitor.into(),
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list results")
-            .into_inner();
-        out.extend(page.results);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    out
+    all_results(admin, monitor).await
 }
 
 fn at_ms(r: &v1::CheckResult) -> u64 {
-    r.checked_at
-        .as_ref()
-        .and_then(portwatch_proto::time::from_timestamp)
-        .map_or(0, |t| portwatch_proto::time::unix_micros(t) / 1000)
+    checked_at_ms(r)
 }
 
 fn no_duplicates(rs: &[v1::CheckResult]) {
@@ -543,7 +521,7 @@ async fn a_snapshot_over_four_mebibytes_reaches_the_agent() {
         || {
             let a = &a;
             async move {
-                let text = a.metrics_text().await;
+                let text = a.try_metrics_text().await?;
                 let refused =
                     metric_value(&text, "portwatch_agent_checks_total{outcome=\"refused\"}")
                         .unwrap_or(0.0);

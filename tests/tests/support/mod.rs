@@ -449,30 +449,7 @@ pub async fn create_monitor(admin: &mut Admin, req: v1::CreateMonitorRequest) ->
         .into_inner()
 }
 
-/// Every stored result of a monitor, oldest first (all pages).
-pub async fn results(admin: &Admin, monitor: &str) -> Vec<v1::CheckResult> {
-    let mut admin = admin.clone();
-    let mut out = Vec::new();
-    let mut token = String::new();
-    for _ in 0..1000 {
-        let page = admin
-            .list_results(v1::ListResultsRequest {
-                monitor_id: monitor.into(),
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("list results")
-            .into_inner();
-        out.extend(page.results);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        token = page.next_page_token;
-    }
-    out
-}
+pub use portwatch_e2e::all_results as results;
 
 pub async fn incidents(admin: &Admin, open_only: bool) -> Vec<v1::Incident> {
     admin
@@ -563,13 +540,7 @@ pub async fn wait_status(
     }
 }
 
-/// Milliseconds since the epoch of a result's `checked_at`.
-pub fn at_ms(r: &v1::CheckResult) -> u64 {
-    r.checked_at
-        .as_ref()
-        .and_then(from_timestamp)
-        .map_or(0, |t| unix_micros(t) / 1000)
-}
+pub use portwatch_e2e::checked_at_ms as at_ms;
 
 pub fn ms(t: SystemTime) -> u64 {
     unix_micros(t) / 1000
