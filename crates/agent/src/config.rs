@@ -299,16 +299,9 @@ impl Config {
             ),
             (None, None) => None,
         };
-        let log_json = match args.log_format.or(file.log_format).as_deref() {
-            None | Some("human") => false,
-            Some("json") => true,
-            Some(other) => {
-                return Err(err(
-                    "log_format",
-                    format!("{other:?}; must be human or json"),
-                ));
-            }
-        };
+        let log_json =
+            portwatch_telemetry::json_logs(args.log_format.or(file.log_format).as_deref())
+                .map_err(|e| err("log_format", e))?;
         Ok(Config {
             coordinator,
             token,
@@ -336,9 +329,7 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err("config", format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| err("config", format!("{}: {e}", path.display())))
+    portwatch_telemetry::read_toml(path).map_err(|e| err("config", e))
 }
 
 #[cfg(test)]

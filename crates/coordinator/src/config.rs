@@ -323,15 +323,12 @@ impl Config {
                 "must not be shorter than delivery_retry_initial",
             ));
         }
-        let log_format = match args.log_format.or(file.log_format).as_deref() {
-            None | Some("human") => LogFormat::Human,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(err(
-                    "log_format",
-                    format!("{other:?}; must be human or json"),
-                ));
-            }
+        let json = portwatch_telemetry::json_logs(args.log_format.or(file.log_format).as_deref())
+            .map_err(|e| err("log_format", e))?;
+        let log_format = if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Human
         };
         let notify_ca = match args.notify_ca_file.or(file.notify_ca_file) {
             Some(path) => Some(read_notify_ca(path)?),
@@ -427,9 +424,7 @@ fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, ConfigError> {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err("config", format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| err("config", format!("{}: {e}", path.display())))
+    portwatch_telemetry::read_toml(path).map_err(|e| err("config", e))
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 pub mod metrics_http;
 
+use std::path::Path;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global tracing subscriber writing to stderr.
@@ -36,4 +38,19 @@ pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     }
     tracing::info!("signal received; shutting down");
     shutdown.cancel();
+}
+
+/// Reads a daemon's TOML config file; the error names the file and the reason.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses the `log_format` key: `None`/"human" is false, "json" is true.
+pub fn json_logs(format: Option<&str>) -> Result<bool, String> {
+    match format {
+        None | Some("human") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(format!("{other:?}; must be human or json")),
+    }
 }
