@@ -100,6 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
         runner.apply_snapshot(&cached);
     }
+    drop(cached);
+    crate::memory::release_free_pages();
     let spooled = Arc::new(Notify::new());
     let writer = tokio::spawn(spool_writer(
         results_rx,
@@ -119,6 +121,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         spooled,
     };
     let link_task = tokio::spawn(stream::run(link, stream_stop.clone()));
+    tokio::spawn(crate::memory::release_periodically(
+        crate::memory::RELEASE_EVERY,
+        shutdown.clone(),
+    ));
     println!(
         "portwatch-agent {agent_id} running; coordinator {}",
         config.coordinator

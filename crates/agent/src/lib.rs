@@ -3,6 +3,7 @@
 pub mod check_cmd;
 pub mod config;
 pub mod daemon;
+pub mod memory;
 pub mod runner;
 pub mod scheduler;
 pub mod spool;

@@ -51,6 +51,34 @@ pub struct Runner {
     results: Mutex<Option<mpsc::Sender<v1::CheckResult>>>,
     force_close: Option<CloseMode>,
     lags: Mutex<VecDeque<u64>>,
+    metrics: RunnerMetrics,
+}
+
+/// Metric handles, looked up once (a lookup per check by name and labels
+/// costs more than the update itself). Taken when the runner is built, so
+/// the recorder must be installed before.
+struct RunnerMetrics {
+    lag: metrics::Histogram,
+    in_flight: metrics::Gauge,
+    check_seconds: metrics::Histogram,
+    checks: [metrics::Counter; Outcome::ALL.len()],
+}
+
+impl RunnerMetrics {
+    fn new() -> RunnerMetrics {
+        RunnerMetrics {
+            lag: metrics::histogram!("portwatch_agent_schedule_lag_seconds"),
+            in_flight: metrics::gauge!("portwatch_agent_in_flight"),
+            check_seconds: metrics::histogram!("portwatch_agent_check_seconds"),
+            checks: Outcome::ALL
+                .map(|o| metrics::counter!("portwatch_agent_checks_total", "outcome" => o.name())),
+        }
+    }
+
+    fn checks(&self, outcome: Outcome) -> Option<&metrics::Counter> {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome)?;
+        self.checks.get(i)
+    }
 }
 
 fn job_of(a: &v1::Assignment) -> Option<Job> {
@@ -84,6 +112,7 @@ impl Runner {
             results: Mutex::new(Some(results)),
             force_close,
             lags: Mutex::new(VecDeque::with_capacity(LAG_WINDOW)),
+            metrics: RunnerMetrics::new(),
         })
     }
 
@@ -93,7 +122,7 @@ impl Runner {
 
     /// Replaces the whole assignment set.
     pub fn apply_snapshot(&self, assignments: &[v1::Assignment]) {
-        let keep: HashSet<String> = assignments.iter().map(|a| a.monitor_id.clone()).collect();
+        let keep: HashSet<&str> = assignments.iter().map(|a| a.monitor_id.as_str()).collect();
         let now = now_ms();
         {
             let mut s = self.sched();
@@ -159,7 +188,7 @@ impl Runner {
     }
 
     fn record_lag(&self, lag_us: u64) {
-        metrics::histogram!("portwatch_agent_schedule_lag_seconds").record(lag_us as f64 / 1e6);
+        self.metrics.lag.record(lag_us as f64 / 1e6);
         let mut lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
         if lags.len() == LAG_WINDOW {
             lags.pop_front();
@@ -195,7 +224,7 @@ impl Runner {
                         self.record_lag(lag_ms.saturating_mul(1000));
                         let runner = self.clone();
                         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                        metrics::gauge!("portwatch_agent_in_flight").set(f64::from(n));
+                        self.metrics.in_flight.set(f64::from(n));
                         tokio::spawn(async move {
                             let result =
                                 runner.run_one(&d.monitor_id, &d.payload, d.immediate).await;
@@ -203,7 +232,7 @@ impl Runner {
                                 .in_flight
                                 .fetch_sub(1, Ordering::Relaxed)
                                 .saturating_sub(1);
-                            metrics::gauge!("portwatch_agent_in_flight").set(f64::from(n));
+                            runner.metrics.in_flight.set(f64::from(n));
                             drop(permit);
                             if results.send(result).await.is_err() {
                                 warn!("result writer is gone; result dropped");
@@ -239,9 +268,11 @@ impl Runner {
             }
             _ => self.checker.check(&job.spec).await,
         };
-        metrics::counter!("portwatch_agent_checks_total", "outcome" => result.outcome.name())
-            .increment(1);
-        metrics::histogram!("portwatch_agent_check_seconds")
+        if let Some(c) = self.metrics.checks(result.outcome) {
+            c.increment(1);
+        }
+        self.metrics
+            .check_seconds
             .record(started.elapsed().as_secs_f64());
         if result.outcome == Outcome::ProbeError {
             warn!(monitor_id, detail = %result.detail, "probe error (the agent's own fault; not reported as the target's)");
@@ -300,13 +331,29 @@ pub async fn spool_writer(
 }
 
 async fn write(spool: &Spool, batch: &mut Vec<v1::CheckResult>) {
-    match spool.append(batch) {
-        Ok(_) => {
+    // sled work runs on a blocking thread: an append (and the drop of the
+    // oldest results over the bound) must not hold up the runtime's workers,
+    // which start the checks.
+    let results = std::mem::take(batch);
+    let lost = results.len();
+    let writer = spool.clone();
+    let appended = tokio::task::spawn_blocking(move || {
+        let appended = writer.append(&results);
+        (appended, results)
+    })
+    .await;
+    match appended {
+        Ok((Ok(_), results)) => {
+            *batch = results;
             if let Err(e) = spool.flush().await {
                 warn!(error = %e, "spool flush failed");
             }
         }
-        Err(e) => warn!(error = %e, lost = batch.len(), "spool append failed; results lost"),
+        Ok((Err(e), results)) => {
+            *batch = results;
+            warn!(error = %e, lost, "spool append failed; results lost");
+        }
+        Err(e) => warn!(error = %e, lost, "spool append panicked; results lost"),
     }
     metrics::gauge!("portwatch_agent_spool_depth").set(spool.depth() as f64);
     metrics::gauge!("portwatch_agent_spool_dropped_total").set(spool.dropped_total() as f64);

@@ -277,7 +277,7 @@ impl<T: Clone> Scheduler<T> {
 
     /// Keeps only these monitor ids (for applying a full snapshot), removing
     /// the rest.
-    pub fn retain(&mut self, keep: &HashSet<String>) {
+    pub fn retain(&mut self, keep: &HashSet<&str>) {
         let mut dropped = Vec::new();
         self.index.retain(|id, slot| {
             let kept = keep.contains(&**id);
@@ -630,10 +630,7 @@ mod tests {
         for i in 0..10 {
             s.upsert(&format!("m{i}"), MINUTE, 1, i, T0);
         }
-        let keep: HashSet<String> = ["m1", "m4", "m7", "m9", "unknown"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let keep: HashSet<&str> = ["m1", "m4", "m7", "m9", "unknown"].into_iter().collect();
         s.retain(&keep);
         assert_eq!(s.len(), 4);
         assert!(s.contains("m4"));

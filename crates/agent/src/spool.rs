@@ -19,15 +19,24 @@
 //!   makes everything written so far durable (sled also flushes in the
 //!   background about every 500 ms).
 //! - The cached assignment set and its revision change atomically: a snapshot
-//!   replaces the whole set, an update patches it.
+//!   replaces the whole set, an update patches it. Saving a snapshot of any
+//!   size holds at most one chunk of it encoded at a time.
 //! - The agent id is generated once and persisted; a configured id wins.
 //!
-//! Layout: tree `results` (seq, 8 bytes big-endian → prost `v1::CheckResult`),
-//! tree `assignments` (monitor id → prost `v1::Assignment`) and tree `meta`
-//! (`next_seq`, `dropped_total`, `revision` as 8 bytes big-endian; `agent_id`
-//! as UTF-8).
+//! Layout: tree `results` (seq, 8 bytes big-endian → prost `v1::CheckResult`);
+//! the assignment set as a base and a log, both keyed by a generation (8 bytes
+//! big-endian) and a number (8 bytes): tree `assignment_base` (chunk number →
+//! prost `v1::AssignmentSnapshot` holding up to [`CHUNK_ASSIGNMENTS`]
+//! assignments) and tree `assignment_log` (entry number → prost
+//! `v1::AssignmentUpdate`, replayed over the base in order); tree `meta`
+//! (`next_seq`, `dropped_total`, `revision`, `assignment_generation` as 8 bytes
+//! big-endian; `agent_id` as UTF-8). One sled key per chunk rather than per
+//! monitor: a snapshot of 100k assignments written key by key in one sled
+//! transaction held ≈ 5 KB of heap per monitor (see BENCHMARKS.md, figure 3).
+//! Spools written before this layout (tree `assignments`, monitor id → prost
+//! `v1::Assignment`) are converted at open.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,19 +48,29 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, Db, IVec, Tree};
 
 const RESULTS: &str = "results";
-const ASSIGNMENTS: &str = "assignments";
+/// The layout before chunks: one key per monitor (converted at open).
+const LEGACY_ASSIGNMENTS: &str = "assignments";
+const ASSIGN_BASE: &str = "assignment_base";
+const ASSIGN_LOG: &str = "assignment_log";
 const META: &str = "meta";
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 const DROPPED_TOTAL: &[u8] = b"dropped_total";
 const AGENT_ID: &[u8] = b"agent_id";
 const REVISION: &[u8] = b"revision";
+const ASSIGN_GENERATION: &[u8] = b"assignment_generation";
+
+/// Assignments per base chunk (≈ 70 B each encoded: chunks of ≈ 140 KB).
+pub const CHUNK_ASSIGNMENTS: usize = 2048;
+/// Updates logged before they are folded into a new base.
+pub const LOG_MAX_ENTRIES: u64 = 1024;
+/// A log smaller than this is never folded for its size alone.
+const LOG_MIN_FOLD_BYTES: u64 = 256 * 1024;
+/// Keys deleted per sled batch when a generation is dropped.
+const REMOVE_BATCH: usize = 4096;
 
 /// How long `open` waits for a previous handle on the same dir to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// Assignments checked and encoded: (monitor id, prost bytes).
-type EncodedAssignments = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Errors from the spool.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +103,8 @@ impl From<TransactionError<SpoolError>> for SpoolError {
 pub struct Spool {
     db: Db,
     results: Tree,
-    assignments: Tree,
+    assign_base: Tree,
+    assign_log: Tree,
     meta: Tree,
     max_results: u64,
     state: Arc<State>,
@@ -100,6 +120,11 @@ struct State {
     depth: AtomicU64,
     next_seq: AtomicU64,
     dropped_total: AtomicU64,
+    // The current assignment generation and the size of its base and log.
+    generation: AtomicU64,
+    base_bytes: AtomicU64,
+    log_entries: AtomicU64,
+    log_bytes: AtomicU64,
 }
 
 impl Spool {
@@ -117,7 +142,8 @@ impl Spool {
         }
         let db = open_db(dir)?;
         let results = db.open_tree(RESULTS)?;
-        let assignments = db.open_tree(ASSIGNMENTS)?;
+        let assign_base = db.open_tree(ASSIGN_BASE)?;
+        let assign_log = db.open_tree(ASSIGN_LOG)?;
         let meta = db.open_tree(META)?;
 
         let stored_next = get_u64(&meta, NEXT_SEQ)?.unwrap_or(1);
@@ -132,10 +158,22 @@ impl Spool {
         // One walk at open; the mirror is kept exact from here on.
         let depth = u64::try_from(results.len()).unwrap_or(u64::MAX);
 
-        Ok(Spool {
+        let generation = get_u64(&meta, ASSIGN_GENERATION)?.unwrap_or(0);
+        // Leftovers of a save or a fold that a crash interrupted.
+        remove_other_generations(&assign_base, generation)?;
+        remove_other_generations(&assign_log, generation)?;
+        let base_bytes = byte_size(assign_base.scan_prefix(generation.to_be_bytes()))?;
+        let log_bytes = byte_size(assign_log.scan_prefix(generation.to_be_bytes()))?;
+        let log_entries = match assign_log.scan_prefix(generation.to_be_bytes()).last() {
+            Some(entry) => entry_of(ASSIGN_LOG, &entry?.0)?.saturating_add(1),
+            None => 0,
+        };
+
+        let spool = Spool {
             db,
             results,
-            assignments,
+            assign_base,
+            assign_log,
             meta,
             max_results,
             state: Arc::new(State {
@@ -143,8 +181,54 @@ impl Spool {
                 depth: AtomicU64::new(depth),
                 next_seq: AtomicU64::new(next_seq),
                 dropped_total: AtomicU64::new(dropped_total),
+                generation: AtomicU64::new(generation),
+                base_bytes: AtomicU64::new(base_bytes),
+                log_entries: AtomicU64::new(log_entries),
+                log_bytes: AtomicU64::new(log_bytes),
             }),
-        })
+        };
+        spool.convert_legacy_assignments()?;
+        Ok(spool)
+    }
+
+    /// Moves a set cached one key per monitor (the layout before chunks) into
+    /// a generation, then drops the old tree. The old tree is deleted only
+    /// after the new generation is current, so a crash in between converts
+    /// again at the next open.
+    fn convert_legacy_assignments(&self) -> Result<(), SpoolError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == LEGACY_ASSIGNMENTS.as_bytes())
+        {
+            return Ok(());
+        }
+        let legacy = self.db.open_tree(LEGACY_ASSIGNMENTS)?;
+        let set: Vec<v1::Assignment> = legacy
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                v1::Assignment::decode(&*value).map_err(|e| SpoolError::Corrupt {
+                    tree: LEGACY_ASSIGNMENTS,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if !set.is_empty() {
+            let revision = get_u64(&self.meta, REVISION)?.unwrap_or(0);
+            let _writer = self.lock();
+            self.replace_assignments(&set, revision)?;
+            tracing::info!(
+                assignments = set.len(),
+                "converted the cached assignments to the chunked layout"
+            );
+        }
+        drop(legacy);
+        self.db.drop_tree(LEGACY_ASSIGNMENTS)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// This installation's agent id.
@@ -319,25 +403,33 @@ impl Spool {
                 "acknowledgement beyond the last issued sequence number; skipping ahead"
             );
         }
-        let keys: Vec<IVec> = self
-            .results
-            .range(..=up_to.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
-        if keys.is_empty() {
-            return Ok(0);
+        drop(_writer);
+        // In bounded batches, letting appends in between: a backlog
+        // acknowledged at once after a reconnect can be 100k results.
+        let mut removed = 0;
+        loop {
+            let _writer = self.lock();
+            let keys: Vec<IVec> = self
+                .results
+                .range(..=up_to.to_be_bytes())
+                .keys()
+                .take(REMOVE_BATCH)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            let mut batch = Batch::default();
+            for key in &keys {
+                batch.remove(key);
+            }
+            self.results.apply_batch(batch)?;
+            let n = u64::try_from(keys.len()).unwrap_or(u64::MAX);
+            let depth = self.state.depth.load(Ordering::Relaxed);
+            self.state
+                .depth
+                .store(depth.saturating_sub(n), Ordering::Relaxed);
+            removed += keys.len();
         }
-        let mut batch = Batch::default();
-        for key in &keys {
-            batch.remove(key);
-        }
-        self.results.apply_batch(batch)?;
-        let removed = u64::try_from(keys.len()).unwrap_or(u64::MAX);
-        let depth = self.state.depth.load(Ordering::Relaxed);
-        self.state
-            .depth
-            .store(depth.saturating_sub(removed), Ordering::Relaxed);
-        Ok(keys.len())
     }
 
     /// Unacknowledged results held now.
@@ -360,66 +452,116 @@ impl Spool {
 
     /// Replaces the cached assignment set and its revision with `snapshot`.
     /// Not flushed.
+    ///
+    /// The set is written as a new generation of chunks, then one small batch
+    /// on `meta` makes it current, then the previous generation is deleted: a
+    /// crash anywhere leaves either the old set or the new one (leftovers of
+    /// the other are removed at open), and memory stays bounded by a chunk.
     pub fn save_snapshot(&self, snapshot: &v1::AssignmentSnapshot) -> Result<(), SpoolError> {
-        let upserts = encode_assignments(&snapshot.assignments)?;
-        let keep: HashSet<&[u8]> = upserts.iter().map(|(k, _)| k.as_slice()).collect();
+        check_assignments(&snapshot.assignments)?;
         let _writer = self.lock();
-        let stale: Vec<IVec> = self
-            .assignments
-            .iter()
-            .keys()
-            .filter(|k| k.as_ref().map_or(true, |k| !keep.contains(k.as_ref())))
-            .collect::<Result<_, _>>()?;
-        self.write_assignments(&upserts, &stale, snapshot.revision)
+        self.replace_assignments(&snapshot.assignments, snapshot.revision)
     }
 
     /// Applies `update` to the cached assignment set: upserts, then removals
     /// (an id in both ends up removed), then the new revision. Not flushed.
+    ///
+    /// The update is appended to the current generation's log with the new
+    /// revision in one transaction; a log grown past [`LOG_MAX_ENTRIES`] or
+    /// past the size of the base is folded into a new generation.
     pub fn apply_update(&self, update: &v1::AssignmentUpdate) -> Result<(), SpoolError> {
-        let upserts = encode_assignments(&update.upserts)?;
-        let removals: Vec<IVec> = update
-            .removals
-            .iter()
-            .map(|id| IVec::from(id.as_bytes()))
-            .collect();
+        check_assignments(&update.upserts)?;
+        let encoded = update.encode_to_vec();
         let _writer = self.lock();
-        self.write_assignments(&upserts, &removals, update.revision)
+        let generation = self.state.generation.load(Ordering::Relaxed);
+        let entry = self.state.log_entries.load(Ordering::Relaxed);
+        let key = gen_key(generation, entry);
+        (&self.assign_log, &self.meta).transaction(|(lt, mt)| {
+            lt.insert(&key, encoded.as_slice())?;
+            mt.insert(REVISION, &update.revision.to_be_bytes())?;
+            Ok(())
+        })?;
+        self.state.log_entries.store(entry + 1, Ordering::Relaxed);
+        let log_bytes = self
+            .state
+            .log_bytes
+            .fetch_add(encoded.len() as u64, Ordering::Relaxed)
+            + encoded.len() as u64;
+        let base_bytes = self.state.base_bytes.load(Ordering::Relaxed);
+        if entry + 1 >= LOG_MAX_ENTRIES || log_bytes > base_bytes.max(LOG_MIN_FOLD_BYTES) {
+            let (revision, set) = self.read_assignments()?;
+            self.replace_assignments(&set, revision)?;
+        }
+        Ok(())
+    }
+
+    /// The cached revision (0 = none).
+    pub fn revision(&self) -> Result<u64, SpoolError> {
+        Ok(get_u64(&self.meta, REVISION)?.unwrap_or(0))
     }
 
     /// The cached revision (0 = none) and assignments, ordered by monitor id.
     pub fn assignments(&self) -> Result<(u64, Vec<v1::Assignment>), SpoolError> {
-        let revision = get_u64(&self.meta, REVISION)?.unwrap_or(0);
-        let assignments = self
-            .assignments
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry?;
-                v1::Assignment::decode(&*value).map_err(|e| SpoolError::Corrupt {
-                    tree: ASSIGNMENTS,
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((revision, assignments))
+        let _writer = self.lock();
+        self.read_assignments()
     }
 
-    fn write_assignments(
-        &self,
-        upserts: &[(Vec<u8>, Vec<u8>)],
-        removals: &[IVec],
-        revision: u64,
-    ) -> Result<(), SpoolError> {
-        (&self.assignments, &self.meta).transaction(|(at, mt)| {
-            for (key, value) in upserts {
-                at.insert(key.as_slice(), value.as_slice())?;
+    /// The base chunks of the current generation, then its log replayed.
+    /// Callers hold the writer lock.
+    fn read_assignments(&self) -> Result<(u64, Vec<v1::Assignment>), SpoolError> {
+        let revision = get_u64(&self.meta, REVISION)?.unwrap_or(0);
+        let generation = self.state.generation.load(Ordering::Relaxed);
+        let mut set = BTreeMap::new();
+        for entry in self.assign_base.scan_prefix(generation.to_be_bytes()) {
+            let (key, value) = entry?;
+            let chunk = v1::AssignmentSnapshot::decode(&*value)
+                .map_err(|e| corrupt_chunk(ASSIGN_BASE, &key, &e))?;
+            for a in chunk.assignments {
+                set.insert(a.monitor_id.clone(), a);
             }
-            for key in removals {
-                at.remove(key)?;
+        }
+        for entry in self.assign_log.scan_prefix(generation.to_be_bytes()) {
+            let (key, value) = entry?;
+            let update = v1::AssignmentUpdate::decode(&*value)
+                .map_err(|e| corrupt_chunk(ASSIGN_LOG, &key, &e))?;
+            for a in update.upserts {
+                set.insert(a.monitor_id.clone(), a);
             }
-            mt.insert(REVISION, &revision.to_be_bytes())?;
-            Ok(())
+            for id in &update.removals {
+                set.remove(id);
+            }
+        }
+        Ok((revision, set.into_values().collect()))
+    }
+
+    /// Writes `set` as the next generation and makes it current. Callers hold
+    /// the writer lock and have checked the assignments.
+    fn replace_assignments(&self, set: &[v1::Assignment], revision: u64) -> Result<(), SpoolError> {
+        let old = self.state.generation.load(Ordering::Relaxed);
+        let generation = old.checked_add(1).ok_or_else(|| SpoolError::Invalid {
+            field: "assignment generation",
+            reason: "exhausted".into(),
         })?;
+        let mut base_bytes = 0u64;
+        for (i, chunk) in (0u64..).zip(set.chunks(CHUNK_ASSIGNMENTS)) {
+            let bytes = v1::AssignmentSnapshot {
+                assignments: chunk.to_vec(),
+                revision,
+            }
+            .encode_to_vec();
+            base_bytes += bytes.len() as u64;
+            self.assign_base.insert(gen_key(generation, i), bytes)?;
+        }
+        let mut flip = Batch::default();
+        flip.insert(ASSIGN_GENERATION, &generation.to_be_bytes());
+        flip.insert(REVISION, &revision.to_be_bytes());
+        self.meta.apply_batch(flip)?;
+        self.state.generation.store(generation, Ordering::Relaxed);
+        self.state.base_bytes.store(base_bytes, Ordering::Relaxed);
+        self.state.log_entries.store(0, Ordering::Relaxed);
+        self.state.log_bytes.store(0, Ordering::Relaxed);
+        remove_other_generations(&self.assign_base, generation)?;
+        remove_other_generations(&self.assign_log, generation)?;
         Ok(())
     }
 
@@ -449,20 +591,72 @@ fn open_db(dir: &Path) -> Result<Db, SpoolError> {
     }
 }
 
-/// Checks and encodes assignments up front, so bad input changes nothing.
-fn encode_assignments(assignments: &[v1::Assignment]) -> Result<EncodedAssignments, SpoolError> {
-    assignments
-        .iter()
-        .map(|a| {
-            if a.monitor_id.is_empty() {
-                return Err(SpoolError::Invalid {
-                    field: "assignment.monitor_id",
-                    reason: "must not be empty".into(),
-                });
-            }
-            Ok((a.monitor_id.as_bytes().to_vec(), a.encode_to_vec()))
+/// Checks assignments up front, so bad input changes nothing.
+fn check_assignments(assignments: &[v1::Assignment]) -> Result<(), SpoolError> {
+    if assignments.iter().any(|a| a.monitor_id.is_empty()) {
+        return Err(SpoolError::Invalid {
+            field: "assignment.monitor_id",
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A key of the assignment trees: generation, then chunk or log entry number.
+fn gen_key(generation: u64, n: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&generation.to_be_bytes());
+    key[8..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The chunk or entry number of a key of the assignment trees.
+fn entry_of(tree: &'static str, key: &[u8]) -> Result<u64, SpoolError> {
+    <[u8; 16]>::try_from(key)
+        .ok()
+        .and_then(|k| <[u8; 8]>::try_from(&k[8..]).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| SpoolError::Corrupt {
+            tree,
+            key: format!("{key:02x?}"),
+            reason: format!("expected a 16-byte key, found {} bytes", key.len()),
         })
-        .collect()
+}
+
+/// Total size of the values under a prefix.
+fn byte_size(entries: sled::Iter) -> Result<u64, SpoolError> {
+    entries.values().try_fold(0u64, |sum, v| {
+        Ok(sum.saturating_add(u64::try_from(v?.len()).unwrap_or(u64::MAX)))
+    })
+}
+
+/// Deletes every key of `tree` outside `generation`, in bounded batches.
+fn remove_other_generations(tree: &Tree, generation: u64) -> Result<(), SpoolError> {
+    let prefix = generation.to_be_bytes();
+    loop {
+        let stale: Vec<IVec> = tree
+            .iter()
+            .keys()
+            .filter(|k| k.as_ref().map_or(true, |k| !k.starts_with(&prefix)))
+            .take(REMOVE_BATCH)
+            .collect::<Result<_, _>>()?;
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for key in &stale {
+            batch.remove(key);
+        }
+        tree.apply_batch(batch)?;
+    }
+}
+
+fn corrupt_chunk(tree: &'static str, key: &[u8], e: &prost::DecodeError) -> SpoolError {
+    SpoolError::Corrupt {
+        tree,
+        key: format!("{key:02x?}"),
+        reason: e.to_string(),
+    }
 }
 
 fn abort(e: SpoolError) -> ConflictableTransactionError<SpoolError> {
@@ -765,6 +959,136 @@ mod tests {
             })
             .unwrap();
         assert_eq!(spool.assignments().unwrap(), (11, Vec::new()));
+    }
+
+    fn many(range: std::ops::Range<usize>, generation: u64) -> Vec<v1::Assignment> {
+        range
+            .map(|i| assignment(&format!("m{i:06}"), generation))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_many_chunks_and_a_long_update_log_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        let n = CHUNK_ASSIGNMENTS * 2 + 7;
+        spool
+            .save_snapshot(&v1::AssignmentSnapshot {
+                assignments: many(0..n, 1),
+                revision: 1,
+            })
+            .unwrap();
+        assert_eq!(
+            spool.assign_base.len(),
+            3,
+            "one key per chunk, not per monitor"
+        );
+        let (revision, got) = spool.assignments().unwrap();
+        assert_eq!((revision, got), (1, many(0..n, 1)));
+
+        // More updates than the log holds: each moves one monitor to
+        // generation 2 and removes another; the log is folded on the way.
+        let updates = usize::try_from(LOG_MAX_ENTRIES).unwrap() + 10;
+        for i in 0..updates {
+            spool
+                .apply_update(&v1::AssignmentUpdate {
+                    upserts: vec![assignment(&format!("m{i:06}"), 2)],
+                    removals: vec![format!("m{:06}", n - 1 - i)],
+                    revision: 2 + i as u64,
+                })
+                .unwrap();
+        }
+        assert!(
+            spool.assign_log.len() < 20,
+            "the log was folded into a new base"
+        );
+        let expected: Vec<v1::Assignment> = many(0..updates, 2)
+            .into_iter()
+            .chain(many(updates..n - updates, 1))
+            .collect();
+        let last_revision = 1 + updates as u64;
+        assert_eq!(
+            spool.assignments().unwrap(),
+            (last_revision, expected.clone())
+        );
+        assert_eq!(spool.revision().unwrap(), last_revision);
+        spool.flush().await.unwrap();
+        drop(spool);
+
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.assignments().unwrap(), (last_revision, expected));
+        // Only the current generation is left on disk.
+        let generation = spool.state.generation.load(Ordering::Relaxed);
+        for key in spool.assign_base.iter().keys() {
+            assert!(key.unwrap().starts_with(&generation.to_be_bytes()));
+        }
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_an_interrupted_save_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        spool
+            .save_snapshot(&v1::AssignmentSnapshot {
+                assignments: many(0..3, 1),
+                revision: 5,
+            })
+            .unwrap();
+        // A crash after writing the next generation's chunks, before it
+        // became current: the chunks are there, the meta flip is not.
+        let generation = spool.state.generation.load(Ordering::Relaxed);
+        let orphan = v1::AssignmentSnapshot {
+            assignments: many(100..200, 9),
+            revision: 6,
+        };
+        spool
+            .assign_base
+            .insert(gen_key(generation + 1, 0), orphan.encode_to_vec())
+            .unwrap();
+        spool
+            .assign_log
+            .insert(gen_key(generation + 1, 0), b"not even protobuf".to_vec())
+            .unwrap();
+        spool.flush().await.unwrap();
+        drop(spool);
+
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.assignments().unwrap(), (5, many(0..3, 1)));
+        assert_eq!(spool.assign_base.len(), 1);
+        assert_eq!(spool.assign_log.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_spool_cached_one_key_per_monitor_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The layout written before chunks.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let legacy = db.open_tree(LEGACY_ASSIGNMENTS).unwrap();
+            for a in many(0..50, 3) {
+                legacy
+                    .insert(a.monitor_id.as_bytes(), a.encode_to_vec())
+                    .unwrap();
+            }
+            db.open_tree(META)
+                .unwrap()
+                .insert(REVISION, &42u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.assignments().unwrap(), (42, many(0..50, 3)));
+        assert!(
+            !spool
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == LEGACY_ASSIGNMENTS.as_bytes()),
+            "the old tree is dropped"
+        );
+        drop(spool);
+        let spool = Spool::open(dir.path(), 10).unwrap();
+        assert_eq!(spool.assignments().unwrap(), (42, many(0..50, 3)));
     }
 
     #[test]

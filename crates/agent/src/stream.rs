@@ -142,7 +142,7 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         // A snapshot of 100k assignments is about 7 MB: far over tonic's 4 MiB default.
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
-    let (revision, _) = link.spool.assignments()?;
+    let revision = link.spool.revision()?;
     let hello = v1::Hello {
         agent_id: link.agent_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -176,7 +176,10 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         Err(_) => bail!("no welcome within 10 s"),
     };
     info!(region = %welcome.region, acked_seq = welcome.acked_seq, "connected to the coordinator");
-    link.spool.ack(welcome.acked_seq)?;
+    off_runtime(&link.spool, welcome.acked_seq, |spool, up_to| {
+        spool.ack(*up_to).map(drop)
+    })
+    .await?;
     let mut acked = welcome.acked_seq;
     // Everything after the coordinator's acknowledged sequence is (re)sent.
     let mut cursor = welcome.acked_seq;
@@ -210,16 +213,18 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                 };
                 match m.msg {
                     Some(CoordMsg::Snapshot(s)) => {
-                        link.spool.save_snapshot(&s)?;
+                        let s = off_runtime(&link.spool, s, |spool, s| spool.save_snapshot(s)).await?;
                         link.runner.apply_snapshot(&s.assignments);
                         info!(assignments = s.assignments.len(), "assignment snapshot");
+                        drop(s);
+                        tokio::task::spawn_blocking(crate::memory::release_free_pages).await?;
                     }
                     Some(CoordMsg::Update(u)) => {
-                        link.spool.apply_update(&u)?;
+                        let u = off_runtime(&link.spool, u, |spool, u| spool.apply_update(u)).await?;
                         link.runner.apply_update(&u);
                     }
                     Some(CoordMsg::Ack(a)) => {
-                        link.spool.ack(a.up_to_seq)?;
+                        off_runtime(&link.spool, a.up_to_seq, |spool, up_to| spool.ack(*up_to).map(drop)).await?;
                         acked = acked.max(a.up_to_seq);
                         if a.refused > 0 {
                             warn!(refused = a.refused, "the coordinator refused results (monitor no longer assigned here?)");
@@ -300,6 +305,21 @@ async fn finish(
             }
         }
     }
+}
+
+/// Runs a spool call on a blocking thread (sled writes of a large snapshot or
+/// acknowledgement take long enough to stall the checks on the runtime's
+/// workers) and hands `value` back.
+async fn off_runtime<T, F>(spool: &Spool, value: T, call: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Spool, &T) -> Result<(), crate::spool::SpoolError> + Send + 'static,
+{
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || call(&spool, &value).map(|()| value))
+        .await
+        .context("spool task")?
+        .map_err(anyhow::Error::from)
 }
 
 fn hostname() -> String {

@@ -105,6 +105,10 @@ struct Args {
     /// Which scheduler measurements to take.
     #[arg(long, value_enum, default_value = "both")]
     scheduler_variant: SchedulerVariant,
+    /// Scheduler figure, agent variant: acknowledge the spool on this period
+    /// instead of after every batch (what a backlog acknowledged at once does).
+    #[arg(long)]
+    ack_every_ms: Option<u64>,
     /// Where portwatch-coordinator and portwatch-agent are (default: beside this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -124,6 +128,7 @@ pub struct Opts {
     pub monitors: Option<usize>,
     pub window: Option<u64>,
     pub scheduler_variant: SchedulerVariant,
+    pub ack_every_ms: Option<u64>,
     pub bin_dir: PathBuf,
 }
 
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
         monitors: args.monitors,
         window: args.window,
         scheduler_variant: args.scheduler_variant,
+        ack_every_ms: args.ack_every_ms,
         bin_dir,
     };
     usage::raise_nofile();

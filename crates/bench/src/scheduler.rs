@@ -104,12 +104,26 @@ struct Steady {
     rss_delta_kib: u64,
     heap_delta: u64,
     rss_after_kib: u64,
+    /// RSS growth from before the monitors to the end of the window.
+    rss_end_delta_kib: u64,
     extra: serde_json::Value,
 }
 
 impl Steady {
+    /// Resident bytes per monitor right after they are in place.
     fn bytes_per_monitor(&self, n: usize) -> f64 {
         self.rss_delta_kib as f64 * 1024.0 / n.max(1) as f64
+    }
+
+    /// Resident bytes per monitor at the end of the steady state (after the
+    /// initial burst, every check having run several times).
+    fn end_bytes_per_monitor(&self, n: usize) -> f64 {
+        self.rss_end_delta_kib as f64 * 1024.0 / n.max(1) as f64
+    }
+
+    /// What the goal is judged on: the larger of the two.
+    fn judged_bytes_per_monitor(&self, n: usize) -> f64 {
+        self.bytes_per_monitor(n).max(self.end_bytes_per_monitor(n))
     }
 }
 
@@ -243,6 +257,7 @@ async fn noop(n: usize, window: Duration) -> anyhow::Result<Steady> {
         Ok::<_, anyhow::Error>(measure(&collector, window).await)
     }
     .await;
+    let rss_end = rss_self_kib().unwrap_or(0);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     let (cpu_pct, took, timed) = result?;
@@ -260,6 +275,7 @@ async fn noop(n: usize, window: Duration) -> anyhow::Result<Steady> {
         rss_delta_kib: rss1.saturating_sub(rss0),
         heap_delta: heap1.saturating_sub(heap0),
         rss_after_kib: rss1,
+        rss_end_delta_kib: rss_end.saturating_sub(rss0),
         extra: json!({ "lag_max_us_per_second": per_second }),
     })
 }
@@ -307,7 +323,12 @@ async fn noop_loop(
 }
 
 /// The agent variant: real Runner, Checker, spool writer and Spool.
-async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<Steady> {
+async fn agent(
+    n: usize,
+    window: Duration,
+    targets: &Targets,
+    ack_every: Option<Duration>,
+) -> anyhow::Result<Steady> {
     let dir = tempfile::tempdir().context("temp dir for the spool")?;
     let spool = Spool::open(dir.path(), 2_000_000)?;
     let (rx_tx, mut rx) = mpsc::channel::<v1::CheckResult>(65_536);
@@ -332,6 +353,8 @@ async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<
         let h3 = heap_bytes();
         (h2.saturating_sub(h1), h3.saturating_sub(h2))
     };
+    // As the stream does once the snapshot is applied and dropped.
+    portwatch_agent::memory::release_free_pages();
     let (rss1, heap1) = (rss_self_kib().unwrap_or(0), heap_bytes());
 
     let spooled = Arc::new(Notify::new());
@@ -378,14 +401,28 @@ async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<
         let spooled = spooled.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = spooled.notified() => {}
+                match ack_every {
+                    Some(every) => tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(every) => {}
+                    },
+                    None => tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = spooled.notified() => {}
+                    },
                 }
-                let _ = spool.ack(spool.last_seq());
+                // As the stream applies an ack: on a blocking thread.
+                let up_to = spool.last_seq();
+                let acking = spool.clone();
+                let _ = tokio::task::spawn_blocking(move || acking.ack(up_to)).await;
             }
         })
     };
+    // As the daemon does: free pages go back to the kernel every 10 s.
+    tokio::spawn(portwatch_agent::memory::release_periodically(
+        portwatch_agent::memory::RELEASE_EVERY,
+        ack_stop.clone(),
+    ));
     let stop = CancellationToken::new();
     let sched_task = tokio::spawn(runner.clone().run(stop.clone()));
     let result = async {
@@ -395,6 +432,10 @@ async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<
     .await;
     // Still resident after the steady state? (The spool's cache is not transient.)
     let (rss_end, heap_end) = (rss_self_kib().unwrap_or(0), heap_bytes());
+    let trim_started = Instant::now();
+    portwatch_agent::memory::release_free_pages();
+    let trim_us = trim_started.elapsed().as_micros();
+    let rss_end_trimmed = rss_self_kib().unwrap_or(0);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sched_task).await;
     let runner_p99 = runner.lag_p99_us();
@@ -429,6 +470,7 @@ async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<
         rss_delta_kib: rss1.saturating_sub(rss0),
         heap_delta: heap1.saturating_sub(heap0),
         rss_after_kib: rss1,
+        rss_end_delta_kib: rss_end.saturating_sub(rss0),
         extra: json!({
             "runner_lag_p99_us": runner_p99,
             "lag_max_us_per_second": per_second,
@@ -437,6 +479,9 @@ async fn agent(n: usize, window: Duration, targets: &Targets) -> anyhow::Result<
             "heap_bytes_per_monitor_spool_cache": round(spool_heap as f64 / n.max(1) as f64, 1),
             "heap_bytes_per_monitor_runner": round(runner_heap as f64 / n.max(1) as f64, 1),
             "rss_end_kib": rss_end,
+            "rss_end_trimmed_kib": rss_end_trimmed,
+            "final_trim_us": trim_us,
+            "ack_every_ms": ack_every.map(|d| d.as_millis()),
             "heap_end_bytes_per_monitor": round(heap_end.saturating_sub(heap0) as f64 / n.max(1) as f64, 1),
         }),
     })
@@ -462,7 +507,12 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
     };
     let real = if which != SchedulerVariant::Scheduler {
         let targets = Targets::spawn(64, 600)?;
-        let s = rt.block_on(agent(n, window, &targets))?;
+        let s = rt.block_on(agent(
+            n,
+            window,
+            &targets,
+            opts.ack_every_ms.map(Duration::from_millis),
+        ))?;
         drop(targets);
         note(format!(
             "scheduler (agent): {:.1} % CPU, lag p99 {} µs",
@@ -489,6 +539,7 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
             "RSS Δ KiB",
             "RSS B/monitor",
             "heap B/monitor",
+            "RSS B/monitor at end",
         ],
     );
     let variants = [
@@ -507,6 +558,7 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
             s.rss_delta_kib.to_string(),
             f(s.bytes_per_monitor(n), 0),
             f(s.heap_delta as f64 / n.max(1) as f64, 0),
+            f(s.end_bytes_per_monitor(n), 0),
         ]);
     }
     // The goals are about one agent: judged on the agent variant when it ran.
@@ -518,7 +570,7 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
     );
     let cpu_ok = judged.is_some_and(|s| s.cpu_pct <= GOAL_CPU_PCT);
     let lag_ok = judged.is_some_and(|s| s.lag_p99_us <= GOAL_LAG_P99_US);
-    let mem_ok = judged.is_some_and(|s| s.bytes_per_monitor(n) <= GOAL_BYTES_PER_MONITOR);
+    let mem_ok = judged.is_some_and(|s| s.judged_bytes_per_monitor(n) <= GOAL_BYTES_PER_MONITOR);
     goal.row(vec![
         format!("≤ {GOAL_CPU_PCT} % of one core"),
         cell(quiet.as_ref(), &|s| format!("{} %", f(s.cpu_pct, 1))),
@@ -532,12 +584,12 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
         met(lag_ok),
     ]);
     goal.row(vec![
-        "≤ 1 KB RSS per idle monitor".into(),
+        "≤ 1 KB RSS per idle monitor (worse of after insert, end)".into(),
         cell(quiet.as_ref(), &|s| {
-            format!("{} B", f(s.bytes_per_monitor(n), 0))
+            format!("{} B", f(s.judged_bytes_per_monitor(n), 0))
         }),
         cell(real.as_ref(), &|s| {
-            format!("{} B", f(s.bytes_per_monitor(n), 0))
+            format!("{} B", f(s.judged_bytes_per_monitor(n), 0))
         }),
         met(mem_ok),
     ]);
@@ -553,6 +605,8 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
                 "rss_delta_kib": s.rss_delta_kib,
                 "rss_after_kib": s.rss_after_kib,
                 "rss_bytes_per_monitor": round(s.bytes_per_monitor(n), 1),
+                "rss_end_delta_kib": s.rss_end_delta_kib,
+                "rss_end_bytes_per_monitor": round(s.end_bytes_per_monitor(n), 1),
                 "heap_bytes_per_monitor": round(s.heap_delta as f64 / n.max(1) as f64, 1),
                 "extra": s.extra,
             })

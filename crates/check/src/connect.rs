@@ -10,6 +10,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::classify::outcome_for;
@@ -72,12 +73,12 @@ async fn handshake(
     source: Option<IpAddr>,
     close: CloseMode,
 ) -> io::Result<Option<u64>> {
+    // Non-blocking from creation: no fcntl round trips.
     let socket = Socket::new(
         Domain::for_address(address),
-        Type::STREAM,
+        Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
-    socket.set_nonblocking(true)?;
     if let Some(ip) = source {
         // A source of the other family cannot be used for this address; skip it.
         if ip.is_ipv4() == address.is_ipv4() {
@@ -95,24 +96,47 @@ async fn handshake(
     let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
     loop {
         stream.writable().await?;
-        if let Some(e) = stream.take_error()? {
-            return Err(e);
-        }
-        // Writable without an error means connected; confirm, since readiness can be spurious.
-        match stream.peer_addr() {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
+        // `try_io` clears a spurious readiness (WouldBlock), so the loop waits
+        // again instead of spinning.
+        match stream.try_io(Interest::WRITABLE, || established(&stream)) {
+            Ok(rtt) => return Ok(rtt),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
     }
-    let rtt = tcp_rtt_us(&stream);
-    drop(stream);
-    Ok(rtt)
 }
 
-/// `tcpi_rtt` from `getsockopt(TCP_INFO)`: the kernel's measure of the handshake
-/// round trip, untouched by scheduler delay in the agent.
-fn tcp_rtt_us(stream: &TcpStream) -> Option<u64> {
+/// Linux's TCP states (`include/net/tcp_states.h`) that matter here.
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
+
+/// After a writable wake-up: the connect's error, or the handshake's `tcpi_rtt`
+/// once the socket has left SYN-SENT, or `WouldBlock` while it has not (a
+/// spurious wake-up). One `TCP_INFO` read both confirms the connection and
+/// gives the RTT; `getpeername` confirms it where `TCP_INFO` is unavailable.
+fn established(stream: &TcpStream) -> io::Result<Option<u64>> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match tcp_info(stream) {
+        Some(info) if info.tcpi_state == TCP_SYN_SENT || info.tcpi_state == TCP_CLOSE => {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        Some(info) => Ok(Some(u64::from(info.tcpi_rtt))),
+        None => match stream.peer_addr() {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// `getsockopt(TCP_INFO)`: the kernel's view of the connection, including
+/// `tcpi_rtt`, its measure of the handshake round trip, untouched by
+/// scheduler delay in the agent.
+fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
     // SAFETY: TCP_INFO fills at most `len` bytes of a zeroed, properly aligned
     // `tcp_info`; the fd is a live TCP socket owned by `stream`.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -126,5 +150,5 @@ fn tcp_rtt_us(stream: &TcpStream) -> Option<u64> {
             &mut len,
         )
     };
-    (rc == 0).then_some(u64::from(info.tcpi_rtt))
+    (rc == 0).then_some(info)
 }
