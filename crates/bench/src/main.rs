@@ -109,6 +109,11 @@ struct Args {
     /// instead of after every batch (what a backlog acknowledged at once does).
     #[arg(long)]
     ack_every_ms: Option<u64>,
+    /// Memory-disk figure: rounds of history to write (one round = every
+    /// monitor reported once by every region = one minute at the 60 s
+    /// interval; 60 = one hour). Default 1.
+    #[arg(long)]
+    history_rounds: Option<u64>,
     /// Where portwatch-coordinator and portwatch-agent are (default: beside this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -129,6 +134,7 @@ pub struct Opts {
     pub window: Option<u64>,
     pub scheduler_variant: SchedulerVariant,
     pub ack_every_ms: Option<u64>,
+    pub history_rounds: Option<u64>,
     pub bin_dir: PathBuf,
 }
 
@@ -184,6 +190,7 @@ fn main() -> ExitCode {
         window: args.window,
         scheduler_variant: args.scheduler_variant,
         ack_every_ms: args.ack_every_ms,
+        history_rounds: args.history_rounds,
         bin_dir,
     };
     usage::raise_nofile();

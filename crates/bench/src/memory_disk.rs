@@ -2,14 +2,17 @@
 //! 5 regions, its RSS and its sled store's size on disk, idle, with one agent
 //! per region connected, and after rounds of simulated history (every monitor
 //! reported once per region per round through the agent stream, as in the
-//! ingest figure). Bytes per stored result come from the store's growth over
-//! those rounds; one hour and one day of history are extrapolated from them at
-//! the template's 60 s interval (the store keeps 30 days by default).
+//! ingest figure). One round is one minute of history at the template's 60 s
+//! interval: `--history-rounds 60` writes a whole hour (30M results at 100k
+//! monitors), sampling RSS and disk along the way. Bytes per stored result come
+//! from the store's growth over the rounds; a day of history is extrapolated
+//! from them (the store keeps 30 days by default).
 //!
 //! Also recorded: the coordinator's CPU while idle (agents connected, no
-//! results: heartbeats and the periodic re-evaluation of every monitor), the encoded size of one region's assignment snapshot, and
-//! whether an agent stream with tonic's default 4 MiB decode limit (what
-//! `portwatch-agent` uses) can receive it.
+//! results: heartbeats and the re-evaluation of monitors whose verdict can go
+//! stale), the encoded size of one region's assignment snapshot, and whether
+//! an agent stream with tonic's default 4 MiB decode limit can receive it
+//! (`portwatch-agent` raises its limit to 256 MiB).
 
 use std::time::Duration;
 
@@ -39,7 +42,9 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
         .monitors
         .unwrap_or(if opts.quick { 5_000 } else { 100_000 });
     // One round is 500k results at 100k monitors: enough for bytes per result.
-    let rounds: u64 = 1;
+    let rounds: u64 = opts.history_rounds.unwrap_or(1).max(1);
+    // RSS and disk are sampled about ten times along the way.
+    let sample_every = rounds.div_ceil(10).max(1);
     rt.block_on(async move {
         let world = World::start(&bin, REGIONS, monitors, INTERVAL_MS).await?;
         let pid = world.pid();
@@ -76,6 +81,8 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
 
         let mut acked = 0u64;
         let mut rates = Vec::new();
+        let mut samples: Vec<(u64, u64, u64, u64)> = Vec::new();
+        let history_started = std::time::Instant::now();
         for i in 0..rounds {
             let (l, r) = ingest::send_round(links, &world.monitors, monitors as u64, None, Some(pid)).await?;
             links = l;
@@ -88,11 +95,17 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
             ));
             acked += r.acked;
             rates.push(r.rate());
+            if (i + 1) % sample_every == 0 && i + 1 < rounds {
+                let (disk, _) = disk_usage(&data);
+                samples.push((i + 1, acked, rss_kib(pid).unwrap_or(0), disk));
+            }
         }
+        let history_secs = history_started.elapsed().as_secs_f64();
         // Let sled's background flusher finish before reading sizes.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_history = rss_kib(pid).unwrap_or(0);
         let (disk_after, apparent_after) = disk_usage(&data);
+        samples.push((rounds, acked, rss_history, disk_after));
         drop(links);
 
         // Can an agent with the default decode limit take this snapshot?
@@ -137,6 +150,13 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
             mib(disk_after),
             acked.to_string(),
         ]);
+        let mut along = Table::new(
+            "memory-disk: along the history (one round = one minute of results)",
+            &["rounds", "results", "RSS MiB", "store on disk MiB"],
+        );
+        for (r, n, rss, disk) in &samples {
+            along.row(vec![r.to_string(), n.to_string(), mib(rss * 1024), mib(*disk)]);
+        }
         let mut growth = Table::new(
             "memory-disk: history growth (extrapolated from bytes per stored result)",
             &["quantity", "value"],
@@ -170,13 +190,18 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
         ]);
         emit(
             "memory-disk",
-            &[table, growth],
+            &[table, along, growth],
             json!({
                 "monitors": monitors,
                 "regions": REGIONS,
                 "interval_ms": INTERVAL_MS,
                 "rounds": rounds,
                 "history_results": acked,
+                "history_write_s": round(history_secs, 1),
+                "samples": samples
+                    .iter()
+                    .map(|(r, n, rss, disk)| json!({"rounds": r, "results": n, "rss_kib": rss, "disk_bytes": disk}))
+                    .collect::<Vec<_>>(),
                 "rss_idle_kib": rss_idle,
                 "rss_agents_kib": rss_agents,
                 "rss_history_kib": rss_history,
