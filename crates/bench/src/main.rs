@@ -3,8 +3,10 @@
 //!
 //! Every figure prints a table and one JSON line (`{"bench": "<figure>", …}`);
 //! notes go to stderr. Every loop is bounded in count and in time; the default
-//! run of all figures takes about three minutes on two cores, `--quick` a
-//! fraction of that (the smoke test uses it; its numbers are not figures).
+//! run of all figures takes about three minutes on two cores, plus about a
+//! minute and a half for time-to-alert's sample without fast confirmation;
+//! `--quick` (which skips that sample) a fraction of that (the smoke test uses
+//! it; its numbers are not figures).
 //!
 //! Panics: set-up that cannot go on (a child process that never starts, a test
 //! certificate that cannot be written) panics through the e2e harness, which is
@@ -93,7 +95,8 @@ struct Args {
     /// Small counts and short windows: checks that everything runs, not figures.
     #[arg(long)]
     quick: bool,
-    /// Runs per figure where a figure repeats (default 5 for cpu-per-check, 3 for burst).
+    /// Runs per figure where a figure repeats (default 5 for cpu-per-check, 3 for burst);
+    /// for time-to-alert, the samples without fast confirmation (default 1, over a minute).
     #[arg(long)]
     runs: Option<usize>,
     /// Monitors for the scheduler and memory-disk figures (default 100000).

@@ -8,31 +8,38 @@
 //!
 //! Each agent resolves the monitor's name through its own DNS server (the
 //! `portwatch-testdns` crate) to its own loopback address, so the port can go
-//! away for one region and not the others. Three scenarios:
+//! away for one region and not the others. Four scenarios:
 //! - **refused**: the port closes for every region (SYNs get a RST);
 //! - **timed out**: every region's listener is replaced by one whose accept
 //!   queue is full, so SYNs are dropped, as behind a firewall;
 //! - **confirm**: refused for r0 only; r1 and r2 pass their scheduled check and
 //!   drop SYNs right after it, so only the coordinator's fast confirmation
 //!   (check-now to r1 and r2) can open the incident before their next
-//!   scheduled check a whole interval later.
+//!   scheduled check a whole interval later;
+//! - **no-confirm**: the confirm scenario again, on a second coordinator
+//!   started with `fast_confirmation = false`, so r1 and r2 report the outage
+//!   only at their next scheduled check. This measures what confirmation saves
+//!   (expected: one interval + one timeout); a sample takes over a minute, so
+//!   the samples (1 by default, `--runs N`) run at once on different monitors,
+//!   each giving up two minutes after its check instant; `--quick` skips it.
 //!
 //! Every region checks a monitor at the same aligned instants, so a port that
 //! closes is seen at the next one; the bench closes each port a little before
 //! its monitor's next instant (computed with the agent's own `next_aligned`)
 //! instead of waiting up to a minute per sample, and reports both
 //! port-closed→alert and first-failing-check→alert. Goal: first failing check
-//! → notification ≤ timeout + 1 s. Without confirmation, the confirm scenario
-//! would wait for r1's and r2's next scheduled check: one interval + timeout.
+//! → notification ≤ timeout + 1 s (the no-confirm samples are the baseline,
+//! not held to it).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use portwatch_agent::scheduler::next_aligned;
-use portwatch_e2e::{AgentProc, Coordinator, OPERATOR_TOKEN, Setup};
+use portwatch_e2e::{Admin, AgentProc, Coordinator, OPERATOR_TOKEN, Setup};
 use portwatch_proto::v1;
 use portwatch_testdns::{Answer, DnsServer};
 use serde_json::json;
@@ -44,6 +51,7 @@ use tokio::task::JoinHandle;
 
 use crate::Opts;
 use crate::report::{Table, emit, f, met, note};
+use crate::stats::median;
 use crate::world::PLANS;
 
 const INTERVAL_MS: u64 = 60_000;
@@ -54,6 +62,9 @@ const LEAD_MS: u64 = 2_000;
 const GOAL_MS: u64 = TIMEOUT_MS + 1_000;
 /// In the confirm scenario, r1 and r2 go silent this long after the check instant.
 const CONFIRM_AFTER_MS: u64 = 25;
+/// A no-confirm sample with no alert this long after its check instant gives up
+/// (expected after one interval + one timeout, 63 s).
+const NO_CONFIRM_GIVE_UP_MS: u64 = 120_000;
 
 fn ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -165,6 +176,8 @@ enum Scenario {
     Refused,
     TimedOut,
     Confirm,
+    /// Confirm's port behaviour on a coordinator with `fast_confirmation = false`.
+    NoConfirm,
 }
 
 impl Scenario {
@@ -175,6 +188,7 @@ impl Scenario {
             Scenario::Refused => "refused",
             Scenario::TimedOut => "timed out",
             Scenario::Confirm => "confirm (r0 refused; r1, r2 silent after T)",
+            Scenario::NoConfirm => "no-confirm (the same, fast_confirmation = false)",
         }
     }
 }
@@ -265,6 +279,8 @@ struct Sample {
     closed_at: SystemTime,
     /// The first aligned check after the close.
     check_at: SystemTime,
+    /// An alert after this does not count: the sample gave up.
+    give_up_at: SystemTime,
     event_at: Option<SystemTime>,
     hook_at: Option<SystemTime>,
     /// Down results seen (by outcome name) and how many were check-now confirmations.
@@ -272,26 +288,53 @@ struct Sample {
     confirmations: usize,
 }
 
-pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
-    let coord_bin = opts.daemon("portwatch-coordinator")?;
-    let agent_bin = opts.daemon("portwatch-agent")?;
-    let (candidates, max_wait_ms) = if opts.quick {
-        (6, 20_000)
-    } else {
-        (12, 30_000)
-    };
-    rt.block_on(async move {
+/// A coordinator, three agents in three private regions (each with its own DNS
+/// server), a webhook receiver as the tenant's default channel, a watcher of
+/// `IncidentOpened` events, and monitors that are up in every region.
+///
+/// Fields drop in order: the agents before the coordinator, the temp dir last.
+struct Rig {
+    tenant: Admin,
+    hooks: Hooks,
+    /// Whether the coordinator accepted the webhook channel (else the event is the alert).
+    via_webhook: bool,
+    events: Arc<Mutex<HashMap<String, SystemTime>>>,
+    watcher: JoinHandle<()>,
+    /// Per monitor, its port on each region's address.
+    ports: Vec<Vec<Port>>,
+    ids: Vec<String>,
+    _agents: Vec<AgentProc>,
+    _dns: Vec<DnsServer>,
+    _coord: Coordinator,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+impl Rig {
+    /// Starts everything; `extra` is top-level coordinator TOML (before the plans).
+    async fn start(
+        coord_bin: &Path,
+        agent_bin: &Path,
+        extra: &str,
+        monitors: usize,
+    ) -> anyhow::Result<Rig> {
         let dir = tempfile::tempdir().context("temp dir")?;
         let coord_dir = dir.path().join("coordinator");
         std::fs::create_dir_all(&coord_dir)?;
         let coord = Coordinator::start(
-            &coord_bin,
+            coord_bin,
             &coord_dir,
             // Top-level keys before the plans table.
-            &format!("allow_private_channel_targets = true\n{PLANS}"),
+            &format!("allow_private_channel_targets = true\n{extra}{PLANS}"),
         );
         let mut op = coord.admin(OPERATOR_TOKEN).await;
-        let (tenant_id, tenant_token) = Setup::tenant(&mut op, "alerts", v1::Plan::Enterprise).await;
+        let (tenant_id, tenant_token) =
+            Setup::tenant(&mut op, "alerts", v1::Plan::Enterprise).await;
         let regions: Vec<String> = (0..REGIONS).map(|i| format!("r{i}")).collect();
         let mut tokens = Vec::new();
         for r in &regions {
@@ -350,13 +393,13 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
         for _ in 0..REGIONS {
             dns.push(DnsServer::start().await.context("starting a DNS server")?);
         }
-        let _agents: Vec<AgentProc> = tokens
+        let agents: Vec<AgentProc> = tokens
             .iter()
             .zip(&dns)
             .enumerate()
             .map(|(i, (t, d))| {
                 AgentProc::start(
-                    &agent_bin,
+                    agent_bin,
                     &coord,
                     t,
                     &dir.path().join(format!("agent{i}")),
@@ -370,7 +413,7 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
 
         let mut ports: Vec<Vec<Port>> = Vec::new();
         let mut ids = Vec::new();
-        for i in 0..candidates {
+        for i in 0..monitors {
             let per_region = ports_per_region().await?;
             let name = format!("svc-{i}.alerts.bench.test");
             for (d, p) in dns.iter().zip(&per_region) {
@@ -419,51 +462,72 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        Ok(Rig {
+            tenant,
+            hooks,
+            via_webhook,
+            events,
+            watcher,
+            ports,
+            ids,
+            _agents: agents,
+            _dns: dns,
+            _coord: coord,
+            _dir: dir,
+        })
+    }
 
-        // Pick the monitors whose next aligned check comes soonest.
+    /// The monitors by their next aligned check instant (ms), soonest first,
+    /// each instant far enough away to close the port `LEAD_MS` before it.
+    fn by_next_check(&self) -> Vec<(u64, usize)> {
         let earliest = now_ms() + LEAD_MS + 1_500;
-        let mut plan: Vec<(u64, usize)> = ids
+        let mut plan: Vec<(u64, usize)> = self
+            .ids
             .iter()
             .enumerate()
             .map(|(i, id)| (next_aligned(id, INTERVAL_MS, earliest), i))
             .collect();
         plan.sort_unstable();
-        let horizon = now_ms() + max_wait_ms;
-        let chosen: Vec<(u64, usize)> = plan
-            .iter()
-            .enumerate()
-            .filter(|(k, (t, _))| *k < 3 || *t <= horizon)
-            .map(|(_, p)| *p)
-            .collect();
-        note(format!(
-            "time-to-alert: {} samples; the last check instant is {:.1} s away; alert via {}",
-            chosen.len(),
-            chosen.last().map_or(0, |(t, _)| t.saturating_sub(now_ms())) as f64 / 1000.0,
-            if via_webhook { "webhook" } else { "event stream" }
-        ));
+        plan
+    }
 
+    /// Plays `scenario` on each chosen monitor (check instant, monitor index),
+    /// waits for every alert or each sample's give-up time, then reads the
+    /// down results each monitor stored.
+    async fn play(
+        &mut self,
+        chosen: &[(u64, usize)],
+        scenario_of: impl Fn(usize) -> Scenario,
+        give_up_at: impl Fn(u64) -> u64,
+    ) -> anyhow::Result<Vec<Sample>> {
         // Every port change, in time order: (when, monitor, regions, how).
         let mut actions: Vec<(u64, usize, Vec<usize>, Gone)> = Vec::new();
         let mut samples = Vec::new();
         for (k, (t, i)) in chosen.iter().enumerate() {
-            let scenario = Scenario::ROTATION[k % Scenario::ROTATION.len()];
+            let scenario = scenario_of(k);
             let close_at = t.saturating_sub(LEAD_MS);
             let all: Vec<usize> = (0..REGIONS).collect();
             match scenario {
                 Scenario::Refused => actions.push((close_at, *i, all, Gone::Refused)),
                 Scenario::TimedOut => actions.push((close_at, *i, all, Gone::Silent)),
-                Scenario::Confirm => {
+                Scenario::Confirm | Scenario::NoConfirm => {
                     actions.push((close_at, *i, vec![0], Gone::Refused));
                     // After r1's and r2's scheduled check at T has passed, before
                     // r0's result can have reached the coordinator (batch wait 50 ms).
-                    actions.push((t + CONFIRM_AFTER_MS, *i, (1..REGIONS).collect(), Gone::Silent));
+                    actions.push((
+                        t + CONFIRM_AFTER_MS,
+                        *i,
+                        (1..REGIONS).collect(),
+                        Gone::Silent,
+                    ));
                 }
             }
             samples.push(Sample {
-                monitor_id: ids[*i].clone(),
+                monitor_id: self.ids[*i].clone(),
                 scenario,
                 closed_at: UNIX_EPOCH + Duration::from_millis(close_at),
                 check_at: UNIX_EPOCH + Duration::from_millis(*t),
+                give_up_at: UNIX_EPOCH + Duration::from_millis(give_up_at(*t)),
                 event_at: None,
                 hook_at: None,
                 outcomes: Vec::new(),
@@ -474,7 +538,7 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
         for (at, i, regions_gone, how) in actions {
             tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
             // One after the other: each close takes a millisecond or so on loopback.
-            if let Some(per_region) = ports.get_mut(i) {
+            if let Some(per_region) = self.ports.get_mut(i) {
                 for (r, p) in per_region.iter_mut().enumerate() {
                     if regions_gone.contains(&r) {
                         p.close(how).await?;
@@ -482,26 +546,31 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
                 }
             }
         }
-        let last_check = chosen.last().map_or(0, |(t, _)| *t);
-        let deadline_ms = last_check + TIMEOUT_MS + 20_000;
+        // Bounded: every sample gives up at its own time.
         loop {
-            let ev = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let ev = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let now = SystemTime::now();
+            let mut waiting = false;
             for s in &mut samples {
-                s.event_at = ev.get(&s.monitor_id).copied();
-                s.hook_at = hooks.opened(&s.monitor_id);
+                let in_time = |t: &SystemTime| *t <= s.give_up_at;
+                s.event_at = ev.get(&s.monitor_id).copied().filter(in_time);
+                s.hook_at = self.hooks.opened(&s.monitor_id).filter(in_time);
+                let done = s.event_at.is_some() && (!self.via_webhook || s.hook_at.is_some());
+                waiting |= !done && now < s.give_up_at;
             }
-            let done = samples
-                .iter()
-                .all(|s| s.event_at.is_some() && (!via_webhook || s.hook_at.is_some()));
-            if done || now_ms() >= deadline_ms {
+            if !waiting {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        watcher.abort();
 
         for s in &mut samples {
-            let page = tenant
+            let page = self
+                .tenant
                 .list_results(v1::ListResultsRequest {
                     monitor_id: s.monitor_id.clone(),
                     since: Some(portwatch_proto::time::to_timestamp(s.closed_at)),
@@ -511,7 +580,11 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
                 .await
                 .context("ListResults")?
                 .into_inner();
-            for r in page.results.iter().filter(|r| r.outcome != v1::Outcome::Ok as i32) {
+            for r in page
+                .results
+                .iter()
+                .filter(|r| r.outcome != v1::Outcome::Ok as i32)
+            {
                 let name = v1::Outcome::try_from(r.outcome)
                     .map_or("?".into(), |o| o.as_str_name().to_lowercase());
                 s.outcomes.push(format!("{}:{name}", r.region));
@@ -520,13 +593,120 @@ pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
                 }
             }
         }
-        report(&samples, via_webhook);
-        drop(ports);
+        Ok(samples)
+    }
+}
+
+/// What became of the no-confirm samples.
+enum NoConfirm {
+    Measured(Vec<Sample>),
+    Skipped(&'static str),
+    Failed(String),
+}
+
+pub fn run(rt: &Runtime, opts: &Opts) -> anyhow::Result<()> {
+    let coord_bin = opts.daemon("portwatch-coordinator")?;
+    let agent_bin = opts.daemon("portwatch-agent")?;
+    let (candidates, max_wait_ms) = if opts.quick {
+        (6, 20_000)
+    } else {
+        (12, 30_000)
+    };
+    let no_confirm_samples = opts.runs.unwrap_or(1);
+    rt.block_on(async move {
+        // With fast confirmation (the default): refused, timed out, confirm.
+        let (samples, via_webhook) = {
+            let mut rig = Rig::start(&coord_bin, &agent_bin, "", candidates).await?;
+            let plan = rig.by_next_check();
+            let horizon = now_ms() + max_wait_ms;
+            let chosen: Vec<(u64, usize)> = plan
+                .iter()
+                .enumerate()
+                .filter(|(k, (t, _))| *k < 3 || *t <= horizon)
+                .map(|(_, p)| *p)
+                .collect();
+            note(format!(
+                "time-to-alert: {} samples; the last check instant is {:.1} s away; alert via {}",
+                chosen.len(),
+                chosen.last().map_or(0, |(t, _)| t.saturating_sub(now_ms())) as f64 / 1000.0,
+                if rig.via_webhook {
+                    "webhook"
+                } else {
+                    "event stream"
+                }
+            ));
+            let last_check = chosen.last().map_or(0, |(t, _)| *t);
+            let samples = rig
+                .play(
+                    &chosen,
+                    |k| Scenario::ROTATION[k % Scenario::ROTATION.len()],
+                    |_| last_check + TIMEOUT_MS + 20_000,
+                )
+                .await?;
+            (samples, rig.via_webhook)
+        };
+
+        // Without it: a second coordinator with `fast_confirmation = false`.
+        let no_confirm = if opts.quick {
+            NoConfirm::Skipped("--quick (a sample takes over a minute)")
+        } else if no_confirm_samples == 0 {
+            NoConfirm::Skipped("--runs 0")
+        } else {
+            match no_confirm(&coord_bin, &agent_bin, no_confirm_samples).await {
+                Ok(s) => NoConfirm::Measured(s),
+                Err(e) => {
+                    note(format!("time-to-alert: no-confirm failed: {e:#}"));
+                    NoConfirm::Failed(format!("{e:#}"))
+                }
+            }
+        };
+        report(&samples, &no_confirm, via_webhook);
         Ok(())
     })
 }
 
-fn report(samples: &[Sample], via_webhook: bool) {
+/// Most no-confirm samples taken at once (one monitor each).
+const NO_CONFIRM_MAX: usize = 10;
+
+/// The confirm scenario on a coordinator with `fast_confirmation = false`:
+/// `n` samples on `n` monitors at once (their check instants differ), each
+/// giving up `NO_CONFIRM_GIVE_UP_MS` after its check instant.
+async fn no_confirm(coord_bin: &Path, agent_bin: &Path, n: usize) -> anyhow::Result<Vec<Sample>> {
+    if n > NO_CONFIRM_MAX {
+        note(format!(
+            "time-to-alert: no-confirm: {n} samples asked, taking {NO_CONFIRM_MAX}"
+        ));
+    }
+    let n = n.min(NO_CONFIRM_MAX);
+    // Enough monitors that the n soonest check instants come within ~15 s.
+    let mut rig = Rig::start(
+        coord_bin,
+        agent_bin,
+        "fast_confirmation = false\n",
+        4 * n + 2,
+    )
+    .await?;
+    let chosen: Vec<(u64, usize)> = rig.by_next_check().into_iter().take(n).collect();
+    note(format!(
+        "time-to-alert: no-confirm (fast_confirmation = false): {} samples; the last check instant is {:.1} s away; each gives up {} s after it",
+        chosen.len(),
+        chosen.last().map_or(0, |(t, _)| t.saturating_sub(now_ms())) as f64 / 1000.0,
+        NO_CONFIRM_GIVE_UP_MS / 1000
+    ));
+    rig.play(
+        &chosen,
+        |_| Scenario::NoConfirm,
+        |t| t + NO_CONFIRM_GIVE_UP_MS,
+    )
+    .await
+}
+
+/// Milliseconds from T to `alert`, or None.
+fn after(from: SystemTime, alert: Option<SystemTime>) -> Option<i64> {
+    alert.map(|a| delta_ms(from, a))
+}
+
+fn report(samples: &[Sample], no_confirm: &NoConfirm, via_webhook: bool) {
     let mut table = Table::new(
         format!(
             "time-to-alert: {} s interval, {} s timeout, {REGIONS} regions (quorum 2), port closed {} s before the next check (T)",
@@ -546,29 +726,42 @@ fn report(samples: &[Sample], via_webhook: bool) {
         ],
     );
     let opt = |v: Option<i64>| v.map_or("—".into(), |x| x.to_string());
+    let alert_of = |s: &Sample| if via_webhook { s.hook_at } else { s.event_at };
+    let measured: &[Sample] = match no_confirm {
+        NoConfirm::Measured(s) => s,
+        _ => &[],
+    };
     let mut rows = Vec::new();
     let mut worst: Option<i64> = None;
     let mut all_seen = true;
-    for s in samples {
-        let alert = if via_webhook { s.hook_at } else { s.event_at };
-        let close_to_alert = alert.map(|a| delta_ms(s.closed_at, a));
-        let check_to_event = s.event_at.map(|a| delta_ms(s.check_at, a));
-        let check_to_hook = s.hook_at.map(|a| delta_ms(s.check_at, a));
+    for s in samples.iter().chain(measured) {
+        let close_to_alert = after(s.closed_at, alert_of(s));
+        let check_to_event = after(s.check_at, s.event_at);
+        let check_to_hook = after(s.check_at, s.hook_at);
         let event_to_hook = match (s.event_at, s.hook_at) {
             (Some(e), Some(h)) => Some(delta_ms(e, h)),
             _ => None,
         };
-        let check_to_alert = if via_webhook {
-            check_to_hook
-        } else {
-            check_to_event
-        };
+        let check_to_alert = after(s.check_at, alert_of(s));
         // Only confirmation brings r1 and r2 in before their next scheduled check.
         let without = (s.scenario == Scenario::Confirm).then_some(INTERVAL_MS + TIMEOUT_MS);
-        match check_to_alert {
-            Some(x) => worst = Some(worst.map_or(x, |w| w.max(x))),
-            None => all_seen = false,
+        // The no-confirm samples are the baseline, not the goal.
+        if s.scenario != Scenario::NoConfirm {
+            match check_to_alert {
+                Some(x) => worst = Some(worst.map_or(x, |w| w.max(x))),
+                None => all_seen = false,
+            }
         }
+        let without_cell = match (s.scenario, check_to_alert) {
+            (Scenario::Confirm, _) => {
+                format!("≥ {} (bound; see no-confirm)", INTERVAL_MS + TIMEOUT_MS)
+            }
+            (Scenario::NoConfirm, Some(_)) => "this row".into(),
+            (Scenario::NoConfirm, None) => {
+                format!("no alert within {} s", NO_CONFIRM_GIVE_UP_MS / 1000)
+            }
+            _ => "same".into(),
+        };
         table.row(vec![
             s.scenario.name().into(),
             opt(close_to_alert),
@@ -577,7 +770,7 @@ fn report(samples: &[Sample], via_webhook: bool) {
             opt(event_to_hook),
             s.outcomes.join(" "),
             s.confirmations.to_string(),
-            without.map_or("same".into(), |w| format!("≥ {w} (derived)")),
+            without_cell,
         ]);
         rows.push(json!({
             "monitor_id": s.monitor_id,
@@ -609,9 +802,77 @@ fn report(samples: &[Sample], via_webhook: bool) {
         worst.map_or("no alert".into(), |w| format!("{} ms", f(w as f64, 0))),
         met(ok),
     ]);
+
+    // With and without fast confirmation: the same port behaviour, T → alert.
+    let confirm: Vec<i64> = samples
+        .iter()
+        .filter(|s| s.scenario == Scenario::Confirm)
+        .filter_map(|s| after(s.check_at, alert_of(s)))
+        .collect();
+    let without: Vec<Option<i64>> = measured
+        .iter()
+        .map(|s| after(s.check_at, alert_of(s)))
+        .collect();
+    let seen: Vec<i64> = without.iter().flatten().copied().collect();
+    let med = |v: &[i64]| {
+        (!v.is_empty()).then(|| median(&v.iter().map(|x| *x as f64).collect::<Vec<_>>()))
+    };
+    let list = |v: &[i64]| {
+        v.iter()
+            .map(|x| format!("{} ms", f(*x as f64, 0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut versus = Table::new(
+        "time-to-alert: r0 refused, r1 and r2 silent after T; T → alert, with and without fast confirmation",
+        &["coordinator", "samples", "T→alert ms", "median ms"],
+    );
+    versus.row(vec![
+        "fast_confirmation = true (default)".into(),
+        confirm.len().to_string(),
+        list(&confirm),
+        med(&confirm).map_or("—".into(), |m| f(m, 0)),
+    ]);
+    let (without_cells, no_confirm_json) = match no_confirm {
+        NoConfirm::Measured(_) => (
+            vec![
+                without.len().to_string(),
+                without
+                    .iter()
+                    .map(|x| {
+                        x.map_or(
+                            format!("no alert within {} s", NO_CONFIRM_GIVE_UP_MS / 1000),
+                            |v| format!("{} ms", f(v as f64, 0)),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                med(&seen).map_or("—".into(), |m| f(m, 0)),
+            ],
+            json!({
+                "fast_confirmation": false,
+                "samples": without.len(),
+                "check_to_alert_ms": without,
+                "median_ms": med(&seen),
+                "bound_ms": INTERVAL_MS + TIMEOUT_MS,
+                "give_up_ms": NO_CONFIRM_GIVE_UP_MS,
+            }),
+        ),
+        NoConfirm::Skipped(why) => (
+            vec!["0".into(), format!("skipped: {why}"), "—".into()],
+            json!({ "fast_confirmation": false, "skipped": why }),
+        ),
+        NoConfirm::Failed(e) => (
+            vec!["0".into(), format!("failed: {e}"), "—".into()],
+            json!({ "fast_confirmation": false, "error": e }),
+        ),
+    };
+    let mut row = vec!["fast_confirmation = false (no-confirm)".to_string()];
+    row.extend(without_cells);
+    versus.row(row);
     emit(
         "time-to-alert",
-        &[table, goal],
+        &[table, versus, goal],
         json!({
             "alert_via": if via_webhook { "webhook" } else { "watch_events" },
             "interval_ms": INTERVAL_MS,
@@ -619,6 +880,8 @@ fn report(samples: &[Sample], via_webhook: bool) {
             "regions": REGIONS,
             "lead_ms": LEAD_MS,
             "samples": rows,
+            "confirm_median_ms": med(&confirm),
+            "no_confirm": no_confirm_json,
             "worst_check_to_alert_ms": worst,
             "goal_ms": GOAL_MS,
             "met": ok,

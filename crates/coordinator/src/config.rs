@@ -70,6 +70,10 @@ pub struct Args {
     /// channels get a "Probe region offline" notice, e.g. "10m".
     #[arg(long, env = "PORTWATCH_REGION_OFFLINE_GRACE")]
     pub region_offline_grace: Option<String>,
+    /// When a region turns down, ask the other regions to check now ("true" or
+    /// "false"; default true). Off: an outage waits for their next scheduled check.
+    #[arg(long, env = "PORTWATCH_FAST_CONFIRMATION", value_name = "true|false")]
+    pub fast_confirmation: Option<bool>,
     /// Let tenants' notification channels reach non-public addresses (test set-ups only).
     #[arg(long, env = "PORTWATCH_ALLOW_PRIVATE_CHANNEL_TARGETS")]
     pub allow_private_channel_targets: bool,
@@ -115,6 +119,7 @@ pub struct FileConfig {
     pub offline_grace: Option<String>,
     pub evaluate_every: Option<String>,
     pub region_offline_grace: Option<String>,
+    pub fast_confirmation: Option<bool>,
     pub allow_private_channel_targets: Option<bool>,
     pub delivery_retry_initial: Option<String>,
     pub delivery_retry_max: Option<String>,
@@ -166,6 +171,11 @@ pub struct Config {
     pub evaluate_every: Duration,
     /// A region with no live agent this long gets one offline notice.
     pub region_offline_grace: Duration,
+    /// Send check-now to the other regions when one region turns down (default
+    /// on). Off spares a failing target the extra probe from every other region
+    /// (check-now doubles their checks of it in that interval), at the cost of
+    /// deciding an outage up to one interval later.
+    pub fast_confirmation: bool,
     /// Tenants' channels may reach non-public addresses (tests only).
     pub allow_private_channel_targets: bool,
     /// Retry schedule of the notification outbox.
@@ -370,6 +380,10 @@ impl Config {
                 Duration::from_millis(100),
                 Duration::from_secs(7 * 86_400),
             )?,
+            fast_confirmation: args
+                .fast_confirmation
+                .or(file.fast_confirmation)
+                .unwrap_or(true),
             allow_private_channel_targets: args.allow_private_channel_targets
                 || file.allow_private_channel_targets.unwrap_or(false),
             delivery_retry_initial,
@@ -457,6 +471,7 @@ mod tests {
         assert_eq!(c.offline_grace, Duration::from_secs(600));
         assert_eq!(c.region_offline_grace, Duration::from_secs(600));
         assert!(!c.allow_private_channel_targets);
+        assert!(c.fast_confirmation, "fast confirmation is on by default");
         assert_eq!(
             (
                 c.delivery_retry_initial,
@@ -478,6 +493,34 @@ mod tests {
         assert_eq!(c.region_offline_grace, Duration::from_secs(1));
         assert_eq!(c.delivery_retry_max, Duration::from_millis(400));
         assert_eq!(c.listen, "127.0.0.1:7400".parse().unwrap());
+    }
+
+    #[test]
+    fn fast_confirmation_is_a_boolean_from_the_file_or_the_flag() {
+        let off = || toml::from_str::<FileConfig>("fast_confirmation = false").unwrap();
+        assert!(!Config::merge(args(), off()).unwrap().fast_confirmation);
+        let flag_on = Args {
+            fast_confirmation: Some(true),
+            ..args()
+        };
+        assert!(
+            Config::merge(flag_on, off()).unwrap().fast_confirmation,
+            "the flag beats the file"
+        );
+        let parsed =
+            Args::try_parse_from(["portwatch-coordinator", "--fast-confirmation", "false"])
+                .unwrap();
+        assert_eq!(parsed.fast_confirmation, Some(false));
+
+        // Anything but a boolean is refused, naming the key (file) or the flag.
+        for bad in ["fast_confirmation = \"no\"", "fast_confirmation = 0"] {
+            let e = toml::from_str::<FileConfig>(bad).unwrap_err().to_string();
+            assert!(e.contains("fast_confirmation"), "{bad}: {e}");
+        }
+        let e = Args::try_parse_from(["portwatch-coordinator", "--fast-confirmation", "maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--fast-confirmation"), "{e}");
     }
 
     #[test]

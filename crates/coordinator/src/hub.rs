@@ -43,6 +43,9 @@ pub struct HubSettings {
     pub offline_grace: Duration,
     /// A region with no live agent this long gets one "Probe region offline" notice.
     pub region_offline_grace: Duration,
+    /// Ask the other regions to check now when one turns down (the config's
+    /// `fast_confirmation`). Off: they confirm at their next scheduled check.
+    pub fast_confirmation: bool,
 }
 
 impl Default for HubSettings {
@@ -52,6 +55,7 @@ impl Default for HubSettings {
             heartbeat_timeout: Duration::from_secs(15),
             offline_grace: consensus::Rules::DEFAULT_OFFLINE_GRACE,
             region_offline_grace: Duration::from_secs(600),
+            fast_confirmation: true,
         }
     }
 }
@@ -799,7 +803,11 @@ impl Hub {
                 }
             }
             let mut confirm = Vec::new();
-            if newly_down && open.is_none() && eval.decision == Decision::Stay {
+            if self.settings.fast_confirmation
+                && newly_down
+                && open.is_none()
+                && eval.decision == Decision::Stay
+            {
                 let interval = Duration::from_millis(m.interval_ms);
                 let due = st
                     .last_confirm
@@ -1389,5 +1397,109 @@ mod recheck_tests {
             before,
             "steady monitors are skipped"
         );
+    }
+}
+
+#[cfg(test)]
+mod confirm_tests {
+    use super::*;
+
+    fn result(region: &str, outcome: v1::Outcome) -> v1::CheckResult {
+        v1::CheckResult {
+            monitor_id: "m1".into(),
+            region: region.into(),
+            checked_at: Some(to_timestamp(SystemTime::now())),
+            outcome: outcome as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The check-now messages each region's agent got, by region.
+    fn check_nows(
+        rxs: &mut [(&str, mpsc::UnboundedReceiver<v1::CoordinatorMessage>)],
+    ) -> Vec<(String, Vec<String>)> {
+        let mut got = Vec::new();
+        for (region, rx) in rxs.iter_mut() {
+            while let Ok(m) = rx.try_recv() {
+                if let Some(v1::coordinator_message::Msg::CheckNow(c)) = m.msg {
+                    got.push((region.to_string(), c.monitor_ids));
+                }
+            }
+        }
+        got
+    }
+
+    /// One region of three turns down: with `fast_confirmation` the other two
+    /// are asked to check now; without it nobody is, and the incident still
+    /// opens once a second region reports down on its own schedule.
+    #[tokio::test]
+    async fn fast_confirmation_sends_check_now_only_when_on() {
+        for on in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = HubSettings {
+                fast_confirmation: on,
+                ..HubSettings::default()
+            };
+            let hub = Hub::load(Store::open(dir.path()).unwrap(), settings).unwrap();
+            let regions = ["eu", "us", "ap"];
+            for r in regions {
+                hub.region_changed(
+                    Some(v1::Region {
+                        name: r.into(),
+                        ..Default::default()
+                    }),
+                    r,
+                );
+            }
+            hub.monitor_changed(v1::Monitor {
+                id: "m1".into(),
+                tenant_id: "t".into(),
+                host: "db.example.com".into(),
+                port: 5432,
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                interval_ms: 60_000,
+                timeout_ms: 3000,
+                generation: 1,
+                ..Default::default()
+            });
+            let mut rxs = Vec::new();
+            for r in regions {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let agent = v1::Agent {
+                    agent_id: format!("{r}-1"),
+                    ..Default::default()
+                };
+                hub.agent_connected(r, agent, tx);
+                rxs.push((r, rx));
+            }
+            let all_up = regions.iter().map(|r| result(r, v1::Outcome::Ok)).collect();
+            hub.results_stored(all_up).await.unwrap();
+            assert_eq!(check_nows(&mut rxs), vec![]);
+
+            // `results_stored` evaluates before it returns: whatever check-now
+            // this causes is already queued.
+            hub.results_stored(vec![result("eu", v1::Outcome::Refused)])
+                .await
+                .unwrap();
+            let got = check_nows(&mut rxs);
+            if on {
+                let want = vec![
+                    ("us".to_string(), vec!["m1".to_string()]),
+                    ("ap".to_string(), vec!["m1".to_string()]),
+                ];
+                assert_eq!(got, want, "the two other regions confirm now");
+                assert_eq!(hub.counters().confirmations, 1);
+            } else {
+                assert_eq!(got, vec![], "fast_confirmation = false: no check-now");
+                assert_eq!(hub.counters().confirmations, 0);
+            }
+            assert_eq!(hub.open_incident_count(), 0, "1 of 3 down does not open");
+
+            hub.results_stored(vec![result("us", v1::Outcome::TimedOut)])
+                .await
+                .unwrap();
+            assert_eq!(hub.open_incident_count(), 1, "2 of 3 down opens (on: {on})");
+            assert_eq!(check_nows(&mut rxs), vec![], "no check-now once open");
+        }
     }
 }

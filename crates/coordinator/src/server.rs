@@ -44,6 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             heartbeat_timeout: config.heartbeat_timeout,
             offline_grace: config.offline_grace,
             region_offline_grace: config.region_offline_grace,
+            fast_confirmation: config.fast_confirmation,
         },
     )
     .context("loading state from the store")?;
@@ -58,6 +59,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             path = %ca.path.display(),
             certificates = ca.certs.len(),
             "notification channels also trust notify_ca_file"
+        );
+    }
+    if !config.fast_confirmation {
+        info!(
+            "fast_confirmation is off: a region turning down sends no check-now; \
+             other regions confirm at their next scheduled check"
         );
     }
     let senders = Senders::with_roots(
@@ -213,6 +220,7 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
         metrics::gauge!("portwatch_open_incidents").set(hub.open_incident_count() as f64);
         let c = hub.counters();
         metrics::gauge!("portwatch_consensus_evaluations").set(c.evaluations as f64);
+        metrics::gauge!("portwatch_fast_confirmations").set(c.confirmations as f64);
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
             let cutoff = SystemTime::now()

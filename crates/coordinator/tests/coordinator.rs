@@ -5,17 +5,20 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use portwatch_e2e::{Admin, Coordinator, FakeAgent, OPERATOR_TOKEN, Setup, eventually, result};
+use portwatch_e2e::{
+    Admin, Coordinator, FakeAgent, OPERATOR_TOKEN, Setup, eventually, metric_value, result,
+};
 use portwatch_proto::v1;
 use tonic::Code;
 
 const ENTERPRISE_FAST: &str = "[plans.enterprise]\nport_monitors = true\nmax_monitors = 100\nmin_interval = \"1s\"\n\n[plans.free]\nport_monitors = false\nmax_monitors = 5\nmin_interval = \"5m\"\n\n[plans.basic]\nport_monitors = true\nmax_monitors = 2\nmin_interval = \"1s\"\n";
 
-fn start(dir: &Path) -> Coordinator {
+/// A coordinator; `extra`: top-level keys, written before the plans tables.
+fn start_with(dir: &Path, extra: &str) -> Coordinator {
     Coordinator::start(
         Path::new(env!("CARGO_BIN_EXE_portwatch-coordinator")),
         dir,
-        ENTERPRISE_FAST,
+        &format!("{extra}{ENTERPRISE_FAST}"),
     )
 }
 
@@ -30,8 +33,13 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with("").await
+}
+
+/// A world whose coordinator config has the top-level keys `extra` too.
+async fn world_with(extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let coord = start(dir.path());
+    let coord = start_with(dir.path(), extra);
     let mut op = coord.admin(OPERATOR_TOKEN).await;
     let (tenant_id, token) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
     let mut tokens = Vec::new();
@@ -203,6 +211,15 @@ async fn quorum_two_of_three_opens_one_does_not_and_all_clear_closes() {
         ag[0].check_now.is_empty(),
         "the region that saw it down is not asked again"
     );
+    eventually(
+        "portwatch_fast_confirmations = 1",
+        Duration::from_secs(5),
+        || async {
+            let text = w.coord.metrics_text().await;
+            (metric_value(&text, "portwatch_fast_confirmations") == Some(1.0)).then_some(())
+        },
+    )
+    .await;
 
     // 2 of 3 down: incident.
     ag[1].report_acked(&m.id, v1::Outcome::TimedOut).await;
@@ -270,6 +287,62 @@ async fn quorum_two_of_three_opens_one_does_not_and_all_clear_closes() {
             Some(v1::event::Kind::IncidentClosed(_)) => saw.1 = true,
             _ => {}
         }
+    }
+}
+
+#[tokio::test]
+async fn with_fast_confirmation_off_a_region_turning_down_sends_no_check_now() {
+    let mut w = world_with("fast_confirmation = false\n").await;
+    let m = w
+        .tenant
+        .create_monitor(monitor_req("db.example.com", &["eu", "us", "ap"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ag = agents(&w).await;
+    for a in ag.iter_mut() {
+        a.report_acked(&m.id, v1::Outcome::Ok).await;
+    }
+
+    // 1 of 3 down. The result is evaluated before it is acknowledged, so a
+    // check-now would already be on its way (with the key on, the quorum test
+    // above gets it); a second of quiet on every stream is a wide margin.
+    ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
+    let status = w
+        .tenant
+        .get_monitor_status(v1::GetMonitorStatusRequest {
+            id: m.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let down: Vec<&str> = status
+        .regions
+        .iter()
+        .filter(|r| r.state == v1::RegionState::Down as i32)
+        .map(|r| r.region.as_str())
+        .collect();
+    assert_eq!(down, ["eu"]);
+    for a in ag.iter_mut() {
+        let waited = a
+            .pump_until(Duration::from_millis(1000), |a| !a.check_now.is_empty())
+            .await;
+        assert!(waited.is_err(), "{}: {:?}", a.agent_id, a.check_now);
+    }
+    let text = w.coord.metrics_text().await;
+    assert_eq!(
+        metric_value(&text, "portwatch_fast_confirmations"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(incidents(&mut w.tenant, true).await.is_empty());
+
+    // The rule itself is unchanged: a second region down on its own opens it.
+    ag[1].report_acked(&m.id, v1::Outcome::TimedOut).await;
+    assert_eq!(incidents(&mut w.tenant, true).await.len(), 1);
+    for a in &ag {
+        assert!(a.check_now.is_empty(), "{}: {:?}", a.agent_id, a.check_now);
     }
 }
 
@@ -914,6 +987,8 @@ fn malformed_config_exits_non_zero_naming_the_key() {
             "retention",
         ),
         ("surprise = 1\n", "config"),
+        // The file's parse error names the file, and its excerpt the key.
+        ("fast_confirmation = \"off\"\n", "config"),
     ];
     for (text, key) in cases {
         let path = dir.path().join("c.toml");
@@ -930,6 +1005,9 @@ fn malformed_config_exits_non_zero_naming_the_key() {
             stderr.contains(&format!("config: {key}")),
             "{key}: {stderr}"
         );
+        if text.starts_with("fast_confirmation") {
+            assert!(stderr.contains("fast_confirmation"), "{stderr}");
+        }
     }
 }
 
