@@ -74,6 +74,9 @@ pub struct Args {
     /// "false"; default true). Off: an outage waits for their next scheduled check.
     #[arg(long, env = "PORTWATCH_FAST_CONFIRMATION", value_name = "true|false")]
     pub fast_confirmation: Option<bool>,
+    /// sled's page cache, MiB (default 256; the process uses a few times this).
+    #[arg(long, env = "PORTWATCH_STORE_CACHE_MIB")]
+    pub store_cache_mib: Option<u64>,
     /// Let tenants' notification channels reach non-public addresses (test set-ups only).
     #[arg(long, env = "PORTWATCH_ALLOW_PRIVATE_CHANNEL_TARGETS")]
     pub allow_private_channel_targets: bool,
@@ -120,6 +123,7 @@ pub struct FileConfig {
     pub evaluate_every: Option<String>,
     pub region_offline_grace: Option<String>,
     pub fast_confirmation: Option<bool>,
+    pub store_cache_mib: Option<u64>,
     pub allow_private_channel_targets: Option<bool>,
     pub delivery_retry_initial: Option<String>,
     pub delivery_retry_max: Option<String>,
@@ -176,6 +180,10 @@ pub struct Config {
     /// (check-now doubles their checks of it in that interval), at the cost of
     /// deciding an outage up to one interval later.
     pub fast_confirmation: bool,
+    /// sled's cache capacity in bytes. sled's resident memory is a few times
+    /// its cache setting; sled's own default (1 GiB) let a coordinator with
+    /// 100k monitors grow past 3 GiB (BENCHMARKS.md, figure 7).
+    pub store_cache_bytes: u64,
     /// Tenants' channels may reach non-public addresses (tests only).
     pub allow_private_channel_targets: bool,
     /// Retry schedule of the notification outbox.
@@ -384,6 +392,7 @@ impl Config {
                 .fast_confirmation
                 .or(file.fast_confirmation)
                 .unwrap_or(true),
+            store_cache_bytes: store_cache_bytes(args.store_cache_mib.or(file.store_cache_mib))?,
             allow_private_channel_targets: args.allow_private_channel_targets
                 || file.allow_private_channel_targets.unwrap_or(false),
             delivery_retry_initial,
@@ -441,6 +450,17 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     portwatch_telemetry::read_toml(path).map_err(|e| err("config", e))
 }
 
+fn store_cache_bytes(mib: Option<u64>) -> Result<u64, ConfigError> {
+    let mib = mib.unwrap_or(crate::store::DEFAULT_CACHE_MIB);
+    if !(16..=65_536).contains(&mib) {
+        return Err(err(
+            "store_cache_mib",
+            format!("{mib} is out of range (16 to 65536)"),
+        ));
+    }
+    Ok(mib * 1024 * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +492,7 @@ mod tests {
         assert_eq!(c.region_offline_grace, Duration::from_secs(600));
         assert!(!c.allow_private_channel_targets);
         assert!(c.fast_confirmation, "fast confirmation is on by default");
+        assert_eq!(c.store_cache_bytes, 256 * 1024 * 1024);
         assert_eq!(
             (
                 c.delivery_retry_initial,
@@ -521,6 +542,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--fast-confirmation"), "{e}");
+    }
+
+    #[test]
+    fn store_cache_is_mebibytes_within_bounds() {
+        let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
+        let c = Config::merge(args(), file("store_cache_mib = 64")).unwrap();
+        assert_eq!(c.store_cache_bytes, 64 * 1024 * 1024);
+        for bad in ["store_cache_mib = 8", "store_cache_mib = 100000"] {
+            let e = Config::merge(args(), file(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("store_cache_mib") && e.contains("out of range"),
+                "{bad}: {e}"
+            );
+        }
+        let e = toml::from_str::<FileConfig>("store_cache_mib = \"big\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("store_cache_mib"), "{e}");
     }
 
     #[test]

@@ -31,12 +31,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir).with_context(|| {
-        format!(
-            "data_dir: opening the store in {}",
-            config.data_dir.display()
-        )
-    })?;
+    let store =
+        Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(|| {
+            format!(
+                "data_dir: opening the store in {}",
+                config.data_dir.display()
+            )
+        })?;
     let hub = Hub::load(
         store.clone(),
         HubSettings {

@@ -243,13 +243,27 @@ fn seq_of(bytes: &[u8]) -> u64 {
     <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
 }
 
+/// sled's page cache unless configured (`store_cache_mib`), MiB. sled's own
+/// default is 1 GiB, and its resident memory is a few times its setting.
+pub const DEFAULT_CACHE_MIB: u64 = 256;
+
 impl Store {
-    /// Opens (or creates) the store in `dir`. sled releases its file lock a little
-    /// after a previous handle is dropped, so a reopen retries for a bounded time.
+    /// Opens (or creates) the store in `dir` with the default cache.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_MIB * 1024 * 1024)
+    }
+
+    /// Opens (or creates) the store in `dir`, giving sled a page cache of
+    /// `cache_bytes`. sled releases its file lock a little after a previous
+    /// handle is dropped, so a reopen retries for a bounded time.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let mut attempt = 0;
         let db = loop {
-            match sled::Config::new().path(dir).open() {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .open()
+            {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e))
                     if attempt < 50 && e.to_string().contains("could not acquire lock") =>
