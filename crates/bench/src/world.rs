@@ -92,21 +92,9 @@ impl World {
         if coord.proc.terminate(Duration::from_secs(30)).is_none() {
             bail!("the coordinator did not stop within 30 s");
         }
-        let data = coord_dir.join("data");
         let began = std::time::Instant::now();
         let mut ids = vec![template.id.clone()];
-        {
-            let store = Store::open(&data).context("opening the stopped coordinator's store")?;
-            for i in 1..monitors {
-                let mut m = template.clone();
-                m.id = format!("mon-bench-{i:07}");
-                m.name = format!("bench {i}");
-                m.host = format!("db-{i}.bench.portwatch.net");
-                store.put_monitor(&m).context("writing a monitor")?;
-                ids.push(m.id);
-            }
-            store.flush().await.context("flushing the store")?;
-        }
+        ids.extend(write_copies(&coord_dir.join("data"), &template, monitors - 1).await?);
         note(format!(
             "world: {monitors} monitors × {regions} regions written in {:.1} s",
             began.elapsed().as_secs_f64()
@@ -121,9 +109,32 @@ impl World {
     }
 }
 
+/// Writes `n` copies of `template` (ids `mon-bench-0000001`…, distinct names
+/// and hosts, same tenant) into the sled store at `data`, which no running
+/// coordinator may hold, with the coordinator's own `Store`; flushes. Returns
+/// their ids.
+pub async fn write_copies(
+    data: &Path,
+    template: &v1::Monitor,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let store = Store::open(data).context("opening the stopped coordinator's store")?;
+    let mut ids = Vec::with_capacity(n);
+    for i in 1..=n {
+        let mut m = template.clone();
+        m.id = format!("mon-bench-{i:07}");
+        m.name = format!("bench {i}");
+        m.host = format!("db-{i}.bench.portwatch.net");
+        store.put_monitor(&m).context("writing a monitor")?;
+        ids.push(m.id);
+    }
+    store.flush().await.context("flushing the store")?;
+    Ok(ids)
+}
+
 /// Starts a coordinator on `dir` with production timer defaults; `again` reuses
 /// the certificate and address of a previous run on the same directory.
-fn launch(
+pub fn launch(
     bin: &Path,
     dir: &Path,
     again: Option<(TestCert, std::net::SocketAddr)>,
