@@ -120,13 +120,20 @@ pub async fn write_copies(
 ) -> anyhow::Result<Vec<String>> {
     let store = Store::open(data).context("opening the stopped coordinator's store")?;
     let mut ids = Vec::with_capacity(n);
+    let mut chunk = Vec::with_capacity(1_000);
     for i in 1..=n {
         let mut m = template.clone();
         m.id = format!("mon-bench-{i:07}");
         m.name = format!("bench {i}");
         m.host = format!("db-{i}.bench.portwatch.net");
-        store.put_monitor(&m).context("writing a monitor")?;
-        ids.push(m.id);
+        ids.push(m.id.clone());
+        chunk.push(m);
+        if chunk.len() == chunk.capacity() || i == n {
+            // One transaction per thousand: per monitor, a transaction costs
+            // more than its writes.
+            store.put_monitors(&chunk).context("writing monitors")?;
+            chunk.clear();
+        }
     }
     store.flush().await.context("flushing the store")?;
     Ok(ids)

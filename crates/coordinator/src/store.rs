@@ -524,27 +524,35 @@ impl Store {
     /// Writes a monitor (new or changed) with its per-tenant index entry and
     /// count, in one transaction.
     pub fn put_monitor(&self, m: &v1::Monitor) -> Result<()> {
-        let bytes = m.encode_to_vec();
+        self.put_monitors(std::slice::from_ref(m))
+    }
+
+    /// Writes monitors as `put_monitor` does, all in one transaction (cheaper
+    /// per monitor when loading many: a sled transaction costs far more than
+    /// the writes in it).
+    pub fn put_monitors(&self, ms: &[v1::Monitor]) -> Result<()> {
         (
             &self.monitors,
             &self.tenant_monitors,
             &self.tenant_monitor_counts,
         )
             .transaction(|(monitors, index, counts)| {
-                let entry = key2(&m.tenant_id, &m.id);
-                if index.get(&entry)?.is_none() {
-                    // New to this tenant: a new monitor, or (never through the
-                    // admin API) one that belonged to another tenant.
-                    if let Some(old) = monitors.get(m.id.as_bytes())? {
-                        let old: v1::Monitor = decode("monitors", &old).map_err(abort)?;
-                        if index.remove(key2(&old.tenant_id, &m.id))?.is_some() {
-                            bump_count(counts, &old.tenant_id, false)?;
+                for m in ms {
+                    let entry = key2(&m.tenant_id, &m.id);
+                    if index.get(&entry)?.is_none() {
+                        // New to this tenant: a new monitor, or (never through
+                        // the admin API) one that belonged to another tenant.
+                        if let Some(old) = monitors.get(m.id.as_bytes())? {
+                            let old: v1::Monitor = decode("monitors", &old).map_err(abort)?;
+                            if index.remove(key2(&old.tenant_id, &m.id))?.is_some() {
+                                bump_count(counts, &old.tenant_id, false)?;
+                            }
                         }
+                        index.insert(entry, &[])?;
+                        bump_count(counts, &m.tenant_id, true)?;
                     }
-                    index.insert(entry, &[])?;
-                    bump_count(counts, &m.tenant_id, true)?;
+                    monitors.insert(m.id.as_bytes(), m.encode_to_vec())?;
                 }
-                monitors.insert(m.id.as_bytes(), bytes.as_slice())?;
                 Ok(())
             })?;
         Ok(())
@@ -1367,6 +1375,22 @@ mod tests {
             "a tenant with no monitors has no count left behind"
         );
         assert_eq!(store.tenant_monitors("other", "", 100).unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_monitors_counts_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch: Vec<v1::Monitor> = (0..50)
+            .map(|i| monitor("acme", &format!("m{i:02}")))
+            .collect();
+        // The same monitor twice in one batch is one monitor.
+        batch.push(monitor("acme", "m07"));
+        batch.push(monitor("zeta", "z1"));
+        store.put_monitors(&batch).unwrap();
+        assert_eq!(store.tenant_monitor_count("acme").unwrap(), 50);
+        assert_eq!(store.tenant_monitor_count("zeta").unwrap(), 1);
+        assert_eq!(store.tenant_monitors("acme", "m47", 10).unwrap().len(), 2);
     }
 
     #[tokio::test]
