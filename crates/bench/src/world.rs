@@ -11,10 +11,10 @@
 //! monitor, the template; the rest are copies of it written straight into the
 //! stopped coordinator's sled store with its own `Store`, then the coordinator
 //! is started again on that store. Why: `CreateMonitor` flushes once per
-//! monitor and re-reads every monitor of the tenant for the plan limit, so 100k
-//! monitors through the API would take hours (see BENCHMARKS.md); what the
-//! figures measure (ingest, consensus, memory, disk) does not depend on how the
-//! monitors got there.
+//! monitor, so 100k monitors through the API take over a minute even now that
+//! it no longer re-reads every monitor (it used to take hours; see "CreateMonitor
+//! at scale" in BENCHMARKS.md); what the figures measure (ingest, consensus,
+//! memory, disk) does not depend on how the monitors got there.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

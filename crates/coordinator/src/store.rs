@@ -312,7 +312,9 @@ impl Store {
     ///
     /// A store written before the per-tenant monitor index existed (no marker
     /// in `meta`) gets the index built here, once, from the `monitors` tree: a
-    /// full read of every monitor, at start only.
+    /// full read of every monitor, at start only. Going back to an older
+    /// coordinator afterwards is not supported: it would write monitors without
+    /// index entries, and the marker would keep this from noticing.
     pub fn open(dir: &Path) -> Result<Store> {
         let mut attempt = 0;
         let db = loop {
