@@ -14,6 +14,7 @@
 
 mod burst;
 mod cpu_per_check;
+mod create_monitor;
 mod drive;
 mod ingest;
 mod link;
@@ -50,7 +51,10 @@ pub enum Figure {
     TimeToAlert,
     /// 7. Coordinator RSS and store size for 100k monitors × 5 regions.
     MemoryDisk,
-    /// Every figure, in order.
+    /// CreateMonitor calls/s and latency with 100k other monitors in the store
+    /// (not part of `all`: run it by name).
+    CreateMonitor,
+    /// Every figure of the default set (1–7), in order.
     All,
 }
 
@@ -74,6 +78,7 @@ impl Figure {
             Figure::Ingest => "ingest",
             Figure::TimeToAlert => "time-to-alert",
             Figure::MemoryDisk => "memory-disk",
+            Figure::CreateMonitor => "create-monitor",
             Figure::All => "all",
         }
     }
@@ -99,9 +104,13 @@ struct Args {
     /// for time-to-alert, the samples without fast confirmation (default 1, over a minute).
     #[arg(long)]
     runs: Option<usize>,
-    /// Monitors for the scheduler and memory-disk figures (default 100000).
+    /// Monitors for the scheduler and memory-disk figures, and the other
+    /// tenant's monitors of create-monitor (default 100000).
     #[arg(long)]
     monitors: Option<usize>,
+    /// CreateMonitor calls per phase of create-monitor (default 1000).
+    #[arg(long)]
+    creates: Option<usize>,
     /// Steady-state window of the scheduler figure, seconds (default 15, quick 5).
     #[arg(long)]
     window: Option<u64>,
@@ -134,6 +143,7 @@ pub struct Opts {
     pub quick: bool,
     pub runs: Option<usize>,
     pub monitors: Option<usize>,
+    pub creates: Option<usize>,
     pub window: Option<u64>,
     pub scheduler_variant: SchedulerVariant,
     pub ack_every_ms: Option<u64>,
@@ -190,6 +200,7 @@ fn main() -> ExitCode {
         quick: args.quick,
         runs: args.runs,
         monitors: args.monitors,
+        creates: args.creates,
         window: args.window,
         scheduler_variant: args.scheduler_variant,
         ack_every_ms: args.ack_every_ms,
@@ -225,6 +236,7 @@ fn main() -> ExitCode {
             Figure::Ingest => ingest::run(&rt, &opts),
             Figure::TimeToAlert => time_to_alert::run(&rt, &opts),
             Figure::MemoryDisk => memory_disk::run(&rt, &opts),
+            Figure::CreateMonitor => create_monitor::run(&rt, &opts),
             Figure::All => Ok(()),
         });
         let outcome = std::panic::catch_unwind(run)

@@ -18,7 +18,7 @@
 //!   Slack URL's path) are write-only: every answer carries
 //!   `channels::redacted`; the operator's own channels have an empty tenant id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -204,17 +204,15 @@ impl AdminApi {
         t
     }
 
-    /// A tenant's monitors, sorted by id.
-    fn monitors_of(&self, tenant_id: &str) -> Result<Vec<v1::Monitor>, Status> {
-        let mut ms: Vec<v1::Monitor> = self
-            .store()
-            .list_monitors()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|m| m.tenant_id == tenant_id)
-            .collect();
-        ms.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(ms)
+    /// How many monitors a tenant has, from the store's per-tenant count (one
+    /// read: creating a monitor costs the same whatever other tenants hold).
+    /// The store, not the hub's in-memory map, is the authority here: it is what
+    /// this API writes under `writes`, so a count read under that lock is exact
+    /// for the quota check (see `Store::tenant_monitor_count`).
+    fn monitor_count(&self, tenant_id: &str) -> Result<usize, Status> {
+        self.store()
+            .tenant_monitor_count(tenant_id)
+            .map_err(internal)
     }
 
     /// A monitor of this tenant. Another tenant's monitor is as missing as one
@@ -396,10 +394,7 @@ impl AdminService for AdminApi {
         request: Request<v1::ListTenantsRequest>,
     ) -> Result<Response<v1::ListTenantsResponse>, Status> {
         operator_only(&self.caller(&request)?, "list tenants")?;
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for m in self.store().list_monitors().map_err(internal)? {
-            *counts.entry(m.tenant_id).or_default() += 1;
-        }
+        let counts = self.store().tenant_monitor_counts().map_err(internal)?;
         let mut tenants: Vec<v1::Tenant> = self
             .store()
             .list_tenants()
@@ -421,7 +416,7 @@ impl AdminService for AdminApi {
         let caller = self.caller(&request)?;
         let id = self.tenant_scope(&caller, &request.get_ref().tenant_id)?;
         let tenant = self.tenant(&id)?;
-        let count = self.monitors_of(&id)?.len();
+        let count = self.monitor_count(&id)?;
         Ok(Response::new(self.tenant_view(tenant, count)))
     }
 
@@ -439,7 +434,7 @@ impl AdminService for AdminApi {
         tenant.plan = plan as i32;
         self.store().put_tenant(&tenant).map_err(internal)?;
         self.flush().await?;
-        let count = self.monitors_of(&id)?.len();
+        let count = self.monitor_count(&id)?;
         Ok(Response::new(self.tenant_view(tenant, count)))
     }
 
@@ -702,7 +697,7 @@ impl AdminService for AdminApi {
         let _w = self.writes.lock().await;
         let tenant = self.tenant(&tenant_id)?;
         let limits = self.port_plan(&tenant)?;
-        let count = self.monitors_of(&tenant_id)?.len();
+        let count = self.monitor_count(&tenant_id)?;
         validate::monitor_quota(tenant.plan, &limits, count)?;
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(
@@ -751,10 +746,13 @@ impl AdminService for AdminApi {
         let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
+        // Ids in order, after the page token: one more than a page says whether
+        // another follows.
         let (monitors, next_page_token) = page(
-            self.monitors_of(&tenant_id)?
-                .into_iter()
-                .filter(|m| req.page_token.is_empty() || m.id > req.page_token),
+            self.store()
+                .tenant_monitors(&tenant_id, &req.page_token, limit.saturating_add(1))
+                .map_err(internal)?
+                .into_iter(),
             limit,
             |x| x.id.clone(),
         );
@@ -2145,6 +2143,145 @@ mod tests {
                 .await,
         );
         assert_eq!((c, msg.contains("free")), (Code::FailedPrecondition, true));
+    }
+
+    /// The quota, the counts and the listing come from the store's per-tenant
+    /// index: exact at the limit, after deletes, under concurrent creates, and
+    /// unaffected by another tenant's monitors.
+    #[tokio::test]
+    async fn quota_counts_and_listing_are_per_tenant_and_exact() {
+        let mut plans = Plans::default();
+        plans.basic.max_monitors = 3;
+        let f = fixture_with(plans);
+        let busy = f.tenant("busy", v1::Plan::Pro).await;
+        let small = f.tenant("small", v1::Plan::Basic).await;
+        f.region("eu", "").await;
+        // Another tenant's monitors, written straight into the store.
+        for i in 0..25 {
+            f.hub
+                .store()
+                .put_monitor(&v1::Monitor {
+                    id: format!("mon-busy-{i:02}"),
+                    tenant_id: "busy".into(),
+                    host: format!("h{i}.example.com"),
+                    port: 443,
+                    regions: vec!["eu".into()],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let api = &f.api;
+        let count = |tenant: &'static str| async move {
+            api.get_tenant(req(
+                OP,
+                v1::GetTenantRequest {
+                    tenant_id: tenant.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .monitor_count
+        };
+        let mut mine = Vec::new();
+        for host in ["a.example.com", "b.example.com", "c.example.com"] {
+            let m = f
+                .create(&small, monitor_req(host, 443, &["eu"]))
+                .await
+                .unwrap();
+            mine.push(m.into_inner().id);
+        }
+        let (c, msg) = code(
+            f.create(&small, monitor_req("d.example.com", 443, &["eu"]))
+                .await,
+        );
+        assert_eq!(c, Code::FailedPrecondition);
+        assert!(
+            msg.contains("allows at most 3 monitors and this tenant has 3"),
+            "{msg}"
+        );
+        assert_eq!((count("small").await, count("busy").await), (3, 25));
+        let tenants = f
+            .api
+            .list_tenants(req(OP, v1::ListTenantsRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .tenants;
+        let counts: Vec<(&str, u32)> = tenants
+            .iter()
+            .map(|t| (t.id.as_str(), t.monitor_count))
+            .collect();
+        assert_eq!(counts, [("busy", 25), ("small", 3)]);
+
+        // A delete frees one place; of four racing creates exactly one gets it.
+        f.api
+            .delete_monitor(req(
+                &small,
+                v1::DeleteMonitorRequest {
+                    tenant_id: String::new(),
+                    id: mine[1].clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        assert_eq!(count("small").await, 2);
+        let (r1, r2, r3, r4) = tokio::join!(
+            f.create(&small, monitor_req("e.example.com", 443, &["eu"])),
+            f.create(&small, monitor_req("f.example.com", 443, &["eu"])),
+            f.create(&small, monitor_req("g.example.com", 443, &["eu"])),
+            f.create(&small, monitor_req("h.example.com", 443, &["eu"])),
+        );
+        let won = [r1, r2, r3, r4].into_iter().filter(Result::is_ok).count();
+        assert_eq!(won, 1);
+        assert_eq!(count("small").await, 3);
+        let listed = f.list(&small, "").await;
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().all(|m| m.tenant_id == "small"));
+        assert!(listed.windows(2).all(|w| w[0].id < w[1].id), "sorted by id");
+
+        // Pages of the other tenant: sorted by id, each page after the last.
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = f
+                .api
+                .list_monitors(req(
+                    &busy,
+                    v1::ListMonitorsRequest {
+                        tenant_id: String::new(),
+                        page_size: 10,
+                        page_token: token.clone(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r.monitors.len() <= 10);
+            seen.extend(r.monitors.into_iter().map(|m| m.id));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        let want: Vec<String> = (0..25).map(|i| format!("mon-busy-{i:02}")).collect();
+        assert_eq!(seen, want);
+
+        // Deleting every monitor of a tenant leaves it at zero, listing nothing.
+        for m in f.list(&small, "").await {
+            f.api
+                .delete_monitor(req(
+                    &small,
+                    v1::DeleteMonitorRequest {
+                        tenant_id: String::new(),
+                        id: m.id,
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+        assert_eq!((count("small").await, count("busy").await), (0, 25));
+        assert!(f.list(&small, "").await.is_empty());
     }
 
     #[tokio::test]

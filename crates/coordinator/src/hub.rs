@@ -299,7 +299,7 @@ impl Hub {
             regions.extend(old.regions);
         }
         for r in regions {
-            Self::sync_region(&mut st, &r, Some(&id));
+            Self::sync_monitor(&mut st, &r, &id);
         }
     }
 
@@ -308,7 +308,7 @@ impl Hub {
         let mut st = self.lock();
         if let Some(old) = st.monitors.remove(id) {
             for r in &old.regions {
-                Self::sync_region(&mut st, r, None);
+                Self::sync_monitor(&mut st, r, id);
             }
         }
         st.latest.retain(|(m, _), _| m != id);
@@ -343,7 +343,7 @@ impl Hub {
                 st.offline_since.remove(name);
             }
         }
-        Self::sync_region(&mut st, name, None);
+        Self::sync_region(&mut st, name);
     }
 
     /// Number of live agents in a region and since when it has had none.
@@ -358,9 +358,53 @@ impl Hub {
         (u32::try_from(online).unwrap_or(u32::MAX), since)
     }
 
+    /// One monitor of `region` was created, changed or removed (already in, or
+    /// gone from, `st.monitors`): sends it to its owner there (again, changed or
+    /// not) and its removal to any other agent there that had it.
+    ///
+    /// What `sync_region` would send for this monitor, but touching nothing
+    /// else, so its cost does not grow with the monitors the coordinator holds:
+    /// a monitor's owner depends only on its id and the region's agents, and
+    /// every change of agents or regions goes through `sync_region`, so no other
+    /// monitor's assignment can be out of date. Other monitors' verdicts do not
+    /// depend on this one, so only its own re-evaluation is due.
+    fn sync_monitor(st: &mut State, region: &str, id: &str) {
+        st.recheck.remove(id);
+        let State {
+            monitors,
+            regions,
+            sessions,
+            revision,
+            ..
+        } = st;
+        let Some(sessions) = sessions.get_mut(region) else {
+            return;
+        };
+        let wanted = monitors
+            .get(id)
+            .filter(|m| regions.get(region).is_some_and(|reg| eligible(m, reg)));
+        let owner = wanted
+            .and_then(|_| rendezvous(sessions.iter().map(|s| s.agent_id.as_str()), id))
+            .map(str::to_string);
+        for s in sessions.iter_mut() {
+            let (upserts, removals) = match wanted {
+                Some(m) if owner.as_deref() == Some(s.agent_id.as_str()) => {
+                    s.assigned.insert(id.to_string());
+                    (vec![assignment(m)], Vec::new())
+                }
+                _ if s.assigned.remove(id) => (Vec::new(), vec![id.to_string()]),
+                _ => continue,
+            };
+            *revision += 1;
+            s.info.assignments = u32::try_from(s.assigned.len()).unwrap_or(u32::MAX);
+            let _ = s.tx.send(update(upserts, removals, *revision));
+        }
+    }
+
     /// Recomputes which agent of `region` owns which monitor and sends each agent
-    /// its difference; `changed` is re-sent to its owner even if it did not move.
-    fn sync_region(st: &mut State, region: &str, changed: Option<&str>) {
+    /// its difference. Walks every monitor: for changes of agents and regions;
+    /// a change of one monitor goes through `sync_monitor`.
+    fn sync_region(st: &mut State, region: &str) {
         // This region's agents or monitors changed: its monitors' verdicts may
         // change without a new result, so they are evaluated at the next tick.
         let touched: Vec<String> = st
@@ -403,7 +447,7 @@ impl Hub {
                 .unwrap_or_default();
             let upserts: Vec<v1::Assignment> = want
                 .iter()
-                .filter(|(id, _)| !s.assigned.contains(**id) || changed == Some(**id))
+                .filter(|(id, _)| !s.assigned.contains(**id))
                 .map(|(_, m)| assignment(m))
                 .collect();
             let removals: Vec<String> = s
@@ -495,7 +539,7 @@ impl Hub {
                 },
             )),
         });
-        Self::sync_region(&mut st, region, None);
+        Self::sync_region(&mut st, region);
         if was_offline {
             st.offline_since.remove(region);
             drop(st);
@@ -523,7 +567,7 @@ impl Hub {
             return;
         }
         let now_empty = v.is_empty();
-        Self::sync_region(&mut st, region, None);
+        Self::sync_region(&mut st, region);
         if now_empty {
             st.sessions.remove(region);
             st.offline_since.insert(region.to_string(), now());
@@ -1217,6 +1261,86 @@ mod assignment_tests {
             ["m2"],
             "bravo's monitor never reaches acme's private region"
         );
+    }
+
+    /// Every update queued for one agent: (upserted ids, removed ids) per message.
+    fn updates(
+        rx: &mut mpsc::UnboundedReceiver<v1::CoordinatorMessage>,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Some(v1::coordinator_message::Msg::Update(u)) = m.msg {
+                let ups = u.upserts.into_iter().map(|a| a.monitor_id).collect();
+                out.push((ups, u.removals));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_monitor_change_reaches_only_its_owner_and_leaves_no_other_assignment_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Hub::load(Store::open(dir.path()).unwrap(), HubSettings::default()).unwrap();
+        hub.region_changed(Some(region("eu", "")), "eu");
+        hub.region_changed(Some(region("us", "")), "us");
+        for i in 0..200 {
+            let regions: &[&str] = if i % 3 == 0 { &["us"] } else { &["eu", "us"] };
+            hub.monitor_changed(monitor(&format!("m{i:03}"), regions, "acme"));
+        }
+        let mut rx = HashMap::new();
+        let mut session = HashMap::new();
+        for agent in ["a", "b", "c"] {
+            let (tx, r) = mpsc::unbounded_channel();
+            let info = v1::Agent {
+                agent_id: agent.into(),
+                ..Default::default()
+            };
+            session.insert(agent, hub.agent_connected("eu", info, tx));
+            rx.insert(agent, r);
+        }
+        let drain = |rx: &mut HashMap<&str, mpsc::UnboundedReceiver<_>>| {
+            let mut got: Vec<(&str, Vec<String>, Vec<String>)> = Vec::new();
+            for agent in ["a", "b", "c"] {
+                if let Some(r) = rx.get_mut(agent) {
+                    for (ups, rems) in updates(r) {
+                        got.push((agent, ups, rems));
+                    }
+                }
+            }
+            got
+        };
+        drain(&mut rx);
+        let owner = |id: &str| rendezvous(["a", "b", "c"], id).unwrap();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+        // Created: one upsert to its owner, nothing to anyone else.
+        let mut m = monitor("new", &["eu"], "acme");
+        hub.monitor_changed(m.clone());
+        assert_eq!(drain(&mut rx), [(owner("new"), s(&["new"]), s(&[]))]);
+        // Changed: sent again to the same owner.
+        m.port = 22;
+        m.generation += 1;
+        hub.monitor_changed(m.clone());
+        assert_eq!(drain(&mut rx), [(owner("new"), s(&["new"]), s(&[]))]);
+        // Paused: removed; resumed: back.
+        m.paused = true;
+        hub.monitor_changed(m.clone());
+        assert_eq!(drain(&mut rx), [(owner("new"), s(&[]), s(&["new"]))]);
+        m.paused = false;
+        hub.monitor_changed(m.clone());
+        assert_eq!(drain(&mut rx), [(owner("new"), s(&["new"]), s(&[]))]);
+        // Moved out of the region, and deleted.
+        hub.monitor_changed(monitor("m001", &["us"], "acme"));
+        assert_eq!(drain(&mut rx), [(owner("m001"), s(&[]), s(&["m001"]))]);
+        hub.monitor_removed("m002");
+        assert_eq!(drain(&mut rx), [(owner("m002"), s(&[]), s(&["m002"]))]);
+        assert!(hub.is_assigned("eu", session[owner("new")], "new"));
+        assert!(!hub.is_assigned("eu", session[owner("m002")], "m002"));
+
+        // A full recomputation finds nothing to send: every agent holds exactly
+        // what it should.
+        Hub::sync_region(&mut hub.lock(), "eu");
+        assert!(drain(&mut rx).is_empty());
     }
 }
 

@@ -18,7 +18,16 @@
 //!   neither does, so a notification is never lost and never invented.
 //! - A delivery is in the pending index exactly while its state is PENDING; the
 //!   outbox worker reads only that index to find work.
+//! - A monitor is in the per-tenant index (`tenant_monitors`, keyed
+//!   `tenant_id \0 monitor_id`) exactly while it is stored, and each tenant's
+//!   count (`tenant_monitor_counts`) is the number of its index entries: the
+//!   monitor, its index entry and the count change in one transaction. So a
+//!   tenant's monitors are listed, and counted for its plan quota, without
+//!   reading any other tenant's. A store written before the index existed gets
+//!   it built when opened (see `Store::open`).
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::Path;
 use std::time::Duration;
 
@@ -155,6 +164,21 @@ pub struct Store {
     agents: Tree,
     agent_seq: Tree,
     monitors: Tree,
+    /// `tenant_id \0 monitor_id` -> empty, for every stored monitor.
+    ///
+    /// Why an index in the store rather than counting the hub's in-memory
+    /// monitors: the store is what the admin API reads and writes under its
+    /// write lock, and it is durable; the hub learns of a monitor only after it
+    /// is flushed (and is not told of monitors written straight into the store),
+    /// and holds them in one map keyed by id behind the mutex that ingestion
+    /// takes, so counting or listing one tenant there would still walk every
+    /// monitor. Written in the same transaction as the monitor, the index cannot
+    /// disagree with it, even after a crash.
+    tenant_monitors: Tree,
+    /// `tenant_id` -> number of its entries in `tenant_monitors` (u64, BE); absent = 0.
+    tenant_monitor_counts: Tree,
+    /// Store-format markers (`TENANT_INDEX_KEY`: the per-tenant index is complete).
+    meta: Tree,
     latest: Tree,
     history: Tree,
     incidents: Tree,
@@ -167,6 +191,10 @@ pub struct Store {
 }
 
 const SEP: u8 = 0;
+
+/// Set in `meta` once `tenant_monitors` and `tenant_monitor_counts` hold every
+/// monitor; absent in stores written before they existed.
+const TENANT_INDEX_KEY: &[u8] = b"tenant_monitors_v1";
 
 fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt {
@@ -243,6 +271,41 @@ fn seq_of(bytes: &[u8]) -> u64 {
     <[u8; 8]>::try_from(bytes).map_or(0, u64::from_be_bytes)
 }
 
+/// A tenant's monitor count as stored; anything but 8 bytes is corruption (not
+/// zero: a count read too low would let a tenant past its quota).
+fn count_of(bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            tree: "tenant_monitor_counts",
+            reason: format!("a count of {} bytes", bytes.len()),
+        })
+}
+
+/// Adds one to (`up`) or takes one from a tenant's monitor count, inside a
+/// transaction; a count of zero is removed.
+fn bump_count(counts: &sled::transaction::TransactionalTree, tenant: &str, up: bool) -> TxResult {
+    let now = match counts.get(tenant.as_bytes())? {
+        Some(v) => count_of(&v).map_err(ConflictableTransactionError::Abort)?,
+        None => 0,
+    };
+    let next = if up {
+        now.saturating_add(1)
+    } else {
+        now.saturating_sub(1)
+    };
+    if next == 0 {
+        counts.remove(tenant.as_bytes())?;
+    } else {
+        counts.insert(tenant.as_bytes(), &next.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
 /// sled's page cache unless configured (`store_cache_mib`), MiB. sled's own
 /// default is 1 GiB, and its resident memory is a few times its setting.
 pub const DEFAULT_CACHE_MIB: u64 = 256;
@@ -256,6 +319,12 @@ impl Store {
     /// Opens (or creates) the store in `dir`, giving sled a page cache of
     /// `cache_bytes`. sled releases its file lock a little after a previous
     /// handle is dropped, so a reopen retries for a bounded time.
+    ///
+    /// A store written before the per-tenant monitor index existed (no marker
+    /// in `meta`) gets the index built here, once, from the `monitors` tree: a
+    /// full read of every monitor, at start only. Going back to an older
+    /// coordinator afterwards is not supported: it would write monitors without
+    /// index entries, and the marker would keep this from noticing.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let mut attempt = 0;
         let db = loop {
@@ -274,7 +343,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
-        Ok(Store {
+        let store = Store {
             tenants: db.open_tree("tenants")?,
             tokens: db.open_tree("tokens")?,
             token_ids: db.open_tree("token_ids")?,
@@ -282,6 +351,9 @@ impl Store {
             agents: db.open_tree("agents")?,
             agent_seq: db.open_tree("agent_seq")?,
             monitors: db.open_tree("monitors")?,
+            tenant_monitors: db.open_tree("tenant_monitors")?,
+            tenant_monitor_counts: db.open_tree("tenant_monitor_counts")?,
+            meta: db.open_tree("meta")?,
             latest: db.open_tree("latest")?,
             history: db.open_tree("history")?,
             incidents: db.open_tree("incidents")?,
@@ -291,7 +363,37 @@ impl Store {
             outbox_pending: db.open_tree("outbox_pending")?,
             region_outages: db.open_tree("region_outages")?,
             db,
-        })
+        };
+        if store.meta.get(TENANT_INDEX_KEY)?.is_none() {
+            store.build_tenant_index()?;
+        }
+        Ok(store)
+    }
+
+    /// Builds the per-tenant index and counts from the `monitors` tree (the
+    /// migration of a store written before they existed). Safe to repeat: it
+    /// starts from empty, and the marker is written only after the index is
+    /// durable, so a crash half-way means it runs again at the next open.
+    fn build_tenant_index(&self) -> Result<()> {
+        self.tenant_monitors.clear()?;
+        self.tenant_monitor_counts.clear()?;
+        let mut index = sled::Batch::default();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for v in self.monitors.iter().values() {
+            let m: v1::Monitor = decode("monitors", &v?)?;
+            index.insert(key2(&m.tenant_id, &m.id), &[]);
+            *counts.entry(m.tenant_id).or_default() += 1;
+        }
+        let mut batch = sled::Batch::default();
+        for (tenant, n) in &counts {
+            batch.insert(tenant.as_bytes(), &n.to_be_bytes());
+        }
+        self.tenant_monitors.apply_batch(index)?;
+        self.tenant_monitor_counts.apply_batch(batch)?;
+        self.db.flush()?;
+        self.meta.insert(TENANT_INDEX_KEY, &[1])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Makes everything written so far durable.
@@ -435,8 +537,40 @@ impl Store {
 
     // ------------------------------------------------------------ monitors
 
+    /// Writes a monitor (new or changed) with its per-tenant index entry and
+    /// count, in one transaction.
     pub fn put_monitor(&self, m: &v1::Monitor) -> Result<()> {
-        self.monitors.insert(m.id.as_bytes(), m.encode_to_vec())?;
+        self.put_monitors(std::slice::from_ref(m))
+    }
+
+    /// Writes monitors as `put_monitor` does, all in one transaction (cheaper
+    /// per monitor when loading many: a sled transaction costs far more than
+    /// the writes in it).
+    pub fn put_monitors(&self, ms: &[v1::Monitor]) -> Result<()> {
+        (
+            &self.monitors,
+            &self.tenant_monitors,
+            &self.tenant_monitor_counts,
+        )
+            .transaction(|(monitors, index, counts)| {
+                for m in ms {
+                    let entry = key2(&m.tenant_id, &m.id);
+                    if index.get(&entry)?.is_none() {
+                        // New to this tenant: a new monitor, or (never through
+                        // the admin API) one that belonged to another tenant.
+                        if let Some(old) = monitors.get(m.id.as_bytes())? {
+                            let old: v1::Monitor = decode("monitors", &old).map_err(abort)?;
+                            if index.remove(key2(&old.tenant_id, &m.id))?.is_some() {
+                                bump_count(counts, &old.tenant_id, false)?;
+                            }
+                        }
+                        index.insert(entry, &[])?;
+                        bump_count(counts, &m.tenant_id, true)?;
+                    }
+                    monitors.insert(m.id.as_bytes(), m.encode_to_vec())?;
+                }
+                Ok(())
+            })?;
         Ok(())
     }
 
@@ -447,6 +581,7 @@ impl Store {
             .transpose()
     }
 
+    /// Every monitor of every tenant (start-up, and checks that span tenants).
     pub fn list_monitors(&self) -> Result<Vec<v1::Monitor>> {
         self.monitors
             .iter()
@@ -455,9 +590,100 @@ impl Store {
             .collect()
     }
 
-    /// Removes a monitor and its latest results; its history ages out with retention.
+    /// How many monitors a tenant has: one read, whatever the store holds.
+    pub fn tenant_monitor_count(&self, tenant_id: &str) -> Result<usize> {
+        let n = match self.tenant_monitor_counts.get(tenant_id.as_bytes())? {
+            Some(v) => count_of(&v)?,
+            None => 0,
+        };
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Every tenant's monitor count (tenants without monitors are absent).
+    pub fn tenant_monitor_counts(&self) -> Result<BTreeMap<String, usize>> {
+        self.tenant_monitor_counts
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let tenant = String::from_utf8(k.to_vec()).map_err(|e| StoreError::Corrupt {
+                    tree: "tenant_monitor_counts",
+                    reason: e.to_string(),
+                })?;
+                let n = usize::try_from(count_of(&v)?).unwrap_or(usize::MAX);
+                Ok((tenant, n))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` of a tenant's monitors in id order, those with an id after
+    /// `after` (all when empty). Reads only this tenant's index entries and
+    /// monitors.
+    pub fn tenant_monitors(
+        &self,
+        tenant_id: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<v1::Monitor>> {
+        let start = if after.is_empty() {
+            Bound::Included(prefix(tenant_id))
+        } else {
+            Bound::Excluded(key2(tenant_id, after))
+        };
+        // Every key of this tenant is below `tenant_id \x01`.
+        let mut end = tenant_id.as_bytes().to_vec();
+        end.push(SEP + 1);
+        let skip = tenant_id.len() + 1;
+        let mut out = Vec::new();
+        for k in self
+            .tenant_monitors
+            .range::<Vec<u8>, _>((start, Bound::Excluded(end)))
+            .keys()
+            .take(limit)
+        {
+            let k = k?;
+            let corrupt = |reason: String| StoreError::Corrupt {
+                tree: "tenant_monitors",
+                reason,
+            };
+            let id = k.get(skip..).unwrap_or_default();
+            let m: v1::Monitor = match self.monitors.get(id)? {
+                Some(v) => decode("monitors", &v)?,
+                None => {
+                    return Err(corrupt(format!(
+                        "an entry for missing monitor {}",
+                        String::from_utf8_lossy(id)
+                    )));
+                }
+            };
+            if m.tenant_id != tenant_id {
+                return Err(corrupt(format!(
+                    "monitor {} is filed under tenant {tenant_id} but belongs to {}",
+                    m.id, m.tenant_id
+                )));
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Removes a monitor (with its index entry and count, in one transaction)
+    /// and its latest results; its history ages out with retention.
     pub fn delete_monitor(&self, id: &str) -> Result<bool> {
-        let existed = self.monitors.remove(id.as_bytes())?.is_some();
+        let existed = (
+            &self.monitors,
+            &self.tenant_monitors,
+            &self.tenant_monitor_counts,
+        )
+            .transaction(|(monitors, index, counts)| {
+                let Some(old) = monitors.remove(id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let old: v1::Monitor = decode("monitors", &old).map_err(abort)?;
+                if index.remove(key2(&old.tenant_id, id))?.is_some() {
+                    bump_count(counts, &old.tenant_id, false)?;
+                }
+                Ok(true)
+            })?;
         for key in self.latest.scan_prefix(prefix(id)).keys() {
             self.latest.remove(key?)?;
         }
@@ -1079,5 +1305,190 @@ mod tests {
         );
         assert!(store.get_delivery("d1").unwrap().is_none());
         assert!(store.get_delivery("d2").unwrap().is_some());
+    }
+
+    fn monitor(tenant: &str, id: &str) -> v1::Monitor {
+        v1::Monitor {
+            id: id.into(),
+            tenant_id: tenant.into(),
+            host: format!("{id}.example.com"),
+            port: 443,
+            ..Default::default()
+        }
+    }
+
+    fn ids(ms: &[v1::Monitor]) -> Vec<&str> {
+        ms.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_tenant_index_counts_and_lists_each_tenant_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // Written out of order, interleaved with another tenant's.
+            for id in ["m3", "m1", "m5", "m2", "m4"] {
+                store.put_monitor(&monitor("acme", id)).unwrap();
+                store
+                    .put_monitor(&monitor("other", &format!("o-{id}")))
+                    .unwrap();
+            }
+            assert_eq!(store.tenant_monitor_count("acme").unwrap(), 5);
+            assert_eq!(store.tenant_monitor_count("nobody").unwrap(), 0);
+
+            // An update is not a second monitor.
+            let mut m = monitor("acme", "m2");
+            m.port = 22;
+            store.put_monitor(&m).unwrap();
+            assert_eq!(store.tenant_monitor_count("acme").unwrap(), 5);
+            let all = store.tenant_monitors("acme", "", 100).unwrap();
+            assert_eq!(ids(&all), ["m1", "m2", "m3", "m4", "m5"], "sorted by id");
+            assert_eq!(all[1].port, 22, "the listing reads the monitor as stored");
+
+            // Pages: strictly after the token, at most `limit`.
+            assert_eq!(
+                ids(&store.tenant_monitors("acme", "", 2).unwrap()),
+                ["m1", "m2"]
+            );
+            assert_eq!(
+                ids(&store.tenant_monitors("acme", "m2", 2).unwrap()),
+                ["m3", "m4"]
+            );
+            assert_eq!(
+                ids(&store.tenant_monitors("acme", "m4", 2).unwrap()),
+                ["m5"]
+            );
+            assert!(store.tenant_monitors("acme", "m5", 2).unwrap().is_empty());
+            // A token between ids (a deleted monitor's) still resumes in order.
+            assert_eq!(
+                ids(&store.tenant_monitors("acme", "m2a", 9).unwrap()),
+                ["m3", "m4", "m5"]
+            );
+
+            assert!(store.delete_monitor("m3").unwrap());
+            assert!(!store.delete_monitor("m3").unwrap(), "already gone");
+            assert!(!store.delete_monitor("never").unwrap());
+            assert_eq!(store.tenant_monitor_count("acme").unwrap(), 4);
+            assert_eq!(
+                ids(&store.tenant_monitors("acme", "", 100).unwrap()),
+                ["m1", "m2", "m4", "m5"]
+            );
+            store.flush().await.unwrap();
+        }
+        // Durable, and not rebuilt (the marker is set) but still exact.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tenant_monitor_count("acme").unwrap(), 4);
+        assert_eq!(store.tenant_monitor_count("other").unwrap(), 5);
+        for id in ["m1", "m2", "m4", "m5"] {
+            store.delete_monitor(id).unwrap();
+        }
+        assert_eq!(store.tenant_monitor_count("acme").unwrap(), 0);
+        assert!(store.tenant_monitors("acme", "", 100).unwrap().is_empty());
+        let counts = store.tenant_monitor_counts().unwrap();
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [("other".to_string(), 5)],
+            "a tenant with no monitors has no count left behind"
+        );
+        assert_eq!(store.tenant_monitors("other", "", 100).unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_monitors_counts_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch: Vec<v1::Monitor> = (0..50)
+            .map(|i| monitor("acme", &format!("m{i:02}")))
+            .collect();
+        // The same monitor twice in one batch is one monitor.
+        batch.push(monitor("acme", "m07"));
+        batch.push(monitor("zeta", "z1"));
+        store.put_monitors(&batch).unwrap();
+        assert_eq!(store.tenant_monitor_count("acme").unwrap(), 50);
+        assert_eq!(store.tenant_monitor_count("zeta").unwrap(), 1);
+        assert_eq!(store.tenant_monitors("acme", "m47", 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_monitor_moved_to_another_tenant_leaves_the_first_ones_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_monitor(&monitor("a", "m1")).unwrap();
+        store.put_monitor(&monitor("a", "m2")).unwrap();
+        store.put_monitor(&monitor("b", "m1")).unwrap();
+        assert_eq!(store.tenant_monitor_count("a").unwrap(), 1);
+        assert_eq!(store.tenant_monitor_count("b").unwrap(), 1);
+        assert_eq!(ids(&store.tenant_monitors("a", "", 10).unwrap()), ["m2"]);
+        assert_eq!(ids(&store.tenant_monitors("b", "", 10).unwrap()), ["m1"]);
+    }
+
+    /// Writes monitors the way the coordinator did before the per-tenant index:
+    /// straight into the `monitors` tree, nothing else.
+    fn write_old_store(dir: &Path, monitors: &[v1::Monitor]) {
+        let db = sled::Config::new().path(dir).open().unwrap();
+        let tree = db.open_tree("monitors").unwrap();
+        for m in monitors {
+            tree.insert(m.id.as_bytes(), m.encode_to_vec()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_written_before_the_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old: Vec<v1::Monitor> = (0..30)
+            .map(|i| monitor("big", &format!("mon-{i:03}")))
+            .collect();
+        old.push(monitor("small", "mon-z"));
+        old.push(monitor("small", "mon-a"));
+        write_old_store(dir.path(), &old);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tenant_monitor_count("big").unwrap(), 30);
+        assert_eq!(store.tenant_monitor_count("small").unwrap(), 2);
+        assert_eq!(
+            ids(&store.tenant_monitors("small", "", 10).unwrap()),
+            ["mon-a", "mon-z"]
+        );
+        let page = store.tenant_monitors("big", "mon-009", 3).unwrap();
+        assert_eq!(ids(&page), ["mon-010", "mon-011", "mon-012"]);
+        // The migrated index is kept exact by what follows.
+        store.put_monitor(&monitor("small", "mon-m")).unwrap();
+        store.delete_monitor("mon-000").unwrap();
+        assert_eq!(store.tenant_monitor_count("small").unwrap(), 3);
+        assert_eq!(store.tenant_monitor_count("big").unwrap(), 29);
+        store.flush().await.unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tenant_monitor_count("small").unwrap(), 3);
+        assert_eq!(store.tenant_monitor_count("big").unwrap(), 29);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_migration_is_redone_from_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        write_old_store(dir.path(), &[monitor("acme", "m1"), monitor("acme", "m2")]);
+        {
+            // A crash half-way: some index entries and a wrong count, no marker.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.open_tree("tenant_monitors")
+                .unwrap()
+                .insert(key2("ghost", "m9"), &[])
+                .unwrap();
+            db.open_tree("tenant_monitor_counts")
+                .unwrap()
+                .insert("acme", &7u64.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.tenant_monitor_count("acme").unwrap(), 2);
+        assert_eq!(store.tenant_monitor_count("ghost").unwrap(), 0);
+        assert!(store.tenant_monitors("ghost", "", 10).unwrap().is_empty());
+        assert_eq!(
+            ids(&store.tenant_monitors("acme", "", 10).unwrap()),
+            ["m1", "m2"]
+        );
     }
 }
