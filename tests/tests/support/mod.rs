@@ -180,8 +180,22 @@ impl Door {
             let _ = task.await;
             drop(listener);
         }
-        // The old socket is closed now; bind again to keep the address.
-        self.state = DoorState::Refusing(bound(self.addr).expect("bind the door again"));
+        // The old socket is closed now; bind again to keep the address. While
+        // it was free, another socket on this machine may have taken the port
+        // as its ephemeral port (the range is shared); that lasts only as long
+        // as that connection, so retry for a bounded time.
+        let mut tries = 0;
+        let socket = loop {
+            match bound(self.addr) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind the door again at {}: {e}", self.addr),
+            }
+        };
+        self.state = DoorState::Refusing(socket);
     }
 
     /// Drains the accept queue without counting.
