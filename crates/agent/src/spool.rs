@@ -509,7 +509,7 @@ impl Spool {
     /// The base chunks of the current generation, then its log replayed.
     /// Callers hold the writer lock.
     fn read_assignments(&self) -> Result<(u64, Vec<v1::Assignment>), SpoolError> {
-        let revision = get_u64(&self.meta, REVISION)?.unwrap_or(0);
+        let revision = self.revision()?;
         let generation = self.state.generation.load(Ordering::Relaxed);
         let mut set = BTreeMap::new();
         for entry in self.assign_base.scan_prefix(generation.to_be_bytes()) {

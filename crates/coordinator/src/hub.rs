@@ -1204,7 +1204,7 @@ mod tests {
 mod assignment_tests {
     use super::*;
 
-    fn monitor(id: &str, regions: &[&str], tenant: &str) -> v1::Monitor {
+    pub(super) fn monitor(id: &str, regions: &[&str], tenant: &str) -> v1::Monitor {
         v1::Monitor {
             id: id.into(),
             tenant_id: tenant.into(),
@@ -1575,17 +1575,7 @@ mod confirm_tests {
                     r,
                 );
             }
-            hub.monitor_changed(v1::Monitor {
-                id: "m1".into(),
-                tenant_id: "t".into(),
-                host: "db.example.com".into(),
-                port: 5432,
-                regions: regions.iter().map(|r| r.to_string()).collect(),
-                interval_ms: 60_000,
-                timeout_ms: 3000,
-                generation: 1,
-                ..Default::default()
-            });
+            hub.monitor_changed(super::assignment_tests::monitor("m1", &regions, "t"));
             let mut rxs = Vec::new();
             for r in regions {
                 let (tx, rx) = mpsc::unbounded_channel();

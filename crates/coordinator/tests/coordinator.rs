@@ -94,6 +94,18 @@ async fn incidents(admin: &mut Admin, open_only: bool) -> Vec<v1::Incident> {
         .incidents
 }
 
+/// The monitor's live status as its tenant sees it.
+async fn status(admin: &mut Admin, id: &str) -> v1::MonitorStatus {
+    admin
+        .get_monitor_status(v1::GetMonitorStatusRequest {
+            id: id.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn history(admin: &mut Admin, monitor: &str) -> Vec<v1::CheckResult> {
     admin
         .list_results(v1::ListResultsRequest {
@@ -184,15 +196,7 @@ async fn quorum_two_of_three_opens_one_does_not_and_all_clear_closes() {
     for a in ag.iter_mut() {
         a.report_acked(&m.id, v1::Outcome::Ok).await;
     }
-    let status = w
-        .tenant
-        .get_monitor_status(v1::GetMonitorStatusRequest {
-            id: m.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut w.tenant, &m.id).await;
     assert_eq!(status.overall, v1::OverallState::Up as i32);
     assert_eq!(status.quorum, 2);
 
@@ -308,15 +312,7 @@ async fn with_fast_confirmation_off_a_region_turning_down_sends_no_check_now() {
     // check-now would already be on its way (with the key on, the quorum test
     // above gets it); a second of quiet on every stream is a wide margin.
     ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
-    let status = w
-        .tenant
-        .get_monitor_status(v1::GetMonitorStatusRequest {
-            id: m.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut w.tenant, &m.id).await;
     let down: Vec<&str> = status
         .regions
         .iter()
@@ -363,15 +359,7 @@ async fn blocked_and_probe_errors_never_open_an_incident() {
         incidents(&mut w.tenant, false).await.is_empty(),
         "unknown regions never make an alert easier"
     );
-    let status = w
-        .tenant
-        .get_monitor_status(v1::GetMonitorStatusRequest {
-            id: m.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut w.tenant, &m.id).await;
     let unknown: Vec<&str> = status
         .regions
         .iter()
