@@ -304,18 +304,21 @@ async fn agent_kill9_hands_its_monitors_over_at_once_and_its_spool_replays_after
             .filter(|r| r.region == "r0" && r.address == a_addr && (lo..hi).contains(&at_ms(r)))
             .count() as u64
     };
-    // A kill -9 can lose only checks that completed within the spool writer's
-    // batch wait (50 ms) before it: at most one per monitor of a.
+    // A kill -9 loses only the results not yet flushed: those of the batch
+    // being gathered (50 ms) and of the batch whose flush is still running.
+    // With a 1 s interval and fsync slowed by a loaded CI machine that is at
+    // most two checks per monitor of a; everything older must arrive.
+    let lost_at_most = 2 * share;
     let before_kill = from_a(c0, k2);
     let handshakes_before_kill = a_at_k2 - a_at_c0;
     assert!(
-        before_kill + share >= handshakes_before_kill && before_kill >= 2 * share,
+        before_kill + lost_at_most >= handshakes_before_kill && before_kill >= share,
         "agent a made {handshakes_before_kill} checks into its spool before kill -9; \
-         only {before_kill} arrived after its restart"
+         only {before_kill} arrived after its restart (at most {lost_at_most} may be lost)"
     );
     let whole = from_a(c0, c1 + 1);
     assert!(
-        whole <= a_at_c1 - a_at_c0 + share && whole + share >= a_at_c1 - a_at_c0,
+        whole <= a_at_c1 - a_at_c0 + share && whole + lost_at_most >= a_at_c1 - a_at_c0,
         "outage: {} handshakes by a, {whole} results stored",
         a_at_c1 - a_at_c0
     );
@@ -352,8 +355,12 @@ async fn agent_kill9_hands_its_monitors_over_at_once_and_its_spool_replays_after
     )
     .await;
     signal(&b.agent.proc, libc::SIGCONT);
-    // Detection takes the heartbeat timeout plus one evaluation tick (200 ms).
-    let allowed = interval + heartbeat_timeout + 500;
+    // Detection takes the heartbeat timeout plus one evaluation tick (200 ms)
+    // after b's last message, which can be up to one interval after its last
+    // check; delivering the new assignment and running a's first check gets
+    // one more interval on a loaded machine. A missed detection (a second
+    // heartbeat timeout) or no hand-over at all still fails.
+    let allowed = 2 * interval + heartbeat_timeout + 200;
     let mut worst = 0;
     for m in &monitors {
         let mut at: Vec<u64> = all
@@ -368,7 +375,7 @@ async fn agent_kill9_hands_its_monitors_over_at_once_and_its_spool_replays_after
         assert!(
             gap <= allowed,
             "monitor {} went {gap} ms without a check in r0 while agent b hung \
-             (allowed: interval + heartbeat timeout + one evaluation tick = {allowed} ms)",
+             (allowed: two intervals + heartbeat timeout + one evaluation tick = {allowed} ms)",
             m.name
         );
     }
