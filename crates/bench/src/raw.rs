@@ -241,6 +241,92 @@ pub fn saturate(
     Ok(stats)
 }
 
+/// Checks at a steady `per_second`, spread evenly (started on millisecond
+/// ticks, as the agent's scheduler wakes), round-robin over `addrs`, for
+/// `window`. The same-run baseline of the scheduler figure: what the kernel
+/// charges for that many loopback handshakes when they are spread out (each
+/// one wakes an idle listener) rather than back to back. Returns the loop's
+/// stats and the CPU time of this thread alone (`RUSAGE_THREAD`).
+pub fn paced(
+    addrs: &[SocketAddrV4],
+    per_second: u64,
+    window: Duration,
+) -> io::Result<(LoopStats, Duration)> {
+    if addrs.is_empty() {
+        return Err(io::Error::other("no IPv4 target"));
+    }
+    let targets: Vec<libc::sockaddr_in> = addrs.iter().map(|a| sockaddr(*a)).collect();
+    let ep = Epoll::new()?;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut pending: Vec<bool> = Vec::new();
+    let mut stats = LoopStats::default();
+    let mut started: u64 = 0;
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    loop {
+        let elapsed = t0.elapsed();
+        if elapsed >= window {
+            break;
+        }
+        // Due by the current millisecond tick.
+        let due = per_second.saturating_mul(u64::try_from(elapsed.as_millis()).unwrap_or(0)) / 1000;
+        while started < due {
+            let to = &targets[(started % targets.len() as u64) as usize];
+            started += 1;
+            match start(to) {
+                Ok((fd, true)) => stats.count(finish_errno(fd)),
+                Ok((fd, false)) => {
+                    if ep.add_out(fd).is_err() {
+                        finish_errno(fd);
+                        stats.count(-1);
+                        continue;
+                    }
+                    let i = fd as usize;
+                    if pending.len() <= i {
+                        pending.resize(i + 1, false);
+                    }
+                    pending[i] = true;
+                }
+                Err(e) => stats.count(e.raw_os_error().unwrap_or(-1)),
+            }
+        }
+        // Sleep until the next tick unless a handshake completes first.
+        let next_tick = Duration::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(0) + 1);
+        let wait_ms = next_tick.saturating_sub(t0.elapsed()).as_millis();
+        let n = ep.wait(&mut events, i32::try_from(wait_ms.max(1)).unwrap_or(1));
+        for ev in &events[..n] {
+            let fd = ev.u64 as RawFd;
+            if let Some(p) = pending.get_mut(fd as usize) {
+                *p = false;
+            }
+            stats.count(finish_errno(fd));
+        }
+    }
+    let cpu = thread_cpu().saturating_sub(cpu0);
+    stats.wall = t0.elapsed();
+    for (fd, p) in pending.iter().enumerate() {
+        if *p {
+            // SAFETY: a descriptor we opened and never closed.
+            unsafe { libc::close(fd as RawFd) };
+        }
+    }
+    Ok((stats, cpu))
+}
+
+/// User + system CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_THREAD is valid on Linux.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// One check at a time: (socket→closed µs, `tcpi_rtt` µs) of each successful
 /// check, for the timing-truth figure. At most `count` checks, until `deadline`.
 pub fn timings(addr: SocketAddrV4, count: usize, deadline: Instant) -> io::Result<Vec<(u64, u64)>> {
