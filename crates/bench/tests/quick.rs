@@ -35,6 +35,15 @@ fn quick_run_prints_one_json_line_per_cheap_figure() {
             v.get("met").is_some_and(|m| m.is_boolean()),
             "{name}: no goal verdict: {line}"
         );
+        if name == "scheduler" {
+            // The same-run baseline made real handshakes, all of them answered.
+            let paced = &v["paced_raw"];
+            assert!(
+                paced["checks_per_s"].as_f64().is_some_and(|r| r > 0.0),
+                "scheduler: no paced raw baseline: {line}"
+            );
+            assert_eq!(paced["failed"].as_u64(), Some(0), "{line}");
+        }
         seen.push(name);
     }
     assert_eq!(seen, CHEAP, "one JSON line per figure, in order");
