@@ -12,6 +12,8 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use crate::usage::cpu_thread;
+
 /// What a loop did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoopStats {
@@ -176,6 +178,79 @@ impl Drop for Epoll {
     }
 }
 
+/// Handshakes started and not yet finished, on one epoll instance. Dropping
+/// it closes those still connecting (a deadline exit).
+struct InFlight {
+    ep: Epoll,
+    events: Vec<libc::epoll_event>,
+    /// Indexed by descriptor: still connecting.
+    pending: Vec<bool>,
+    running: usize,
+}
+
+impl InFlight {
+    fn new() -> io::Result<InFlight> {
+        Ok(InFlight {
+            ep: Epoll::new()?,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
+            pending: Vec::new(),
+            running: 0,
+        })
+    }
+
+    /// Starts one handshake; one that completes or fails at once is counted now.
+    fn start(&mut self, to: &libc::sockaddr_in, stats: &mut LoopStats) {
+        match start(to) {
+            Ok((fd, true)) => stats.count(finish_errno(fd)),
+            Ok((fd, false)) => {
+                if self.ep.add_out(fd).is_err() {
+                    finish_errno(fd);
+                    stats.count(-1);
+                    return;
+                }
+                let i = fd as usize;
+                if self.pending.len() <= i {
+                    self.pending.resize(i + 1, false);
+                }
+                self.pending[i] = true;
+                self.running += 1;
+            }
+            Err(e) => stats.count(e.raw_os_error().unwrap_or(-1)),
+        }
+    }
+
+    /// Waits up to `timeout_ms` and counts the handshakes that finished.
+    fn reap(&mut self, timeout_ms: i32, stats: &mut LoopStats) {
+        let n = self.ep.wait(&mut self.events, timeout_ms);
+        for ev in &self.events[..n] {
+            let fd = ev.u64 as RawFd;
+            if let Some(p) = self.pending.get_mut(fd as usize) {
+                *p = false;
+            }
+            self.running = self.running.saturating_sub(1);
+            stats.count(finish_errno(fd));
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for (fd, p) in self.pending.iter().enumerate() {
+            if *p {
+                // SAFETY: a descriptor we opened and never closed.
+                unsafe { libc::close(fd as RawFd) };
+            }
+        }
+    }
+}
+
+fn sockaddrs(addrs: &[SocketAddrV4]) -> io::Result<Vec<libc::sockaddr_in>> {
+    if addrs.is_empty() {
+        return Err(io::Error::other("no IPv4 target"));
+    }
+    Ok(addrs.iter().map(|a| sockaddr(*a)).collect())
+}
+
 /// Runs `total` checks round-robin over `addrs`, `in_flight` at a time, or
 /// until `deadline`. Connection errors count as failed checks.
 pub fn saturate(
@@ -184,60 +259,25 @@ pub fn saturate(
     in_flight: usize,
     deadline: Instant,
 ) -> io::Result<LoopStats> {
-    if addrs.is_empty() {
-        return Err(io::Error::other("no IPv4 target"));
-    }
-    let targets: Vec<libc::sockaddr_in> = addrs.iter().map(|a| sockaddr(*a)).collect();
-    let ep = Epoll::new()?;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    // Descriptors still connecting, so that a deadline exit closes them.
-    let mut pending: Vec<bool> = Vec::new();
+    let targets = sockaddrs(addrs)?;
+    let mut flight = InFlight::new()?;
     let mut stats = LoopStats::default();
     let mut started: u64 = 0;
-    let mut running = 0usize;
     let t0 = Instant::now();
     while stats.ok + stats.failed < total {
-        while running < in_flight && started < total {
-            let to = &targets[(started % targets.len() as u64) as usize];
+        while flight.running < in_flight && started < total {
+            flight.start(
+                &targets[(started % targets.len() as u64) as usize],
+                &mut stats,
+            );
             started += 1;
-            match start(to) {
-                Ok((fd, true)) => stats.count(finish_errno(fd)),
-                Ok((fd, false)) => {
-                    if ep.add_out(fd).is_err() {
-                        finish_errno(fd);
-                        stats.count(-1);
-                        continue;
-                    }
-                    let i = fd as usize;
-                    if pending.len() <= i {
-                        pending.resize(i + 1, false);
-                    }
-                    pending[i] = true;
-                    running += 1;
-                }
-                Err(e) => stats.count(e.raw_os_error().unwrap_or(-1)),
-            }
         }
         if Instant::now() >= deadline {
             break;
         }
-        let n = ep.wait(&mut events, 100);
-        for ev in &events[..n] {
-            let fd = ev.u64 as RawFd;
-            if let Some(p) = pending.get_mut(fd as usize) {
-                *p = false;
-            }
-            running -= 1;
-            stats.count(finish_errno(fd));
-        }
+        flight.reap(100, &mut stats);
     }
     stats.wall = t0.elapsed();
-    for (fd, p) in pending.iter().enumerate() {
-        if *p {
-            // SAFETY: a descriptor we opened and never closed.
-            unsafe { libc::close(fd as RawFd) };
-        }
-    }
     Ok(stats)
 }
 
@@ -246,85 +286,41 @@ pub fn saturate(
 /// `window`. The same-run baseline of the scheduler figure: what the kernel
 /// charges for that many loopback handshakes when they are spread out (each
 /// one wakes an idle listener) rather than back to back. Returns the loop's
-/// stats and the CPU time of this thread alone (`RUSAGE_THREAD`).
+/// stats and the CPU time of this thread alone.
 pub fn paced(
     addrs: &[SocketAddrV4],
     per_second: u64,
     window: Duration,
 ) -> io::Result<(LoopStats, Duration)> {
-    if addrs.is_empty() {
-        return Err(io::Error::other("no IPv4 target"));
-    }
-    let targets: Vec<libc::sockaddr_in> = addrs.iter().map(|a| sockaddr(*a)).collect();
-    let ep = Epoll::new()?;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-    let mut pending: Vec<bool> = Vec::new();
+    let targets = sockaddrs(addrs)?;
+    let mut flight = InFlight::new()?;
     let mut stats = LoopStats::default();
     let mut started: u64 = 0;
-    let cpu0 = thread_cpu();
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    let cpu0 = cpu_thread();
     let t0 = Instant::now();
     loop {
-        let elapsed = t0.elapsed();
-        if elapsed >= window {
+        let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if elapsed_ms >= window_ms {
             break;
         }
         // Due by the current millisecond tick.
-        let due = per_second.saturating_mul(u64::try_from(elapsed.as_millis()).unwrap_or(0)) / 1000;
+        let due = per_second.saturating_mul(elapsed_ms) / 1000;
         while started < due {
-            let to = &targets[(started % targets.len() as u64) as usize];
+            flight.start(
+                &targets[(started % targets.len() as u64) as usize],
+                &mut stats,
+            );
             started += 1;
-            match start(to) {
-                Ok((fd, true)) => stats.count(finish_errno(fd)),
-                Ok((fd, false)) => {
-                    if ep.add_out(fd).is_err() {
-                        finish_errno(fd);
-                        stats.count(-1);
-                        continue;
-                    }
-                    let i = fd as usize;
-                    if pending.len() <= i {
-                        pending.resize(i + 1, false);
-                    }
-                    pending[i] = true;
-                }
-                Err(e) => stats.count(e.raw_os_error().unwrap_or(-1)),
-            }
         }
         // Sleep until the next tick unless a handshake completes first.
-        let next_tick = Duration::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(0) + 1);
-        let wait_ms = next_tick.saturating_sub(t0.elapsed()).as_millis();
-        let n = ep.wait(&mut events, i32::try_from(wait_ms.max(1)).unwrap_or(1));
-        for ev in &events[..n] {
-            let fd = ev.u64 as RawFd;
-            if let Some(p) = pending.get_mut(fd as usize) {
-                *p = false;
-            }
-            stats.count(finish_errno(fd));
-        }
+        let next_tick = Duration::from_millis(elapsed_ms.saturating_add(1));
+        let wait_ms = next_tick.saturating_sub(t0.elapsed()).as_millis().max(1);
+        flight.reap(i32::try_from(wait_ms).unwrap_or(1), &mut stats);
     }
-    let cpu = thread_cpu().saturating_sub(cpu0);
+    let cpu = cpu_thread().saturating_sub(cpu0);
     stats.wall = t0.elapsed();
-    for (fd, p) in pending.iter().enumerate() {
-        if *p {
-            // SAFETY: a descriptor we opened and never closed.
-            unsafe { libc::close(fd as RawFd) };
-        }
-    }
     Ok((stats, cpu))
-}
-
-/// User + system CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_THREAD is valid on Linux.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 /// One check at a time: (socket→closed µs, `tcpi_rtt` µs) of each successful

@@ -19,6 +19,17 @@ pub fn cpu_self() -> Duration {
     timeval(ru.ru_utime) + timeval(ru.ru_stime)
 }
 
+/// User + system CPU time of the calling thread so far.
+pub fn cpu_thread() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_THREAD is valid on Linux.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    timeval(ru.ru_utime) + timeval(ru.ru_stime)
+}
+
 fn timeval(t: libc::timeval) -> Duration {
     let secs = u64::try_from(t.tv_sec).unwrap_or(0);
     let micros = u32::try_from(t.tv_usec).unwrap_or(0);
