@@ -310,15 +310,21 @@ pub async fn spool_writer(
     batch_size: usize,
     batch_wait: Duration,
 ) {
+    let batch_size = batch_size.max(1);
     let mut batch = Vec::with_capacity(batch_size);
     loop {
         let Some(first) = rx.recv().await else { break };
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + batch_wait;
+        // Gather for `batch_wait` by sleeping once, not by waking for every
+        // result (thousands a second at scale); skip the wait when a full
+        // batch is already queued (a burst, a backlog).
+        if rx.len() + 1 < batch_size {
+            tokio::time::sleep(batch_wait).await;
+        }
         while batch.len() < batch_size {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
         write(&spool, &mut batch).await;
@@ -358,4 +364,79 @@ async fn write(spool: &Spool, batch: &mut Vec<v1::CheckResult>) {
     metrics::gauge!("portwatch_agent_spool_depth").set(spool.depth() as f64);
     metrics::gauge!("portwatch_agent_spool_dropped_total").set(spool.dropped_total() as f64);
     batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(i: usize) -> v1::CheckResult {
+        v1::CheckResult {
+            monitor_id: format!("mon-{i}"),
+            ..Default::default()
+        }
+    }
+
+    /// Spooled count, polled until `n` or `limit` (bounded).
+    async fn spooled_within(spool: &Spool, n: u64, limit: Duration) -> u64 {
+        let until = Instant::now() + limit;
+        while spool.depth() < n && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        spool.depth()
+    }
+
+    #[tokio::test]
+    async fn full_batches_are_written_without_waiting_out_the_batch_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10_000).unwrap();
+        let (tx, rx) = mpsc::channel(4_096);
+        // A burst of exactly three full batches, queued before the writer runs.
+        for i in 0..1_500 {
+            tx.send(result(i)).await.unwrap();
+        }
+        let writer = tokio::spawn(spool_writer(
+            rx,
+            spool.clone(),
+            Arc::new(Notify::new()),
+            500,
+            Duration::from_secs(60),
+        ));
+        // Were the writer to wait out its minute per batch, none would be spooled yet.
+        assert_eq!(
+            spooled_within(&spool, 1_500, Duration::from_secs(10)).await,
+            1_500
+        );
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_is_written_after_the_batch_wait_and_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10_000).unwrap();
+        let (tx, rx) = mpsc::channel(4_096);
+        let writer = tokio::spawn(spool_writer(
+            rx,
+            spool.clone(),
+            Arc::new(Notify::new()),
+            500,
+            Duration::from_millis(100),
+        ));
+        for i in 0..3 {
+            tx.send(result(i)).await.unwrap();
+        }
+        assert_eq!(spooled_within(&spool, 3, Duration::from_secs(10)).await, 3);
+        // The last results are written when the senders are gone.
+        tx.send(result(3)).await.unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(spool.depth(), 4);
+    }
 }
