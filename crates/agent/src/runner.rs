@@ -377,6 +377,42 @@ mod tests {
         }
     }
 
+    type Channel = (
+        mpsc::Sender<v1::CheckResult>,
+        mpsc::Receiver<v1::CheckResult>,
+    );
+
+    /// A spool in a temp dir and a result channel for its writer.
+    fn spool_and_channel() -> (tempfile::TempDir, Spool, Channel) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 10_000).unwrap();
+        (dir, spool, mpsc::channel(4_096))
+    }
+
+    /// The writer under test, in batches of 500.
+    fn spawn_writer(
+        rx: mpsc::Receiver<v1::CheckResult>,
+        spool: &Spool,
+        batch_wait: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(spool_writer(
+            rx,
+            spool.clone(),
+            Arc::new(Notify::new()),
+            500,
+            batch_wait,
+        ))
+    }
+
+    /// Drops the sender and waits (bounded) for the writer to finish.
+    async fn finish(tx: mpsc::Sender<v1::CheckResult>, task: tokio::task::JoinHandle<()>) {
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// Spooled count, polled until `n` or `limit` (bounded).
     async fn spooled_within(spool: &Spool, n: u64, limit: Duration) -> u64 {
         let until = Instant::now() + limit;
@@ -388,55 +424,31 @@ mod tests {
 
     #[tokio::test]
     async fn full_batches_are_written_without_waiting_out_the_batch_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 10_000).unwrap();
-        let (tx, rx) = mpsc::channel(4_096);
+        let (_dir, spool, (tx, rx)) = spool_and_channel();
         // A burst of exactly three full batches, queued before the writer runs.
         for i in 0..1_500 {
             tx.send(result(i)).await.unwrap();
         }
-        let writer = tokio::spawn(spool_writer(
-            rx,
-            spool.clone(),
-            Arc::new(Notify::new()),
-            500,
-            Duration::from_secs(60),
-        ));
+        let task = spawn_writer(rx, &spool, Duration::from_secs(60));
         // Were the writer to wait out its minute per batch, none would be spooled yet.
         assert_eq!(
             spooled_within(&spool, 1_500, Duration::from_secs(10)).await,
             1_500
         );
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .unwrap()
-            .unwrap();
+        finish(tx, task).await;
     }
 
     #[tokio::test]
     async fn a_partial_batch_is_written_after_the_batch_wait_and_at_shutdown() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 10_000).unwrap();
-        let (tx, rx) = mpsc::channel(4_096);
-        let writer = tokio::spawn(spool_writer(
-            rx,
-            spool.clone(),
-            Arc::new(Notify::new()),
-            500,
-            Duration::from_millis(100),
-        ));
+        let (_dir, spool, (tx, rx)) = spool_and_channel();
+        let task = spawn_writer(rx, &spool, Duration::from_millis(100));
         for i in 0..3 {
             tx.send(result(i)).await.unwrap();
         }
         assert_eq!(spooled_within(&spool, 3, Duration::from_secs(10)).await, 3);
         // The last results are written when the senders are gone.
         tx.send(result(3)).await.unwrap();
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .unwrap()
-            .unwrap();
+        finish(tx, task).await;
         assert_eq!(spool.depth(), 4);
     }
 }

@@ -10,20 +10,19 @@ use std::time::Duration;
 
 /// User + system CPU time of this whole process so far.
 pub fn cpu_self() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_SELF is always valid.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    timeval(ru.ru_utime) + timeval(ru.ru_stime)
+    rusage_cpu(libc::RUSAGE_SELF)
 }
 
 /// User + system CPU time of the calling thread so far.
 pub fn cpu_thread() -> Duration {
-    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_THREAD is valid on Linux.
+    rusage_cpu(libc::RUSAGE_THREAD)
+}
+
+/// User + system CPU time of `who` (`RUSAGE_SELF` or `RUSAGE_THREAD`).
+fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we own; both `who` values are valid on Linux.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
     if rc != 0 {
         return Duration::ZERO;
     }
