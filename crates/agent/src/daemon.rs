@@ -111,7 +111,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.batch_wait,
     ));
     let sched_stop = CancellationToken::new();
-    let sched = tokio::spawn(runner.clone().run(sched_stop.clone()));
+    let sched = runner
+        .clone()
+        .start(sched_stop.clone(), DRAIN_CHECKS)
+        .context("starting the check thread")?;
     let stream_stop = CancellationToken::new();
     let link = Link {
         config: config.clone(),
@@ -133,9 +136,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancelled().await;
     info!("shutting down: finishing checks in flight");
+    // The loop finishes the checks in flight (bounded) and closes the
+    // result channel.
     sched_stop.cancel();
-    let _ = sched.await;
-    runner.drain(DRAIN_CHECKS).await;
+    let _ = tokio::task::spawn_blocking(move || sched.join()).await;
     drop(runner);
     let _ = writer.await;
     spool.flush().await?;

@@ -1,23 +1,30 @@
 //! Runs checks on schedule: one loop over the scheduler's heap (no task per
-//! monitor sleeping), a semaphore bounding checks in flight, and a writer that
-//! puts results into the spool in batches before anything is sent.
+//! monitor sleeping) that also polls the checks in flight itself (no task per
+//! check), bounded by `max_in_flight`, and a writer that puts results into the
+//! spool in batches before anything is sent.
 //!
 //! Guarantees: a result is in the spool (and flushed) before the stream can
 //! send it; a check-now or a new/changed monitor runs at once; a late loop runs
-//! one check per monitor, never a backlog; schedule lag is measured.
+//! one check per monitor, never a backlog; schedule lag is measured; when the
+//! writer falls behind, results wait in the loop (bounded) and no new check
+//! starts until they are handed on, so none is dropped.
 
 use std::collections::{HashSet, VecDeque};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use portwatch_check::{CheckSpec, Checker, CloseMode, Outcome};
 use portwatch_proto::v1;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Due, Scheduler};
 use crate::spool::Spool;
 
 /// What the scheduler holds per monitor.
@@ -45,7 +52,6 @@ pub struct Runner {
     checker: Checker,
     scheduler: Mutex<Scheduler<Job>>,
     wake: Notify,
-    permits: Arc<Semaphore>,
     max_in_flight: usize,
     in_flight: AtomicU32,
     results: Mutex<Option<mpsc::Sender<v1::CheckResult>>>,
@@ -106,8 +112,7 @@ impl Runner {
             checker,
             scheduler: Mutex::new(Scheduler::new()),
             wake: Notify::new(),
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
+            max_in_flight: max_in_flight.max(1),
             in_flight: AtomicU32::new(0),
             results: Mutex::new(Some(results)),
             force_close,
@@ -196,66 +201,144 @@ impl Runner {
         lags.push_back(lag_us);
     }
 
-    /// The scheduler loop; returns when `stop` is cancelled.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    fn set_in_flight(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.in_flight.store(n, Ordering::Relaxed);
+        self.metrics.in_flight.set(f64::from(n));
+    }
+
+    /// Starts [`Runner::run`] on a thread of its own with a single-threaded
+    /// runtime, the way the agent runs it: the thread sleeps in the kernel
+    /// until a check is due or a socket answers, and a finished handshake
+    /// wakes this thread only, not a second worker that would look for work
+    /// and find none (measured: one futex and a context switch per check on
+    /// a shared multi-threaded runtime). The results channel, the wake-up
+    /// and `stop` work across runtimes.
+    pub fn start(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        drain: Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("portwatch-checks".into())
+            .spawn(move || runtime.block_on(self.run(stop, drain)))
+    }
+
+    /// The scheduler loop. Checks in flight are futures polled here, not
+    /// tasks: starting one costs no spawn, and a finished one wakes this loop,
+    /// not a task on another worker. When `stop` is cancelled no new check
+    /// starts; those in flight get up to `drain` to finish and their results
+    /// are handed to the writer; then the result channel is closed (so the
+    /// writer can finish) and this returns. Runs once per runner.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken, drain: Duration) {
+        let Some(results) = self
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            warn!("the runner's loop was started twice; the second start does nothing");
+            return;
+        };
+        let this: &Runner = &self;
+        let mut checks = FuturesUnordered::new();
+        // Finished results the writer has not taken yet (its channel full).
+        let mut done: VecDeque<v1::CheckResult> = VecDeque::new();
+        let mut stopped = pin!(stop.cancelled());
+        let mut woken = pin!(this.wake.notified());
+        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timer_for: Option<u64> = None;
         loop {
+            if !hand_on(&results, &mut done) {
+                warn!(
+                    dropped = done.len(),
+                    "result writer is gone; results dropped"
+                );
+                return;
+            }
+            let room = if done.len() >= this.max_in_flight {
+                0
+            } else {
+                this.max_in_flight - checks.len()
+            };
             let now = now_ms();
-            let next = self.sched().next_due_ms();
-            match next {
-                Some(t) if t <= now => {
-                    let due = self.sched().pop_due(now, POP_MAX);
-                    for d in due {
-                        let permit = tokio::select! {
-                            () = stop.cancelled() => return,
-                            p = self.permits.clone().acquire_owned() => match p {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
-                        };
-                        let Some(results) = self
-                            .results
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone()
-                        else {
-                            return;
-                        };
-                        let lag_ms = now_ms().saturating_sub(d.due_ms);
-                        self.record_lag(lag_ms.saturating_mul(1000));
-                        let runner = self.clone();
-                        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                        self.metrics.in_flight.set(f64::from(n));
-                        tokio::spawn(async move {
-                            let result =
-                                runner.run_one(&d.monitor_id, &d.payload, d.immediate).await;
-                            let n = runner
-                                .in_flight
-                                .fetch_sub(1, Ordering::Relaxed)
-                                .saturating_sub(1);
-                            runner.metrics.in_flight.set(f64::from(n));
-                            drop(permit);
-                            if results.send(result).await.is_err() {
-                                warn!("result writer is gone; result dropped");
-                            }
-                        });
-                    }
+            let mut next = this.sched().next_due_ms();
+            if room > 0
+                && let Some(t) = next
+                && t <= now
+            {
+                let due = this.sched().pop_due(now, POP_MAX.min(room));
+                for d in due {
+                    let lag_ms = now_ms().saturating_sub(d.due_ms);
+                    this.record_lag(lag_ms.saturating_mul(1000));
+                    checks.push(this.run_due(d));
                 }
-                Some(t) => {
-                    let wait = Duration::from_millis(t - now);
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.wake.notified() => {}
-                    }
+                this.set_in_flight(checks.len());
+                next = this.sched().next_due_ms();
+            }
+            // Sleep until the next due check, unless there is no room for it
+            // (a finished check or a taken result wakes the loop then).
+            let room = done.len() < this.max_in_flight && checks.len() < this.max_in_flight;
+            let wanted = next.filter(|_| room);
+            if wanted != timer_for {
+                if let Some(t) = wanted {
+                    let wait = Duration::from_millis(t.saturating_sub(now_ms()));
+                    timer.as_mut().reset(tokio::time::Instant::now() + wait);
                 }
-                None => {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = self.wake.notified() => {}
+                timer_for = wanted;
+            }
+            tokio::select! {
+                biased;
+                () = stopped.as_mut() => break,
+                Some(r) = checks.next(), if !checks.is_empty() => {
+                    done.push_back(r);
+                    // Take every other check that is finished too (one wake-up, many results).
+                    while let Some(Some(r)) = checks.next().now_or_never() {
+                        done.push_back(r);
                     }
+                    this.set_in_flight(checks.len());
+                }
+                permit = results.reserve(), if !done.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(r) = done.pop_front() {
+                            permit.send(r);
+                        }
+                    }
+                    Err(_) => {
+                        warn!(dropped = done.len(), "result writer is gone; results dropped");
+                        return;
+                    }
+                },
+                () = timer.as_mut(), if timer_for.is_some() => timer_for = None,
+                () = woken.as_mut() => woken.set(this.wake.notified()),
+            }
+        }
+        // Stopping: no new checks; let those in flight finish (bounded).
+        let deadline = tokio::time::Instant::now() + drain;
+        while !checks.is_empty() {
+            match tokio::time::timeout_at(deadline, checks.next()).await {
+                Ok(Some(r)) => done.push_back(r),
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(in_flight = checks.len(), "checks still running at shutdown");
+                    break;
                 }
             }
         }
+        this.set_in_flight(0);
+        for r in done {
+            if results.send(r).await.is_err() {
+                warn!("result writer is gone; results dropped");
+                break;
+            }
+        }
+    }
+
+    async fn run_due(&self, d: Due<Job>) -> v1::CheckResult {
+        self.run_one(&d.monitor_id, &d.payload, d.immediate).await
     }
 
     async fn run_one(&self, monitor_id: &str, job: &Job, immediate: bool) -> v1::CheckResult {
@@ -279,26 +362,25 @@ impl Runner {
         }
         result.to_wire(monitor_id, job.generation, immediate)
     }
+}
 
-    /// Stops taking new checks and waits (bounded) for those in flight; then
-    /// closes the result channel so the writer can finish.
-    pub async fn drain(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        if tokio::time::timeout_at(deadline, self.permits.acquire_many(all))
-            .await
-            .is_err()
-        {
-            warn!(
-                in_flight = self.in_flight(),
-                "checks still running at shutdown"
-            );
+/// Hands finished results to the writer without waiting; false when the
+/// writer is gone.
+fn hand_on(results: &mpsc::Sender<v1::CheckResult>, done: &mut VecDeque<v1::CheckResult>) -> bool {
+    while let Some(r) = done.pop_front() {
+        match results.try_send(r) {
+            Ok(()) => {}
+            Err(TrySendError::Full(r)) => {
+                done.push_front(r);
+                return true;
+            }
+            Err(TrySendError::Closed(r)) => {
+                done.push_front(r);
+                return false;
+            }
         }
-        self.results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
     }
+    true
 }
 
 /// Moves results from the checks into the spool in batches (size or time
@@ -450,5 +532,203 @@ mod tests {
         tx.send(result(3)).await.unwrap();
         finish(tx, task).await;
         assert_eq!(spool.depth(), 4);
+    }
+
+    // The check loop, on its own thread as the agent runs it, against real
+    // loopback listeners.
+
+    /// A checker for IP literals on loopback.
+    fn checker() -> Checker {
+        let resolver =
+            portwatch_check::Resolver::new(&portwatch_check::Nameservers::System).unwrap();
+        Checker::new(resolver, portwatch_check::Guard::allow_private())
+    }
+
+    /// Hourly monitors whose first aligned check is over a minute away: in
+    /// these tests each runs exactly once, at once (its first check).
+    fn assignments(n: usize, target: std::net::SocketAddr, timeout_ms: u32) -> Vec<v1::Assignment> {
+        const HOUR_MS: u64 = 3_600_000;
+        let now = now_ms();
+        (0..)
+            .map(|k| format!("mon-{k}"))
+            .filter(|id| crate::scheduler::next_aligned(id, HOUR_MS, now) > now + 60_000)
+            .take(n)
+            .map(|monitor_id| v1::Assignment {
+                monitor_id,
+                spec: Some(v1::CheckSpec {
+                    host: target.ip().to_string(),
+                    port: u32::from(target.port()),
+                    timeout_ms,
+                    family: v1::IpFamily::Any as i32,
+                    address_policy: v1::AddressPolicy::Any as i32,
+                    close_mode: v1::CloseMode::Rst as i32,
+                }),
+                interval_ms: HOUR_MS,
+                generation: 1,
+            })
+            .collect()
+    }
+
+    /// A listener that accepts and counts every connection.
+    async fn counting_listener() -> (std::net::SocketAddr, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// A listener whose accept queue is full and never drained: the kernel
+    /// drops further SYNs, so a check against it runs until its timeout.
+    fn silent_listener() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let l = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        l.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..8 {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let _ = s.connect(&addr);
+            std::thread::sleep(Duration::from_millis(20));
+            let s: std::net::TcpStream = s.into();
+            let connected = s.peer_addr().is_ok();
+            fillers.push(s);
+            if !connected {
+                break;
+            }
+        }
+        (l, fillers)
+    }
+
+    async fn join(handle: std::thread::JoinHandle<()>, limit: Duration) {
+        tokio::time::timeout(limit, tokio::task::spawn_blocking(move || handle.join()))
+            .await
+            .expect("the check thread did not end in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_that_falls_behind_loses_no_result_and_stops_new_checks() {
+        let (addr, accepted) = counting_listener().await;
+        // Room for two results in the channel, four checks in flight.
+        let (tx, mut rx) = mpsc::channel(2);
+        let runner = Runner::new(checker(), 4, tx, None);
+        runner.apply_snapshot(&assignments(40, addr, 2_000));
+        let stop = CancellationToken::new();
+        let thread = runner
+            .clone()
+            .start(stop.clone(), Duration::from_secs(5))
+            .unwrap();
+
+        // Nobody reads: the loop holds what it cannot hand on and, once it
+        // holds as many as it may run, starts nothing new.
+        let mut max_in_flight = 0;
+        for _ in 0..50 {
+            max_in_flight = max_in_flight.max(runner.in_flight());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = accepted.load(Ordering::Relaxed);
+        assert!(
+            max_in_flight <= 4,
+            "{max_in_flight} checks in flight, bound 4"
+        );
+        assert!(
+            (2..=10).contains(&started),
+            "{started} checks ran while the writer read nothing (channel 2 + held 4..8)"
+        );
+
+        // Once the writer reads again, every monitor's first check arrives, once.
+        let mut ids = HashSet::new();
+        while ids.len() < 40 {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("results stopped coming")
+                .expect("channel closed early");
+            assert_eq!(r.outcome, v1::Outcome::Ok as i32, "{r:?}");
+            assert!(ids.insert(r.monitor_id.clone()), "{} twice", r.monitor_id);
+        }
+        stop.cancel();
+        join(thread, Duration::from_secs(10)).await;
+        assert!(
+            rx.recv().await.is_none(),
+            "a result after the first round, or the channel left open"
+        );
+        assert_eq!(accepted.load(Ordering::Relaxed), 40);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_finishes_the_checks_in_flight_then_closes_the_channel() {
+        let (_silent, _fillers) = silent_listener();
+        let target = _silent.local_addr().unwrap().as_socket().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let runner = Runner::new(checker(), 16, tx, None);
+        runner.apply_snapshot(&assignments(1, target, 1_000));
+        let stop = CancellationToken::new();
+        let thread = runner
+            .clone()
+            .start(stop.clone(), Duration::from_secs(5))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while runner.in_flight() == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(runner.in_flight(), 1);
+        let stopped = Instant::now();
+        stop.cancel();
+        // The check runs to its 1 s timeout and its verdict is handed on.
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("no result after stopping")
+            .expect("channel closed without the check in flight");
+        assert_eq!(r.outcome, v1::Outcome::TimedOut as i32, "{r:?}");
+        assert!(rx.recv().await.is_none());
+        join(thread, Duration::from_secs(5)).await;
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            stopped.elapsed()
+        );
+        assert_eq!(runner.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_gives_up_on_checks_in_flight_after_the_drain_time() {
+        let (_silent, _fillers) = silent_listener();
+        let target = _silent.local_addr().unwrap().as_socket().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let runner = Runner::new(checker(), 16, tx, None);
+        runner.apply_snapshot(&assignments(1, target, 10_000));
+        let stop = CancellationToken::new();
+        let thread = runner
+            .clone()
+            .start(stop.clone(), Duration::from_millis(200))
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        while runner.in_flight() == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(runner.in_flight(), 1);
+        let stopped = Instant::now();
+        stop.cancel();
+        // Closed after the 200 ms drain, not after the 10 s timeout.
+        let end = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the channel stayed open");
+        assert!(end.is_none(), "{end:?}");
+        join(thread, Duration::from_secs(5)).await;
+        assert!(
+            stopped.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            stopped.elapsed()
+        );
     }
 }

@@ -6,13 +6,16 @@
 //!   `Runner::run` (lock, `next_due_ms`, `pop_due` up to 1024, a semaphore
 //!   permit and a spawned task per due check), where the check is a no-op that
 //!   reports its start time. This is the cost of scheduling alone.
-//! - **agent** (loopback): the real `portwatch_agent::runner::Runner` with the real
+//! - **agent** (loopback): the real `portwatch_agent::runner::Runner` on its
+//!   own thread (`Runner::start`, as the agent runs it) with the real
 //!   `Checker` (RST close) against listeners in a child process, its results
-//!   going through the real `spool_writer` into a real sled `Spool`, each batch
-//!   acknowledged (`Spool::ack`) once durable, as the stream does when the
-//!   coordinator's ack arrives. This is one agent minus the gRPC stream. A
-//!   tap between the runner and the spool writer reads each result's lag (one
-//!   channel hop the real agent does not have, counted against it).
+//!   going through the real `spool_writer` into a real sled `Spool`. The
+//!   stream's part is played by a task that, on each "spooled" wake-up, reads
+//!   the new results back from the spool in batches of 500 and encodes each
+//!   batch as it would go on the wire, then acknowledges them (`Spool::ack`)
+//!   as the stream does when the coordinator's ack arrives: one agent minus
+//!   the TLS connection. Each check's lag is read there, from the real
+//!   results (the bench adds nothing per check on the agent's path).
 //! - **raw epoll, paced** (the same run's baseline, after the agent): the same
 //!   rate of handshakes (monitors ÷ 30 s) to the same listeners, started on
 //!   millisecond ticks by one plain thread (`raw::paced`), its CPU read with
@@ -29,6 +32,7 @@
 //! before and after inserting the monitors (and the allocator's own count).
 //! Goals: ≤ 25 % of one core, lag p99 ≤ 5 ms, ≤ 1 KB per idle monitor.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -147,42 +151,48 @@ struct Paced {
 /// Records samples from checks in place (no task, no channel: the bench's own
 /// bookkeeping must not wake the runtime once more per check and be counted
 /// as the agent's CPU); returns (immediate count seen so far, lags inside the
-/// window).
+/// window). Times are wall-clock microseconds, as results carry them.
 #[derive(Clone, Default)]
 struct Collector {
-    immediate: Arc<std::sync::atomic::AtomicU64>,
+    immediate: Arc<AtomicU64>,
+    /// The latest check start seen (µs since the epoch).
+    latest_us: Arc<AtomicU64>,
     /// (ms since the window opened, lag µs).
     lags: Arc<Mutex<Vec<(u64, u64)>>>,
-    window: Arc<Mutex<Option<(Instant, Instant)>>>,
+    window: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 impl Collector {
-    /// One check's lag; `immediate` checks (the initial burst) are only counted.
-    fn record(&self, lag: u64, immediate: bool, at: Instant) {
+    /// One check, started at `at_us`, `lag` µs after it was due; `immediate`
+    /// checks (the initial burst) are only counted.
+    fn record(&self, lag: u64, immediate: bool, at_us: u64) {
+        self.latest_us.fetch_max(at_us, Ordering::Relaxed);
         if immediate {
-            self.immediate
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.immediate.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let w = *self.window.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((from, to)) = w
-            && at >= from
-            && at < to
+            && at_us >= from
+            && at_us < to
         {
             let mut l = self.lags.lock().unwrap_or_else(|e| e.into_inner());
             if l.len() < MAX_SAMPLES {
-                let ms = u64::try_from(at.duration_since(from).as_millis()).unwrap_or(0);
-                l.push((ms, lag));
+                l.push(((at_us - from) / 1000, lag));
             }
         }
     }
 
     fn immediate(&self) -> u64 {
-        self.immediate.load(std::sync::atomic::Ordering::Relaxed)
+        self.immediate.load(Ordering::Relaxed)
     }
 
-    fn open_window(&self, from: Instant, to: Instant) {
-        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some((from, to));
+    fn latest_us(&self) -> u64 {
+        self.latest_us.load(Ordering::Relaxed)
+    }
+
+    fn open_window(&self, from_us: u64, to_us: u64) {
+        *self.window.lock().unwrap_or_else(|e| e.into_inner()) = Some((from_us, to_us));
     }
 
     fn lags(&self) -> Vec<(u64, u64)> {
@@ -226,13 +236,20 @@ async fn settle(c: &Collector, n: usize, limit: Duration) -> anyhow::Result<()> 
 /// Measures CPU over `window` and returns (cpu %, lags within it).
 async fn measure(c: &Collector, window: Duration) -> (f64, Duration, Vec<(u64, u64)>) {
     let from = Instant::now();
-    c.open_window(from, from + window);
+    let from_us = now_us();
+    let to_us = from_us + u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+    c.open_window(from_us, to_us);
     let c0 = cpu_self();
     tokio::time::sleep(window).await;
     let cpu = cpu_self().saturating_sub(c0);
     let took = from.elapsed();
-    // Samples in flight at the end of the window.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Samples still on their way at the end of the window (for the agent: in
+    // the batch being gathered, flushed or read back): wait, bounded, until a
+    // check started after the window has been seen.
+    let until = Instant::now() + Duration::from_secs(10);
+    while c.latest_us() < to_us && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (
         cpu.as_secs_f64() * 100.0 / took.as_secs_f64().max(1e-9),
         took,
@@ -315,7 +332,7 @@ async fn noop_loop(
                         let lag = now_us().saturating_sub(d.due_ms.saturating_mul(1000));
                         std::hint::black_box(&d.payload.spec);
                         drop(permit);
-                        collector.record(lag, d.immediate, Instant::now());
+                        collector.record(lag, d.immediate, now_us());
                     });
                 }
             }
@@ -339,8 +356,7 @@ async fn agent(
 ) -> anyhow::Result<Steady> {
     let dir = tempfile::tempdir().context("temp dir for the spool")?;
     let spool = Spool::open(dir.path(), 2_000_000)?;
-    let (rx_tx, mut rx) = mpsc::channel::<v1::CheckResult>(65_536);
-    let (fw_tx, fw_rx) = mpsc::channel::<v1::CheckResult>(65_536);
+    let (rx_tx, rx) = mpsc::channel::<v1::CheckResult>(65_536);
     let checker = drive::checker()?;
     let runner = Runner::new(checker, MAX_IN_FLIGHT, rx_tx, Some(CloseMode::Rst));
 
@@ -367,62 +383,79 @@ async fn agent(
 
     let spooled = Arc::new(Notify::new());
     let writer = tokio::spawn(spool_writer(
-        fw_rx,
+        rx,
         spool.clone(),
         spooled.clone(),
         500,
         Duration::from_millis(200),
     ));
-    // The tap: lag from each real result, then on to the spool writer.
+    // The stream's part: on each "spooled" wake-up, read the new results back
+    // in batches of 500 and encode each batch as it would go on the wire (the
+    // lag of each check is read here, from the real results); then the
+    // coordinator's part: acknowledge what was read (at once, or every
+    // `ack_every`), applied on a blocking thread as the stream applies an ack.
     let collector = Collector::default();
-    let tap_collector = collector.clone();
     let outcomes = Arc::new(Mutex::new(std::collections::BTreeMap::<i32, u64>::new()));
-    let tap_outcomes = outcomes.clone();
-    let tap = tokio::spawn(async move {
-        while let Some(r) = rx.recv().await {
-            let at_us = r
-                .checked_at
-                .as_ref()
-                .and_then(portwatch_proto::time::from_timestamp)
-                .map_or(0, portwatch_proto::time::unix_micros);
-            let phase = phase_ms(&r.monitor_id, INTERVAL_MS);
-            let at_ms = at_us / 1000;
-            let due_ms = at_ms - (at_ms + INTERVAL_MS - phase) % INTERVAL_MS;
-            let lag = at_us.saturating_sub(due_ms * 1000);
-            *tap_outcomes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(r.outcome)
-                .or_default() += 1;
-            tap_collector.record(lag, r.immediate, Instant::now());
-            if fw_tx.send(r).await.is_err() {
-                break;
-            }
-        }
-    });
-    // The coordinator's part: acknowledge each batch once it is durable, as the
-    // stream does when the coordinator's ack arrives.
     let ack_stop = CancellationToken::new();
     let acker = {
         let spool = spool.clone();
         let stop = ack_stop.clone();
         let spooled = spooled.clone();
+        let collector = collector.clone();
+        let outcomes = outcomes.clone();
         tokio::spawn(async move {
+            let mut cursor = 0u64;
+            let mut acked = 0u64;
+            let mut last_ack = Instant::now();
             loop {
-                match ack_every {
-                    Some(every) => tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(every) => {}
-                    },
-                    None => tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = spooled.notified() => {}
-                    },
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = spooled.notified() => {}
+                    () = tokio::time::sleep(ack_every.unwrap_or(Duration::from_millis(200))) => {}
                 }
-                // As the stream applies an ack: on a blocking thread.
-                let up_to = spool.last_seq();
-                let acking = spool.clone();
-                let _ = tokio::task::spawn_blocking(move || acking.ack(up_to)).await;
+                loop {
+                    let pending = match spool.pending(cursor, 500) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            note(format!(
+                                "scheduler (agent): reading the spool back failed: {e}"
+                            ));
+                            break;
+                        }
+                    };
+                    let Some(last) = pending.last().map(|r| r.seq) else {
+                        break;
+                    };
+                    let mut counts = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                    for r in pending.iter().filter_map(|p| p.result.as_ref()) {
+                        let at_us = r
+                            .checked_at
+                            .as_ref()
+                            .and_then(portwatch_proto::time::from_timestamp)
+                            .map_or(0, portwatch_proto::time::unix_micros);
+                        let phase = phase_ms(&r.monitor_id, INTERVAL_MS);
+                        let at_ms = at_us / 1000;
+                        let due_ms = at_ms - (at_ms + INTERVAL_MS - phase) % INTERVAL_MS;
+                        *counts.entry(r.outcome).or_default() += 1;
+                        collector.record(at_us.saturating_sub(due_ms * 1000), r.immediate, at_us);
+                    }
+                    drop(counts);
+                    let wire = prost::Message::encode_to_vec(&v1::AgentMessage {
+                        msg: Some(v1::agent_message::Msg::Results(v1::ResultBatch {
+                            results: pending,
+                        })),
+                    });
+                    std::hint::black_box(wire);
+                    cursor = last;
+                }
+                let due = ack_every.is_none_or(|every| last_ack.elapsed() >= every);
+                if due && cursor > acked {
+                    let acking = spool.clone();
+                    let up_to = cursor;
+                    let _ = tokio::task::spawn_blocking(move || acking.ack(up_to)).await;
+                    acked = up_to;
+                    last_ack = Instant::now();
+                }
             }
         })
     };
@@ -432,7 +465,7 @@ async fn agent(
         ack_stop.clone(),
     ));
     let stop = CancellationToken::new();
-    let sched_task = tokio::spawn(runner.clone().run(stop.clone()));
+    let sched_task = runner.clone().start(stop.clone(), Duration::from_secs(5))?;
     let result = async {
         settle(&collector, n, Duration::from_secs(90)).await?;
         Ok::<_, anyhow::Error>(measure(&collector, window).await)
@@ -445,11 +478,9 @@ async fn agent(
     let trim_us = trim_started.elapsed().as_micros();
     let rss_end_trimmed = rss_self_kib().unwrap_or(0);
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), sched_task).await;
+    let _ = tokio::task::spawn_blocking(move || sched_task.join()).await;
     let runner_p99 = runner.lag_p99_us();
-    runner.drain(Duration::from_secs(5)).await;
     drop(runner);
-    let _ = tokio::time::timeout(Duration::from_secs(10), tap).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
     ack_stop.cancel();
     let _ = acker.await;
