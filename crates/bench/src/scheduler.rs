@@ -3,9 +3,10 @@
 //! Two measurements, same monitors:
 //! - **scheduler** (no network): `portwatch_agent::scheduler::Scheduler` holding
 //!   the runner's own `Job` payloads, driven by a loop written like
-//!   `Runner::run` (lock, `next_due_ms`, `pop_due` up to 1024, a semaphore
-//!   permit and a spawned task per due check), where the check is a no-op that
-//!   reports its start time. This is the cost of scheduling alone.
+//!   `Runner::run` on a thread of its own like `Runner::start` (lock,
+//!   `next_due_ms`, `pop_due` up to 1024, each due check a future the loop
+//!   polls), where the check is a no-op that reports its start time. This is
+//!   the cost of scheduling alone.
 //! - **agent** (loopback): the real `portwatch_agent::runner::Runner` on its
 //!   own thread (`Runner::start`, as the agent runs it) with the real
 //!   `Checker` (RST close) against listeners in a child process, its results
@@ -32,11 +33,14 @@
 //! before and after inserting the monitors (and the allocator's own count).
 //! Goals: ≤ 25 % of one core, lag p99 ≤ 5 ms, ≤ 1 KB per idle monitor.
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use portwatch_agent::runner::{Job, Runner, now_ms, spool_writer};
 use portwatch_agent::scheduler::{Scheduler, phase_ms};
 use portwatch_agent::spool::Spool;
@@ -44,7 +48,7 @@ use portwatch_check::{CheckSpec, CloseMode};
 use portwatch_proto::v1;
 use serde_json::json;
 use tokio::runtime::Runtime;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::drive;
@@ -276,7 +280,16 @@ async fn noop(n: usize, window: Duration) -> anyhow::Result<Steady> {
     let sched = Arc::new(Mutex::new(sched));
     let collector = Collector::default();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(noop_loop(sched.clone(), collector.clone(), stop.clone()));
+    // On a thread of its own with a single-threaded runtime, as `Runner::start` runs the agent's loop.
+    let task = {
+        let (sched, collector, stop) = (sched.clone(), collector.clone(), stop.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("noop-checks".into())
+            .spawn(move || rt.block_on(noop_loop(sched, collector, stop)))?
+    };
     let result = async {
         settle(&collector, n, Duration::from_secs(60)).await?;
         Ok::<_, anyhow::Error>(measure(&collector, window).await)
@@ -284,7 +297,7 @@ async fn noop(n: usize, window: Duration) -> anyhow::Result<Steady> {
     .await;
     let rss_end = rss_self_kib().unwrap_or(0);
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    let _ = tokio::task::spawn_blocking(move || task.join()).await;
     let (cpu_pct, took, timed) = result?;
     let checks = timed.len() as u64;
     let per_second = worst_per_second(&timed);
@@ -310,39 +323,44 @@ async fn noop_loop(
     collector: Collector,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let lock = || sched.lock().unwrap_or_else(|e| e.into_inner());
+    let collector = &collector;
+    let mut checks = FuturesUnordered::new();
+    let mut stopped = pin!(stop.cancelled());
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut timer_for: Option<u64> = None;
     loop {
         let now = now_ms();
-        let next = lock().next_due_ms();
-        match next {
-            Some(t) if t <= now => {
-                let due = lock().pop_due(now, POP_MAX);
-                for d in due {
-                    let permit = tokio::select! {
-                        () = stop.cancelled() => return,
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => return,
-                        },
-                    };
-                    let collector = collector.clone();
-                    tokio::spawn(async move {
-                        // The no-op check: start, read the job, finish.
-                        let lag = now_us().saturating_sub(d.due_ms.saturating_mul(1000));
-                        std::hint::black_box(&d.payload.spec);
-                        drop(permit);
-                        collector.record(lag, d.immediate, now_us());
-                    });
-                }
+        let mut next = lock().next_due_ms();
+        if let Some(t) = next
+            && t <= now
+            && checks.len() < MAX_IN_FLIGHT
+        {
+            for d in lock().pop_due(now, POP_MAX.min(MAX_IN_FLIGHT - checks.len())) {
+                checks.push(async move {
+                    // The no-op check: start, read the job, finish.
+                    let lag = now_us().saturating_sub(d.due_ms.saturating_mul(1000));
+                    std::hint::black_box(&d.payload.spec);
+                    collector.record(lag, d.immediate, now_us());
+                });
             }
-            Some(t) => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(t - now)) => {}
-                }
+            next = lock().next_due_ms();
+        }
+        let wanted = next.filter(|_| checks.len() < MAX_IN_FLIGHT);
+        if wanted != timer_for {
+            if let Some(t) = wanted {
+                let wait = Duration::from_millis(t.saturating_sub(now_ms()));
+                timer.as_mut().reset(tokio::time::Instant::now() + wait);
             }
-            None => return,
+            timer_for = wanted;
+        }
+        tokio::select! {
+            biased;
+            () = stopped.as_mut() => return,
+            Some(()) = checks.next(), if !checks.is_empty() => {
+                while let Some(Some(())) = checks.next().now_or_never() {}
+            }
+            () = timer.as_mut(), if timer_for.is_some() => timer_for = None,
         }
     }
 }
