@@ -22,7 +22,7 @@ use portwatch_proto::v1;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::scheduler::{Due, Scheduler};
 use crate::spool::Spool;
@@ -337,8 +337,13 @@ impl Runner {
         }
     }
 
+    /// One due check. A panic inside it (a bug) is caught here, as the
+    /// runtime would catch it in a task of its own: it costs this result,
+    /// reported as the agent's own fault (`probe_error`, which never pages),
+    /// not the loop and every check after it.
     async fn run_due(&self, d: Due<Job>) -> v1::CheckResult {
-        self.run_one(&d.monitor_id, &d.payload, d.immediate).await
+        let check = self.run_one(&d.monitor_id, &d.payload, d.immediate);
+        contained(check, &d.monitor_id, d.payload.generation, d.immediate).await
     }
 
     async fn run_one(&self, monitor_id: &str, job: &Job, immediate: bool) -> v1::CheckResult {
@@ -361,6 +366,35 @@ impl Runner {
             warn!(monitor_id, detail = %result.detail, "probe error (the agent's own fault; not reported as the target's)");
         }
         result.to_wire(monitor_id, job.generation, immediate)
+    }
+}
+
+/// Runs `check`; if it panics, returns a `probe_error` result for the
+/// monitor instead of unwinding through the check loop.
+async fn contained(
+    check: impl std::future::Future<Output = v1::CheckResult>,
+    monitor_id: &str,
+    generation: u64,
+    immediate: bool,
+) -> v1::CheckResult {
+    let checked_at = SystemTime::now();
+    match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+        Ok(result) => result,
+        Err(_) => {
+            error!(monitor_id, "the check panicked; reported as a probe error");
+            portwatch_check::CheckResult {
+                checked_at,
+                outcome: Outcome::ProbeError,
+                detail: "the agent's check failed internally".into(),
+                address: None,
+                dns_us: 0,
+                connect_us: 0,
+                total_us: 0,
+                tcp_rtt_us: None,
+                attempts: Vec::new(),
+            }
+            .to_wire(monitor_id, generation, immediate)
+        }
     }
 }
 
@@ -730,5 +764,24 @@ mod tests {
             "{:?}",
             stopped.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_check_becomes_a_probe_error_for_its_monitor() {
+        let check = async {
+            if now_ms() > 0 {
+                panic!("a bug inside a check");
+            }
+            result(0)
+        };
+        let r = contained(check, "mon-7", 3, true).await;
+        assert_eq!(r.monitor_id, "mon-7");
+        assert_eq!(r.outcome, v1::Outcome::ProbeError as i32);
+        assert_eq!((r.generation, r.immediate), (3, true));
+        assert!(r.checked_at.is_some());
+        // A check that does not panic passes through untouched.
+        let r = contained(async { result(1) }, "mon-1", 1, false).await;
+        assert_eq!(r.monitor_id, "mon-1");
+        assert_eq!(r.outcome, v1::Outcome::Unspecified as i32);
     }
 }
