@@ -221,7 +221,8 @@ fn worst_per_second(timed: &[(u64, u64)]) -> Vec<u64> {
 }
 
 /// Waits (bounded) until the initial burst of `n` immediate checks is done.
-async fn settle(c: &Collector, n: usize, limit: Duration) -> anyhow::Result<()> {
+/// Returns when the burst was seen done.
+async fn settle(c: &Collector, n: usize, limit: Duration) -> anyhow::Result<Instant> {
     let until = Instant::now() + limit;
     while c.immediate() < n as u64 {
         if Instant::now() >= until {
@@ -232,9 +233,10 @@ async fn settle(c: &Collector, n: usize, limit: Duration) -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let done = Instant::now();
     // Let the writer and allocator settle before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    Ok(())
+    Ok(done)
 }
 
 /// Measures CPU over `window` and returns (cpu %, lags within it).
@@ -483,9 +485,13 @@ async fn agent(
         ack_stop.clone(),
     ));
     let stop = CancellationToken::new();
+    let started = Instant::now();
     let sched_task = runner.clone().start(stop.clone(), Duration::from_secs(5))?;
+    let mut first_round = Duration::ZERO;
     let result = async {
-        settle(&collector, n, Duration::from_secs(90)).await?;
+        first_round = settle(&collector, n, Duration::from_secs(90))
+            .await?
+            .duration_since(started);
         Ok::<_, anyhow::Error>(measure(&collector, window).await)
     }
     .await;
@@ -530,6 +536,10 @@ async fn agent(
         rss_end_delta_kib: rss_end.saturating_sub(rss0),
         extra: json!({
             "runner_lag_p99_us": runner_p99,
+            // Every monitor due at once (a new snapshot): until the last first
+            // result is read back from the spool (within ≈ 250 ms: batch wait,
+            // flush, the 50 ms poll).
+            "first_round_ms": first_round.as_millis(),
             "lag_max_us_per_second": per_second,
             "outcomes": outcomes,
             "spool_depth_end": spool.depth(),
