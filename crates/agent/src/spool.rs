@@ -769,6 +769,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn numbers_continue_across_the_bound_acks_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 5).unwrap();
+        assert_eq!(spool.append(&results(0, 3)).unwrap(), vec![1, 2, 3]);
+        // Over the bound (the transaction path): numbering goes on from 4.
+        assert_eq!(spool.append(&results(3, 4)).unwrap(), vec![4, 5, 6, 7]);
+        assert_eq!(spool.dropped_total(), 2);
+        // Over it again (3 goes): numbering still goes on.
+        assert_eq!(spool.append(&results(7, 1)).unwrap(), vec![8]);
+        assert_eq!(spool.dropped_total(), 3);
+        // Some acknowledged, then a restart: the rest keep their numbers.
+        spool.ack(5).unwrap();
+        spool.flush().await.unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 5).unwrap();
+        assert_eq!(
+            spool
+                .pending(0, 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![6, 7, 8]
+        );
+        assert_eq!(spool.append(&results(8, 1)).unwrap(), vec![9]);
+        // All acknowledged, then a restart: nothing left to count from, and
+        // still no number is issued twice.
+        spool.ack(9).unwrap();
+        spool.flush().await.unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path(), 5).unwrap();
+        assert_eq!(spool.depth(), 0);
+        assert_eq!(spool.append(&results(9, 2)).unwrap(), vec![10, 11]);
+        assert_eq!(spool.dropped_total(), 3);
+    }
+
+    #[tokio::test]
     async fn results_survive_reopen_after_flush() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1000).unwrap();
