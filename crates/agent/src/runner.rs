@@ -249,8 +249,7 @@ impl Runner {
         let mut done: VecDeque<v1::CheckResult> = VecDeque::new();
         let mut stopped = pin!(stop.cancelled());
         let mut woken = pin!(this.wake.notified());
-        let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-        let mut timer_for: Option<u64> = None;
+        let mut timer = DueTimer::new();
         loop {
             if !hand_on(&results, &mut done) {
                 warn!(
@@ -282,14 +281,7 @@ impl Runner {
             // Sleep until the next due check, unless there is no room for it
             // (a finished check or a taken result wakes the loop then).
             let room = done.len() < this.max_in_flight && checks.len() < this.max_in_flight;
-            let wanted = next.filter(|_| room);
-            if wanted != timer_for {
-                if let Some(t) = wanted {
-                    let wait = Duration::from_millis(t.saturating_sub(now_ms()));
-                    timer.as_mut().reset(tokio::time::Instant::now() + wait);
-                }
-                timer_for = wanted;
-            }
+            timer.arm(next.filter(|_| room));
             tokio::select! {
                 biased;
                 () = stopped.as_mut() => break,
@@ -312,7 +304,7 @@ impl Runner {
                         return;
                     }
                 },
-                () = timer.as_mut(), if timer_for.is_some() => timer_for = None,
+                () = timer.fired(), if timer.is_armed() => {}
                 () = woken.as_mut() => woken.set(this.wake.notified()),
             }
         }
@@ -366,6 +358,54 @@ impl Runner {
             warn!(monitor_id, detail = %result.detail, "probe error (the agent's own fault; not reported as the target's)");
         }
         result.to_wire(monitor_id, job.generation, immediate)
+    }
+}
+
+/// Sleeps until the next due check: one timer, re-armed only when the
+/// instant it waits for changes (not a new timer per loop turn).
+pub struct DueTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed_for: Option<u64>,
+}
+
+impl Default for DueTimer {
+    fn default() -> DueTimer {
+        DueTimer::new()
+    }
+}
+
+impl DueTimer {
+    pub fn new() -> DueTimer {
+        DueTimer {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed_for: None,
+        }
+    }
+
+    /// Waits for `due_ms` (wall-clock milliseconds, now or past = at once),
+    /// or for nothing.
+    pub fn arm(&mut self, due_ms: Option<u64>) {
+        if due_ms == self.armed_for {
+            return;
+        }
+        if let Some(t) = due_ms {
+            let wait = Duration::from_millis(t.saturating_sub(now_ms()));
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + wait);
+        }
+        self.armed_for = due_ms;
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed_for.is_some()
+    }
+
+    /// Completes when the armed instant comes (once per arming); poll only
+    /// while armed.
+    pub async fn fired(&mut self) {
+        self.sleep.as_mut().await;
+        self.armed_for = None;
     }
 }
 
@@ -699,18 +739,26 @@ mod tests {
         assert_eq!(accepted.load(Ordering::Relaxed), 40);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn stopping_finishes_the_checks_in_flight_then_closes_the_channel() {
-        let (_silent, _fillers) = silent_listener();
-        let target = _silent.local_addr().unwrap().as_socket().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
+    /// One check in flight against a silent listener (its SYN is never
+    /// answered), then `stop` cancelled: returns the listener (keep it), the
+    /// runner, its results, the check thread and when stop was cancelled.
+    async fn stopped_with_one_check_in_flight(
+        timeout_ms: u32,
+        drain: Duration,
+    ) -> (
+        (socket2::Socket, Vec<std::net::TcpStream>),
+        Arc<Runner>,
+        mpsc::Receiver<v1::CheckResult>,
+        std::thread::JoinHandle<()>,
+        Instant,
+    ) {
+        let silent = silent_listener();
+        let target = silent.0.local_addr().unwrap().as_socket().unwrap();
+        let (tx, rx) = mpsc::channel(16);
         let runner = Runner::new(checker(), 16, tx, None);
-        runner.apply_snapshot(&assignments(1, target, 1_000));
+        runner.apply_snapshot(&assignments(1, target, timeout_ms));
         let stop = CancellationToken::new();
-        let thread = runner
-            .clone()
-            .start(stop.clone(), Duration::from_secs(5))
-            .unwrap();
+        let thread = runner.clone().start(stop.clone(), drain).unwrap();
         let until = Instant::now() + Duration::from_secs(5);
         while runner.in_flight() == 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -718,6 +766,13 @@ mod tests {
         assert_eq!(runner.in_flight(), 1);
         let stopped = Instant::now();
         stop.cancel();
+        (silent, runner, rx, thread, stopped)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_finishes_the_checks_in_flight_then_closes_the_channel() {
+        let (_silent, runner, mut rx, thread, stopped) =
+            stopped_with_one_check_in_flight(1_000, Duration::from_secs(5)).await;
         // The check runs to its 1 s timeout and its verdict is handed on.
         let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
@@ -736,23 +791,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_gives_up_on_checks_in_flight_after_the_drain_time() {
-        let (_silent, _fillers) = silent_listener();
-        let target = _silent.local_addr().unwrap().as_socket().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let runner = Runner::new(checker(), 16, tx, None);
-        runner.apply_snapshot(&assignments(1, target, 10_000));
-        let stop = CancellationToken::new();
-        let thread = runner
-            .clone()
-            .start(stop.clone(), Duration::from_millis(200))
-            .unwrap();
-        let until = Instant::now() + Duration::from_secs(5);
-        while runner.in_flight() == 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(runner.in_flight(), 1);
-        let stopped = Instant::now();
-        stop.cancel();
+        let (_silent, _runner, mut rx, thread, stopped) =
+            stopped_with_one_check_in_flight(10_000, Duration::from_millis(200)).await;
         // Closed after the 200 ms drain, not after the 10 s timeout.
         let end = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use portwatch_agent::runner::{Job, Runner, now_ms, spool_writer};
+use portwatch_agent::runner::{DueTimer, Job, Runner, now_ms, spool_writer};
 use portwatch_agent::scheduler::{Scheduler, phase_ms};
 use portwatch_agent::spool::Spool;
 use portwatch_check::{CheckSpec, CloseMode};
@@ -329,8 +329,7 @@ async fn noop_loop(
     let collector = &collector;
     let mut checks = FuturesUnordered::new();
     let mut stopped = pin!(stop.cancelled());
-    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-    let mut timer_for: Option<u64> = None;
+    let mut timer = DueTimer::new();
     loop {
         let now = now_ms();
         let mut next = lock().next_due_ms();
@@ -348,21 +347,14 @@ async fn noop_loop(
             }
             next = lock().next_due_ms();
         }
-        let wanted = next.filter(|_| checks.len() < MAX_IN_FLIGHT);
-        if wanted != timer_for {
-            if let Some(t) = wanted {
-                let wait = Duration::from_millis(t.saturating_sub(now_ms()));
-                timer.as_mut().reset(tokio::time::Instant::now() + wait);
-            }
-            timer_for = wanted;
-        }
+        timer.arm(next.filter(|_| checks.len() < MAX_IN_FLIGHT));
         tokio::select! {
             biased;
             () = stopped.as_mut() => return,
             Some(()) = checks.next(), if !checks.is_empty() => {
                 while let Some(Some(())) = checks.next().now_or_never() {}
             }
-            () = timer.as_mut(), if timer_for.is_some() => timer_for = None,
+            () = timer.fired(), if timer.is_armed() => {}
         }
     }
 }
