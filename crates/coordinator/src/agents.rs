@@ -417,9 +417,6 @@ async fn ingest_batch(
             }
         }
     }
-    if refused > 0 {
-        hub.count_refused(region, session, u64::from(refused));
-    }
     let items: Vec<Ingest> = accepted
         .iter()
         .map(|(seq, r)| Ingest {
@@ -442,6 +439,7 @@ async fn ingest_batch(
         .iter()
         .filter_map(|i| accepted.get(*i).map(|(_, r)| r.clone()))
         .collect();
+    hub.batch_stored(region, session, out.acked_seq, u64::from(refused));
     hub.results_stored(latest)
         .await
         .map_err(|e| Status::internal(e.to_string()))?;

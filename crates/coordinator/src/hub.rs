@@ -662,16 +662,18 @@ impl Hub {
             .is_some_and(|v| v.iter().any(|s| s.session == session))
     }
 
-    /// Counts results of one session that were refused.
-    pub fn count_refused(&self, region: &str, session: u64, n: u64) {
-        self.count(|c| c.refused_results += n);
+    /// A batch of one session was stored: its acknowledged sequence number and
+    /// how many of its results were refused.
+    pub fn batch_stored(&self, region: &str, session: u64, acked_seq: u64, refused: u64) {
+        self.count(|c| c.refused_results += refused);
         let mut st = self.lock();
         if let Some(s) = st
             .sessions
             .get_mut(region)
             .and_then(|v| v.iter_mut().find(|s| s.session == session))
         {
-            s.info.refused_results = s.info.refused_results.saturating_add(n);
+            s.info.acked_seq = s.info.acked_seq.max(acked_seq);
+            s.info.refused_results = s.info.refused_results.saturating_add(refused);
         }
     }
 
