@@ -23,6 +23,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
+pub mod external;
+
 /// The operator token every test coordinator uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
