@@ -197,25 +197,29 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
     if let Some(v) = d.consensus {
         cmp(
             "consensus",
-            names::consensus(current.consensus),
-            names::consensus(v),
+            names::consensus(current.consensus).to_string(),
+            names::consensus(v).to_string(),
         );
     }
     if let Some(v) = d.family {
-        cmp("family", names::family(current.family), names::family(v));
+        cmp(
+            "family",
+            names::family(current.family).to_string(),
+            names::family(v).to_string(),
+        );
     }
     if let Some(v) = d.address_policy {
         cmp(
             "address_policy",
-            names::address_policy(current.address_policy),
-            names::address_policy(v),
+            names::address_policy(current.address_policy).to_string(),
+            names::address_policy(v).to_string(),
         );
     }
     if let Some(v) = d.close_mode {
         cmp(
             "close_mode",
-            names::close_mode(current.close_mode),
-            names::close_mode(v),
+            names::close_mode(current.close_mode).to_string(),
+            names::close_mode(v).to_string(),
         );
     }
     if let Some(v) = &d.channels {

@@ -521,7 +521,17 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
     let shown = t.json(&["monitor", "show", "db"]);
     assert_eq!(shown["recent"]["eu"]["sparkline"], "▁✗");
     assert_eq!(shown["recent"]["ap"]["sparkline"], "▁");
-    assert_eq!(shown["status"]["regions"][0]["connect_ms"], 1.234);
+    let regions = &shown["status"]["regions"];
+    assert_eq!(
+        (&regions[0]["region"], &regions[2]["region"]),
+        (&"eu".into(), &"ap".into())
+    );
+    assert_eq!(regions[2]["connect_ms"], 1.234);
+    assert_eq!(
+        regions[0]["connect_ms"],
+        Value::Null,
+        "a refused check never connected: {shown}"
+    );
 
     // Recovery: every region up closes it.
     for a in &mut ag {
@@ -563,8 +573,18 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
     let table = t.run(&["results", "db"]).ok().to_string();
     assert!(table.contains("203.0.113.10:5432"), "{table}");
 
-    // The watcher saw the incident open and close, as JSON lines.
+    // The watcher saw every region turn up (from no state at all: null, never
+    // "unknown(0)"), then the incident open and close, as JSON lines.
+    let first = watch.wait_line("\"region_state\"", Duration::from_secs(10));
+    let ev: Value = serde_json::from_str(&first).expect("one JSON object per line");
+    assert!(!first.contains("unknown("), "{first}");
+    assert_eq!(
+        (&ev["from"], &ev["to"]),
+        (&Value::Null, &"up".into()),
+        "{first}"
+    );
     let opened = watch.wait_line("\"incident_opened\"", Duration::from_secs(10));
+    assert!(!opened.contains("unknown("), "{opened}");
     let ev: Value = serde_json::from_str(&opened).expect("one JSON object per line");
     assert_eq!(ev["incident"]["id"], incident_id.as_str());
     watch.wait_line("\"incident_closed\"", Duration::from_secs(10));

@@ -11,6 +11,8 @@ mod monitor;
 mod results;
 mod status;
 mod tenant;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 use crate::apply;

@@ -62,7 +62,7 @@ pub async fn run(c: &mut Client, a: WatchArgs, out: OutputFormat) -> Result<()> 
 }
 
 /// One event as a line of text.
-fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
+pub fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
     let at = output::ts(e.at.as_ref());
     match &e.kind {
         Some(Kind::IncidentOpened(i)) => {
@@ -70,7 +70,7 @@ fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
                 .open_evidence
                 .iter()
                 .filter(|ev| ev.state == v1::RegionState::Down as i32)
-                .map(|ev| format!("{} {}", ev.region, names::outcome(ev.outcome)))
+                .map(|ev| format!("{} {}", ev.region, names::text(names::outcome(ev.outcome))))
                 .collect();
             format!(
                 "{at}  INCIDENT OPENED  {} ({})  {}  [{}]  {}",
@@ -92,17 +92,18 @@ fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
                 .get(&c.monitor_id)
                 .cloned()
                 .unwrap_or_else(|| c.monitor_id.clone());
+            let outcome = names::outcome(c.outcome).unwrap_or("no result");
             let why = if c.detail.is_empty() {
-                names::outcome(c.outcome)
+                outcome.to_string()
             } else {
-                format!("{}: {}", names::outcome(c.outcome), c.detail)
+                format!("{outcome}: {}", c.detail)
             };
             format!(
                 "{at}  region {}  {}  {} -> {}  ({why})",
                 c.region,
                 name,
-                names::region_state(c.from),
-                names::region_state(c.to)
+                names::text(names::region_state(c.from)),
+                names::text(names::region_state(c.to))
             )
         }
         Some(Kind::ProbeRegion(p)) => format!(
