@@ -5,7 +5,8 @@
 //!   colour codes; on a terminal they are coloured unless `NO_COLOR` is set;
 //! - a second agent on the same `data_dir` stops with one sentence saying that
 //!   another agent is using the directory, not a raw `WouldBlock` error twice;
-//! - a bad config file is reported with one prefix (`config file PATH: …`).
+//! - a bad config file is reported with one prefix (`config file PATH: …`);
+//! - both daemons print man pages with EXIT STATUS and ENVIRONMENT.
 
 mod support;
 
@@ -177,5 +178,70 @@ fn a_second_agent_on_the_same_data_dir_says_another_agent_is_using_it() {
     assert!(stderr.contains(&data_dir.display().to_string()), "{stderr}");
     for raw in ["WouldBlock", "os error", "could not acquire lock"] {
         assert!(!stderr.contains(raw), "raw error {raw:?} shown: {stderr}");
+    }
+}
+
+#[test]
+fn both_daemons_have_man_pages_with_exit_status_and_environment() {
+    let run = |bin: &Path, args: &[&str]| {
+        let out = Command::new(bin)
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the daemon");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coordinator = run(&coordinator_bin(), &["--man"]);
+    let dir = tempfile::tempdir().unwrap();
+    let listed = run(
+        &agent_bin(),
+        &["man", "--dir", dir.path().to_str().unwrap()],
+    );
+    let agent = std::fs::read_to_string(dir.path().join("portwatch-agent.8")).unwrap();
+    let agent_run = std::fs::read_to_string(dir.path().join("portwatch-agent-run.8")).unwrap();
+    let agent_check = std::fs::read_to_string(dir.path().join("portwatch-agent-check.8")).unwrap();
+    assert_eq!(
+        run(&agent_bin(), &["man"]),
+        agent,
+        "stdout is the main page"
+    );
+    for (page, text, wanted) in [
+        (
+            "portwatch-coordinator.8",
+            &coordinator,
+            &[
+                "PORTWATCH_DATA_DIR",
+                "PORTWATCH_OPERATOR_TOKEN",
+                "bad configuration",
+            ][..],
+        ),
+        (
+            "portwatch-agent.8",
+            &agent,
+            &["portwatch\\-agent\\-run(8)"][..],
+        ),
+        (
+            "portwatch-agent-run.8",
+            &agent_run,
+            &["PORTWATCH_AGENT_DATA_DIR", "PORTWATCH_COORDINATOR"][..],
+        ),
+        (
+            "portwatch-agent-check.8",
+            &agent_check,
+            &["the port is reachable"][..],
+        ),
+    ] {
+        for needle in [".TH ", ".SH \"EXIT STATUS\"", ".SH ENVIRONMENT", "NO_COLOR"]
+            .iter()
+            .chain(wanted)
+        {
+            assert!(text.contains(needle), "{page}: no {needle:?}:\n{text}");
+        }
+        assert!(
+            listed.contains(page) || page.starts_with("portwatch-coordinator"),
+            "{listed}"
+        );
     }
 }

@@ -78,15 +78,14 @@ pub async fn run(c: &mut Client, cmd: ChannelCmd, out: OutputFormat) -> Result<(
                 })
                 .await?
                 .into_inner();
+            // Said once: on stdout when delivered, as the error when not (JSON
+            // keeps its document on stdout for scripts, and the exit code says it).
             match out {
                 OutputFormat::Json => {
                     output::json(&json!({ "id": id, "ok": r.ok, "detail": r.detail }))?
                 }
-                OutputFormat::Table => output::line(&format!(
-                    "{}: {}",
-                    if r.ok { "delivered" } else { "failed" },
-                    r.detail
-                ))?,
+                OutputFormat::Table if r.ok => output::line(&format!("delivered: {}", r.detail))?,
+                OutputFormat::Table => {}
             }
             if r.ok {
                 Ok(())

@@ -24,7 +24,8 @@ const SPARK_POINTS: usize = 40;
 pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<()> {
     match cmd {
         MonitorCmd::Add(a) => add(c, a, out).await,
-        MonitorCmd::List => list(c, out).await,
+        MonitorCmd::List(l) if l.names => names_only(c).await,
+        MonitorCmd::List(_) => list(c, out).await,
         MonitorCmd::Show(r) => show(c, &r.monitor, out).await,
         MonitorCmd::Update(u) => update(c, u, out).await,
         MonitorCmd::Rm(r) => {
@@ -189,6 +190,16 @@ fn print_monitor(m: &v1::Monitor, verb: &str, out: OutputFormat) -> Result<()> {
             output::print(&details(m).render())
         }
     }
+}
+
+/// One name per line (shell completion asks this way).
+async fn names_only(c: &mut Client) -> Result<()> {
+    let mut text = String::new();
+    for m in c.all_monitors().await? {
+        text.push_str(&m.name);
+        text.push('\n');
+    }
+    output::print(&text)
 }
 
 async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `portwatch watch`: the live event stream (incidents opened and closed,
 //! region state changes, probe regions going offline or online), one line per
-//! event, until Ctrl-C or until the coordinator ends the stream.
+//! event, until Ctrl-C (exit 130) or until the coordinator ends the stream
+//! (exit 3, saying the coordinator went away).
 //!
 //! With `--output json` each event is one compact JSON object per line (JSON
 //! Lines), so `portwatch watch -o json | jq` works as a stream.
@@ -45,10 +46,18 @@ pub async fn run(c: &mut Client, a: WatchArgs, out: OutputFormat) -> Result<()> 
     loop {
         let next = tokio::select! {
             m = stream.message() => m,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            // Exit 130, as a shell reports a command ended by Ctrl-C.
+            _ = tokio::signal::ctrl_c() => return Err(CliError::interrupted()),
         };
-        let Some(event) = next? else {
-            return Err(CliError::connect("the coordinator ended the event stream"));
+        let event = match next {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                return Err(CliError::connect(
+                    "the coordinator ended the event stream (it is stopping or restarting); \
+                     run watch again",
+                ));
+            }
+            Err(status) => return Err(lost(status)),
         };
         match out {
             OutputFormat::Json => {
@@ -58,6 +67,24 @@ pub async fn run(c: &mut Client, a: WatchArgs, out: OutputFormat) -> Result<()> 
             }
             OutputFormat::Table => output::line(&describe(&event, &names_by_id))?,
         }
+    }
+}
+
+/// An error on an established event stream. A transport failure here means
+/// the coordinator went away (it stopped, restarted or the network broke), not
+/// a TLS or mTLS problem: the stream was already working.
+fn lost(status: tonic::Status) -> CliError {
+    match std::error::Error::source(&status) {
+        Some(cause) => CliError::connect(format!(
+            "lost the connection to the coordinator during watch (it stopped, restarted \
+             or the network failed): {}",
+            crate::error::chain(cause)
+        )),
+        None if status.code() == tonic::Code::Unavailable => CliError::connect(format!(
+            "the coordinator became unavailable during watch: {}",
+            status.message()
+        )),
+        None => CliError::from(status),
     }
 }
 
