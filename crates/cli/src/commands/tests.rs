@@ -104,7 +104,6 @@ fn monitor_status(t: Option<Timestamp>, outcome: i32) -> v1::MonitorStatus {
             },
         ],
         open_incident_id: "inc-x".into(),
-        ..Default::default()
     }
 }
 
