@@ -60,6 +60,8 @@ BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}
 for b in portwatch portwatch-coordinator portwatch-agent; do
     [ -x "$BIN_DIR/$b" ] || { echo "local.sh: $BIN_DIR/$b not found; build first or pass --bin-dir" >&2; exit 2; }
 done
+# Absolute, so the PATH line printed for a second shell works from any directory.
+BIN_DIR=$(cd "$BIN_DIR" && pwd)
 PW="$BIN_DIR/portwatch"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/portwatch-local.XXXXXX")
@@ -288,9 +290,10 @@ fi
 
 cat <<EOF
 
-==> the deployment keeps running; in another shell:
+==> the deployment keeps running; in another shell (the first line puts the CLI on PATH):
+    export PATH=$(printf '%q' "$BIN_DIR"):\$PATH
     export PORTWATCH_ADDR=$PORTWATCH_ADDR
-    export PORTWATCH_CA=$PORTWATCH_CA PORTWATCH_TLS_SERVER_NAME=localhost
+    export PORTWATCH_CA=$(printf '%q' "$PORTWATCH_CA") PORTWATCH_TLS_SERVER_NAME=localhost
     export PORTWATCH_TOKEN=$TENANT_TOKEN
     portwatch status; portwatch monitor show db; portwatch results db --since 5m
     (operator token: $OPERATOR_TOKEN; logs in $WORK)

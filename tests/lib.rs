@@ -23,6 +23,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
+pub mod external;
+
 /// The operator token every test coordinator uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -186,6 +188,99 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A pseudo-terminal, for behaviour that differs on a terminal (colours,
+/// confirmation prompts): a child gets [`Pty::terminal`] as stdin or stderr and
+/// `isatty` is true for it; the test reads what it wrote and types into it
+/// through the other side.
+pub struct Pty {
+    master: std::fs::File,
+    terminal: PathBuf,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Pty {
+    pub fn open() -> Pty {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain libc calls on a descriptor we own; ptsname_r writes at
+        // most buf.len() bytes, NUL-terminated.
+        let (master, terminal) = unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            let master = std::fs::File::from_raw_fd(fd);
+            assert_eq!(libc::grantpt(fd), 0, "grantpt");
+            assert_eq!(libc::unlockpt(fd), 0, "unlockpt");
+            let mut buf = [0 as libc::c_char; 128];
+            assert_eq!(
+                libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len()),
+                0,
+                "ptsname_r"
+            );
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr());
+            (master, PathBuf::from(name.to_string_lossy().into_owned()))
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("clone the pty master");
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            // Ends with EIO once no process has the terminal open any more.
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if let Ok(mut out) = sink.lock() {
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        Pty {
+            master,
+            terminal,
+            output,
+        }
+    }
+
+    /// The terminal side, opened anew for a child's stdin, stdout or stderr.
+    pub fn terminal(&self) -> Stdio {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&self.terminal)
+            .expect("open the pty's terminal side");
+        Stdio::from(file)
+    }
+
+    /// Types `text` as if at the keyboard.
+    pub fn type_text(&self, text: &str) {
+        use std::io::Write;
+        (&self.master)
+            .write_all(text.as_bytes())
+            .expect("write to the pty");
+    }
+
+    /// Everything the terminal showed so far (the child's output and the echo).
+    pub fn output(&self) -> String {
+        let bytes = self.output.lock().map(|o| o.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits until the terminal showed `needle`; returns everything shown.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.output();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the terminal did not show {needle:?} within {timeout:?}; it showed:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -12,8 +12,9 @@
 //! descriptor database speaks `grpc.reflection.v1alpha`; the client is pointed
 //! at v1 (same messages on the wire), as version-aware clients like grpcurl do.
 //!
-//! Needs `python3` with `grpcio`, `grpcio-reflection` and `protobuf` (pinned in
-//! `.ci/run`); without them the test fails and says how to install them.
+//! Needs only `python3` (with its `venv` module) on `PATH`: the test installs
+//! the pinned `grpcio`, `grpcio-reflection` and `protobuf` into a virtual
+//! environment under `target/` once (`portwatch_e2e::external`) and reuses it.
 
 mod support;
 
@@ -22,35 +23,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use portwatch_e2e::Proc;
+use portwatch_e2e::external::{PythonEnv, ensure_python_grpc};
 use portwatch_proto::v1;
 use serde_json::Value;
 use support::*;
 
-const INSTALL: &str =
-    "python3 -m pip install grpcio==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2";
-
-/// Fails, saying what to install, unless python3 can import the stock client's modules.
-fn require_python_grpc() {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import grpc, grpc_reflection, google.protobuf; print(grpc.__version__)",
-        ])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("scenario 14 needs python3 (not found: {e}); install Python 3, then: {INSTALL}")
-        });
-    assert!(
-        out.status.success(),
-        "scenario 14 needs python3 with grpcio and grpcio-reflection: {}; run: {INSTALL} (.ci/run does)",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
 /// Runs the stock client against `w`'s coordinator; returns what it saw.
-fn run_stock_client(w: &World, reflection: &str) -> Value {
+fn run_stock_client(python: &PythonEnv, w: &World, reflection: &str) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stock_client.py");
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(&python.python);
     cmd.arg(&script)
         .arg("--addr")
         .arg(w.coord.addr.to_string())
@@ -60,9 +41,9 @@ fn run_stock_client(w: &World, reflection: &str) -> Value {
         .arg(&w.tenant_token)
         .arg("--reflection")
         .arg(reflection);
-    let mut python = Proc::spawn("python stock client", cmd);
-    let line = python.wait_line("{\"reflection\"", Duration::from_secs(60));
-    let status = python.child.wait().expect("the client exits");
+    let mut client = Proc::spawn("python stock client", cmd);
+    let line = client.wait_line("{\"reflection\"", Duration::from_secs(60));
+    let status = client.child.wait().expect("the client exits");
     assert!(status.success(), "the python client failed: {status:?}");
     let out: Value = serde_json::from_str(&line).expect("the client's JSON");
     println!("python client saw: {out:#}");
@@ -76,11 +57,12 @@ fn run_stock_client(w: &World, reflection: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_python_grpc_client_uses_the_admin_api_through_reflection_and_health() {
-    require_python_grpc();
+    // First, before any process starts: the first run installs the packages.
+    let python = ensure_python_grpc();
     let mut w = World::start(1, "").await;
     let req = monitor("made by rust", "db.example.com", 5432, &w.names(1), 60_000);
     let ours = create_monitor(&mut w.tenant, req).await;
-    let out = run_stock_client(&w, "v1");
+    let out = run_stock_client(&python, &w, "v1");
 
     let services: Vec<&str> = out["services"]
         .as_array()
@@ -167,9 +149,9 @@ async fn a_stock_python_grpc_client_uses_the_admin_api_through_reflection_and_he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_reflection_as_shipped_lists_the_coordinators_services() {
-    require_python_grpc();
+    let python = ensure_python_grpc();
     let w = World::start(1, "").await;
-    let out = run_stock_client(&w, "v1alpha");
+    let out = run_stock_client(&python, &w, "v1alpha");
     let services = out["services"].as_array().cloned().unwrap_or_default();
     assert!(
         services.iter().any(|s| s == "portwatch.v1.AdminService"),

@@ -138,12 +138,22 @@ pub struct Config {
     pub log: String,
 }
 
-/// A configuration error: the key and the reason.
+/// A configuration error: the key and the reason. The file itself (key
+/// `config`: unreadable, not TOML, an unknown key) reads "config file PATH: …",
+/// never "config: config: …".
 #[derive(Debug, thiserror::Error)]
-#[error("config: {key}: {reason}")]
+#[error("{}", describe(self.key, &self.reason))]
 pub struct ConfigError {
     pub key: &'static str,
     pub reason: String,
+}
+
+fn describe(key: &str, reason: &str) -> String {
+    if key == "config" {
+        format!("config file {reason}")
+    } else {
+        format!("config: {key}: {reason}")
+    }
 }
 
 fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {

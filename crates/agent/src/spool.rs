@@ -75,8 +75,16 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Errors from the spool.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    // Not a `source`: the message already carries sled's, and `{:#}` would
+    // print it twice.
     #[error("spool storage: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
+    /// The directory (the field) is shown by the caller's context.
+    #[error(
+        "another agent is using this directory (its spool is locked): stop that agent, \
+         or give each agent a data_dir of its own"
+    )]
+    Locked(std::path::PathBuf),
     #[error("spool: corrupt record {key} in tree {tree}: {reason}")]
     Corrupt {
         tree: &'static str,
@@ -85,6 +93,12 @@ pub enum SpoolError {
     },
     #[error("spool: invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+impl From<sled::Error> for SpoolError {
+    fn from(e: sled::Error) -> Self {
+        SpoolError::Sled(e)
+    }
 }
 
 impl From<TransactionError<SpoolError>> for SpoolError {
@@ -580,10 +594,10 @@ fn open_db(dir: &Path) -> Result<Db, SpoolError> {
     loop {
         match sled::Config::new().path(dir).open() {
             Ok(db) => return Ok(db),
-            Err(sled::Error::Io(e))
-                if Instant::now() < deadline
-                    && e.to_string().contains("could not acquire lock") =>
-            {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(SpoolError::Locked(dir.to_path_buf()));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => return Err(e.into()),

@@ -2,10 +2,16 @@
 //!
 //! The file lists the tenant's monitors as `[[monitor]]` tables; `apply` makes
 //! the coordinator match it: monitors in the file and not on the coordinator
-//! are created, those on both with different settings are updated, and those
-//! only on the coordinator are deleted. Monitors are identified by `name`.
+//! are created, those on both with different settings are updated. Those only
+//! on the coordinator are kept and listed, and deleted only with `--prune`.
+//! Monitors are identified by `name`.
 //!
 //! Guarantees:
+//! - deleting is opt-in (`--prune`), and an empty or truncated file cannot
+//!   silently delete a tenant's monitors: when `--prune` would delete more than
+//!   [`CONFIRM_ABOVE`] monitors, or all of them, the run needs `--yes` or a
+//!   typed "yes" at a terminal (after the plan is shown); without either,
+//!   nothing changes (exit 2; exit 1 when the answer is not "yes");
 //! - the whole file is read and checked (unknown keys, duplicate names, hosts,
 //!   ports, durations, enum words) before anything is sent: bad input is
 //!   exit 2 and changes nothing;
@@ -94,9 +100,15 @@ pub enum Change {
         desired: Desired,
         diffs: Vec<Diff>,
     },
+    /// Not in the file, with `--prune`.
     Delete(v1::Monitor),
+    /// Not in the file, without `--prune`: left alone.
+    Keep(v1::Monitor),
     Unchanged(v1::Monitor),
 }
+
+/// Deleting more monitors than this (or every one) needs `--yes` or a typed "yes".
+pub const CONFIRM_ABOVE: usize = 3;
 
 /// Reads and checks a monitors file.
 pub fn load(path: &Path) -> Result<Vec<Desired>> {
@@ -197,25 +209,29 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
     if let Some(v) = d.consensus {
         cmp(
             "consensus",
-            names::consensus(current.consensus),
-            names::consensus(v),
+            names::consensus(current.consensus).to_string(),
+            names::consensus(v).to_string(),
         );
     }
     if let Some(v) = d.family {
-        cmp("family", names::family(current.family), names::family(v));
+        cmp(
+            "family",
+            names::family(current.family).to_string(),
+            names::family(v).to_string(),
+        );
     }
     if let Some(v) = d.address_policy {
         cmp(
             "address_policy",
-            names::address_policy(current.address_policy),
-            names::address_policy(v),
+            names::address_policy(current.address_policy).to_string(),
+            names::address_policy(v).to_string(),
         );
     }
     if let Some(v) = d.close_mode {
         cmp(
             "close_mode",
-            names::close_mode(current.close_mode),
-            names::close_mode(v),
+            names::close_mode(current.close_mode).to_string(),
+            names::close_mode(v).to_string(),
         );
     }
     if let Some(v) = &d.channels {
@@ -231,7 +247,7 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
 ///
 /// Fails when a name in the file is shared by several current monitors, since
 /// the file could then mean either.
-pub fn plan(desired: &[Desired], current: &[v1::Monitor]) -> Result<Vec<Change>> {
+pub fn plan(desired: &[Desired], current: &[v1::Monitor], prune: bool) -> Result<Vec<Change>> {
     let mut by_name: BTreeMap<&str, Vec<&v1::Monitor>> = BTreeMap::new();
     for m in current {
         by_name.entry(m.name.as_str()).or_default().push(m);
@@ -240,7 +256,11 @@ pub fn plan(desired: &[Desired], current: &[v1::Monitor]) -> Result<Vec<Change>>
     let mut changes = Vec::new();
     for m in current {
         if !wanted.contains(m.name.as_str()) {
-            changes.push(Change::Delete(m.clone()));
+            changes.push(if prune {
+                Change::Delete(m.clone())
+            } else {
+                Change::Keep(m.clone())
+            });
         }
     }
     for d in desired {
@@ -277,7 +297,7 @@ pub fn plan(desired: &[Desired], current: &[v1::Monitor]) -> Result<Vec<Change>>
 /// The plan as text, one line per monitor that changes.
 fn render(changes: &[Change]) -> String {
     let mut text = String::new();
-    let (mut c, mut u, mut d, mut same) = (0, 0, 0, 0);
+    let (mut c, mut u, mut d, mut same, mut kept) = (0, 0, 0, 0, 0);
     for ch in changes {
         match ch {
             Change::Create(x) => {
@@ -318,12 +338,25 @@ fn render(changes: &[Change]) -> String {
                     target(&m.host, m.port)
                 ));
             }
+            Change::Keep(m) => {
+                kept += 1;
+                text.push_str(&format!(
+                    "  keep {:?} ({}): {}: not in the file (--prune would delete it)\n",
+                    m.name,
+                    m.id,
+                    target(&m.host, m.port)
+                ));
+            }
             Change::Unchanged(_) => same += 1,
         }
     }
     text.push_str(&format!(
-        "plan: {c} to create, {u} to update, {d} to delete, {same} unchanged\n"
+        "plan: {c} to create, {u} to update, {d} to delete, {same} unchanged"
     ));
+    if kept > 0 {
+        text.push_str(&format!(", {kept} not in the file (kept)"));
+    }
+    text.push('\n');
     text
 }
 
@@ -336,6 +369,7 @@ fn plan_json(changes: &[Change], dry_run: bool, applied: &[String]) -> Value {
     let mut update = Vec::new();
     let mut delete = Vec::new();
     let mut unchanged = Vec::new();
+    let mut kept = Vec::new();
     for ch in changes {
         match ch {
             Change::Create(x) => create.push(json!({ "name": x.name })),
@@ -348,6 +382,7 @@ fn plan_json(changes: &[Change], dry_run: bool, applied: &[String]) -> Value {
             })),
             Change::Delete(m) => delete.push(json!({ "name": m.name, "id": m.id })),
             Change::Unchanged(m) => unchanged.push(json!({ "name": m.name, "id": m.id })),
+            Change::Keep(m) => kept.push(json!({ "name": m.name, "id": m.id })),
         }
     }
     json!({
@@ -356,6 +391,7 @@ fn plan_json(changes: &[Change], dry_run: bool, applied: &[String]) -> Value {
         "update": update,
         "delete": delete,
         "unchanged": unchanged,
+        "kept": kept,
         "applied": applied,
     })
 }
@@ -507,13 +543,62 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
     Ok(())
 }
 
+/// Whether deleting `deletes` of the tenant's `total` monitors needs a confirmation.
+pub fn needs_confirmation(deletes: usize, total: usize) -> bool {
+    deletes > CONFIRM_ABOVE || (deletes > 0 && deletes == total)
+}
+
+/// Asks on the terminal; only a typed "yes" goes on.
+fn confirm_at_terminal(deletes: usize, total: usize) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "apply: this deletes {deletes} of the tenant's {total} monitors (listed above). \
+         Type \"yes\" to go on: "
+    );
+    let _ = err.flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::usage(format!("apply: reading the confirmation: {e}")))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(CliError::refused("apply: not confirmed; nothing changed"))
+    }
+}
+
 pub async fn run(conn: &ConnectArgs, a: ApplyArgs, out: OutputFormat) -> Result<()> {
+    use std::io::IsTerminal;
     let desired = load(&a.file)?;
     let mut c = Client::connect(conn).await?;
     let current = c.all_monitors().await?;
-    let changes = plan(&desired, &current)?;
+    let changes = plan(&desired, &current, a.prune)?;
     if out == OutputFormat::Table {
         output::print(&render(&changes))?;
+    }
+    let deletes = changes
+        .iter()
+        .filter(|ch| matches!(ch, Change::Delete(_)))
+        .count();
+    if !a.dry_run && !a.yes && needs_confirmation(deletes, current.len()) {
+        if std::io::stdin().is_terminal() && out == OutputFormat::Table {
+            confirm_at_terminal(deletes, current.len())?;
+        } else {
+            let all = if deletes == current.len() {
+                ", all of them"
+            } else {
+                ""
+            };
+            return Err(CliError::usage(format!(
+                "apply: --prune would delete {deletes} of the tenant's {} monitors{all}; nothing \
+                 changed. Check the plan (--dry-run), then pass --yes, or run it at a terminal \
+                 to be asked",
+                current.len()
+            )));
+        }
     }
     let mut applied = Vec::new();
     let result = if a.dry_run {
@@ -543,158 +628,4 @@ pub async fn run(conn: &ConnectArgs, a: ApplyArgs, out: OutputFormat) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FILE: &str = r#"
-[[monitor]]
-name = "web"
-host = "Web.Example.COM."
-port = 443
-regions = ["eu", "us"]
-interval = "30s"
-
-[[monitor]]
-name = "db"
-host = "db.example.com"
-port = 5432
-regions = ["eu"]
-consensus = "unanimous"
-paused = true
-"#;
-
-    fn current(
-        name: &str,
-        host: &str,
-        port: u32,
-        regions: &[&str],
-        interval_ms: u64,
-    ) -> v1::Monitor {
-        v1::Monitor {
-            id: format!("mon_{name}"),
-            name: name.into(),
-            host: host.into(),
-            port,
-            regions: regions.iter().map(|r| r.to_string()).collect(),
-            interval_ms,
-            timeout_ms: 3000,
-            consensus: v1::ConsensusPolicy::Quorum as i32,
-            family: v1::IpFamily::Any as i32,
-            address_policy: v1::AddressPolicy::Any as i32,
-            close_mode: v1::CloseMode::Fin as i32,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn the_file_is_checked_whole_and_normalised() {
-        let d = parse(FILE).unwrap();
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].host, "web.example.com");
-        assert_eq!(d[0].interval_ms, Some(30_000));
-        assert_eq!(d[0].timeout_ms, None);
-        assert_eq!(d[1].consensus, Some(v1::ConsensusPolicy::Unanimous as i32));
-
-        let bad = [
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\ncolour = \"red\"\n",
-                "colour",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 70000\nregions = [\"eu\"]\n",
-                "port",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x y\"\nport = 1\nregions = [\"eu\"]\n",
-                "host",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = []\n",
-                "regions",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\ninterval = \"often\"\n",
-                "interval",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\nconsensus = \"most\"\n",
-                "consensus",
-            ),
-            (
-                "[[monitor]]\nname = \"a\"\nhost = \"x.com\"\nport = 1\nregions = [\"eu\"]\n[[monitor]]\nname = \"a\"\nhost = \"y.com\"\nport = 1\nregions = [\"eu\"]\n",
-                "twice",
-            ),
-            ("[[monitors]]\nname = \"a\"\n", "monitors"),
-        ];
-        for (text, needle) in bad {
-            let e = parse(text).unwrap_err();
-            assert_eq!(e.kind, crate::error::Failure::Usage);
-            assert!(e.message.contains(needle), "{needle}: {e}");
-        }
-    }
-
-    #[test]
-    fn plan_creates_updates_deletes_and_leaves_the_rest() {
-        let d = parse(FILE).unwrap();
-        let now = vec![
-            current("web", "web.example.com", 443, &["eu", "us"], 60_000),
-            current("old", "old.example.com", 22, &["eu"], 60_000),
-        ];
-        let changes = plan(&d, &now).unwrap();
-        assert!(matches!(&changes[0], Change::Delete(m) if m.name == "old"));
-        match &changes[1] {
-            Change::Update { diffs, .. } => assert_eq!(
-                diffs,
-                &vec![Diff {
-                    field: "interval",
-                    from: "1m".into(),
-                    to: "30s".into()
-                }]
-            ),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(&changes[2], Change::Create(x) if x.name == "db"));
-        let text = render(&changes);
-        assert!(
-            text.contains("plan: 1 to create, 1 to update, 1 to delete, 0 unchanged"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn a_matching_coordinator_needs_nothing() {
-        let d = parse(FILE).unwrap();
-        let mut db = current("db", "db.example.com", 5432, &["eu"], 60_000);
-        db.consensus = v1::ConsensusPolicy::Unanimous as i32;
-        db.paused = true;
-        let now = vec![
-            current("web", "web.example.com", 443, &["eu", "us"], 30_000),
-            db,
-        ];
-        let changes = plan(&d, &now).unwrap();
-        assert!(
-            changes.iter().all(|c| matches!(c, Change::Unchanged(_))),
-            "{changes:?}"
-        );
-    }
-
-    #[test]
-    fn only_paused_differing_sends_no_update() {
-        let d = parse(FILE).unwrap();
-        let db = current("db", "db.example.com", 5432, &["eu"], 60_000);
-        let mut diffs_found = diffs(&db, &d[1]);
-        diffs_found.retain(|x| x.field == "paused");
-        assert!(update_request("", &db, &d[1], &diffs_found).is_none());
-    }
-
-    #[test]
-    fn a_name_shared_on_the_coordinator_is_refused() {
-        let d = parse(FILE).unwrap();
-        let mut a = current("web", "web.example.com", 443, &["eu"], 30_000);
-        let mut b = a.clone();
-        a.id = "mon_a".into();
-        b.id = "mon_b".into();
-        let e = plan(&d, &[a, b]).unwrap_err();
-        assert!(e.message.contains("mon_a, mon_b"), "{e}");
-    }
-}
+mod tests;

@@ -1,24 +1,22 @@
 //! The command line: every subcommand and flag of `portwatch`, as clap types.
 //!
 //! Only the shape lives here (what a user may type, with help text); what each
-//! command does lives in `commands/`. Connection flags are global, so they may
-//! follow the subcommand, and each has an environment variable so a shell
-//! session can be set up once (`PORTWATCH_ADDR`, `PORTWATCH_TOKEN`, ...).
+//! command does lives in `commands/`, examples and exit codes in `help.rs`.
+//! Connection flags are global, so they may follow the subcommand, and each has
+//! an environment variable so a shell session can be set up once
+//! (`PORTWATCH_ADDR`, `PORTWATCH_TOKEN`, ...); `--help` shows them apart, under
+//! "Global options". Every flag and argument has help text (a test checks).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::help;
 use crate::names;
 
-/// Shown under `--help`: the exit codes scripts can rely on.
-const EXIT_CODES: &str = "\
-Exit codes:
-  0  done
-  1  the coordinator refused or found nothing (plan limits, permission, not found, ...)
-  2  usage error or bad input (also the coordinator's INVALID_ARGUMENT)
-  3  cannot reach the coordinator (connection, TLS, unavailable)";
+/// The heading of the flags every command takes (as `gh` shows "inherited flags").
+pub const GLOBAL: &str = "Global options";
 
 /// portwatch admin CLI: monitors, status, incidents, regions, tenants.
 #[derive(Parser, Debug)]
@@ -29,7 +27,7 @@ Exit codes:
     long_about = "portwatch admin CLI: talks to the coordinator's AdminService over TLS.\n\n\
                   Set PORTWATCH_ADDR, PORTWATCH_TOKEN and PORTWATCH_CA once per shell; \
                   use --output json for scripts.",
-    after_help = EXIT_CODES
+    after_help = help::MAIN
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -39,6 +37,7 @@ pub struct Cli {
         long,
         short = 'o',
         global = true,
+        help_heading = GLOBAL,
         value_enum,
         default_value = "table",
         env = "PORTWATCH_OUTPUT"
@@ -58,33 +57,34 @@ pub enum OutputFormat {
 /// Where the coordinator is and who we are.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Coordinator URL: https://host:port (http:// only to a loopback coordinator
-    /// running with insecure_plaintext).
+    /// Coordinator URL: https://host[:port] (port 7400 when left out; http:// only
+    /// to a loopback coordinator running with insecure_plaintext).
     #[arg(
         long,
         global = true,
+        help_heading = GLOBAL,
         env = "PORTWATCH_ADDR",
         default_value = "https://127.0.0.1:7400"
     )]
     pub addr: String,
     /// Bearer token: the operator's or a tenant's.
-    #[arg(long, global = true, env = "PORTWATCH_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificate (PEM) that signed the coordinator's certificate.
-    #[arg(long, global = true, env = "PORTWATCH_CA")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_CA")]
     pub ca: Option<PathBuf>,
     /// TLS server name to expect (default: the host in --addr).
-    #[arg(long, global = true, env = "PORTWATCH_TLS_SERVER_NAME")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
     /// Client certificate (PEM) when the coordinator requires mTLS.
-    #[arg(long, global = true, env = "PORTWATCH_CLIENT_CERT")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_CLIENT_CERT")]
     pub client_cert: Option<PathBuf>,
     /// Client key (PEM) for --client-cert.
-    #[arg(long, global = true, env = "PORTWATCH_CLIENT_KEY")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_CLIENT_KEY")]
     pub client_key: Option<PathBuf>,
     /// Tenant to act on (required with the operator token for tenant objects;
     /// a tenant token implies its own tenant).
-    #[arg(long, global = true, env = "PORTWATCH_TENANT")]
+    #[arg(long, global = true, help_heading = GLOBAL, env = "PORTWATCH_TENANT")]
     pub tenant: Option<String>,
 }
 
@@ -96,10 +96,13 @@ pub enum Command {
     #[command(subcommand)]
     Monitor(MonitorCmd),
     /// Every monitor, one line each, with a mark per region.
+    #[command(after_help = help::STATUS)]
     Status,
     /// Check results of one monitor (newest last).
+    #[command(after_help = help::RESULTS)]
     Results(ResultsArgs),
     /// Incidents, newest first.
+    #[command(after_help = help::INCIDENTS)]
     Incidents(IncidentsArgs),
     /// Probe regions and their live agents.
     Regions,
@@ -118,10 +121,17 @@ pub enum Command {
     #[command(subcommand)]
     AgentToken(AgentTokenCmd),
     /// Stream live events (incidents, region state changes) until Ctrl-C.
+    #[command(after_help = help::WATCH)]
     Watch(WatchArgs),
-    /// Make the tenant's monitors match a TOML file (create, update, delete by name).
+    /// Make the tenant's monitors match a TOML file (create and update by name;
+    /// delete the others only with --prune).
+    #[command(after_help = help::APPLY)]
     Apply(ApplyArgs),
+    /// The CLI's version and the coordinator's.
+    #[command(after_help = help::VERSION)]
+    Version,
     /// Print a shell completion script.
+    #[command(after_help = help::COMPLETIONS)]
     Completions(CompletionsArgs),
     /// Print the man page (or write one page per command with --dir).
     Man(ManArgs),
@@ -141,13 +151,16 @@ pub struct MonitorRef {
 #[derive(Subcommand, Debug)]
 pub enum MonitorCmd {
     /// Create a monitor; the first check runs at once.
+    #[command(after_help = help::MONITOR_ADD)]
     Add(MonitorAdd),
     /// List the tenant's monitors.
-    #[command(alias = "ls")]
-    List,
+    #[command(alias = "ls", after_help = help::MONITOR_LIST)]
+    List(MonitorList),
     /// One monitor: settings, per-region state and a latency sparkline.
+    #[command(after_help = help::MONITOR_SHOW)]
     Show(MonitorRef),
     /// Change a monitor; only the flags given change.
+    #[command(after_help = help::MONITOR_UPDATE)]
     Update(MonitorUpdate),
     /// Delete a monitor.
     #[command(alias = "delete", alias = "remove")]
@@ -159,12 +172,19 @@ pub enum MonitorCmd {
 }
 
 #[derive(Args, Debug)]
+pub struct MonitorList {
+    /// Print only the names, one per line (for scripts and shell completion).
+    #[arg(long)]
+    pub names: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct MonitorAdd {
     /// DNS name or IP literal to check.
     #[arg(long)]
     pub host: String,
     /// TCP port (1-65535).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_port)]
     pub port: u16,
     /// Regions to check from, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -202,25 +222,34 @@ pub struct MonitorAdd {
 pub struct MonitorUpdate {
     /// Monitor id or name.
     pub monitor: String,
+    /// New display name.
     #[arg(long)]
     pub name: Option<String>,
+    /// New DNS name or IP literal to check.
     #[arg(long)]
     pub host: Option<String>,
-    #[arg(long)]
+    /// New TCP port (1-65535).
+    #[arg(long, value_parser = parse_port)]
     pub port: Option<u16>,
     /// Replace the region list (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub regions: Option<Vec<String>>,
+    /// Time between checks, e.g. 30s or 5m (at least the plan's minimum).
     #[arg(long, value_parser = parse_millis)]
     pub interval: Option<u64>,
+    /// Deadline over DNS and handshake, 1s-10s.
     #[arg(long, value_parser = parse_millis)]
     pub timeout: Option<u64>,
+    /// quorum: ceil(0.66 n) regions down opens an incident; unanimous: all of them.
     #[arg(long, value_enum)]
     pub consensus: Option<names::Consensus>,
+    /// Address family.
     #[arg(long, value_enum)]
     pub family: Option<names::Family>,
+    /// any: one address connecting is success; all: every resolved address must.
     #[arg(long, value_enum)]
     pub address_policy: Option<names::AddressPolicy>,
+    /// How the probe closes its connection.
     #[arg(long, value_enum)]
     pub close_mode: Option<names::CloseMode>,
     /// Replace the channel list (comma-separated).
@@ -272,7 +301,7 @@ pub struct AgentsArgs {
 #[derive(Subcommand, Debug)]
 pub enum ChannelCmd {
     /// Create a channel.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = help::CHANNEL_ADD)]
     Add(ChannelAdd),
     /// List channels.
     #[command(alias = "ls")]
@@ -313,35 +342,46 @@ pub struct ChannelCommon {
 #[derive(Subcommand, Debug)]
 pub enum ChannelAdd {
     /// JSON POST with an HMAC-SHA256 signature header.
+    #[command(after_help = help::CHANNEL_ADD)]
     Webhook {
+        /// Where to POST: an https:// (or http://) URL.
         #[arg(long)]
         url: String,
-        /// HMAC key for X-Portwatch-Signature.
+        /// HMAC-SHA256 key for the X-Portwatch-Signature header (at least 16 characters).
         #[arg(long, env = "PORTWATCH_WEBHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
         #[command(flatten)]
         common: ChannelCommon,
     },
     /// Slack incoming webhook.
+    #[command(after_help = help::CHANNEL_ADD)]
     Slack {
+        /// The incoming webhook's URL (https://hooks.slack.com/services/...).
         #[arg(long)]
         webhook_url: String,
         #[command(flatten)]
         common: ChannelCommon,
     },
     /// Email over SMTP.
+    #[command(after_help = help::CHANNEL_ADD)]
     Email {
+        /// SMTP server name; its certificate must match it.
         #[arg(long)]
         smtp_host: String,
-        /// Default: 587 (starttls), 465 (implicit), 25 (none).
-        #[arg(long)]
+        /// SMTP port. Default: 587 (starttls), 465 (implicit), 25 (none).
+        #[arg(long, value_parser = parse_port)]
         smtp_port: Option<u16>,
+        /// starttls (never falls back to plaintext), implicit TLS, or none (loopback or
+        /// private test servers only).
         #[arg(long, value_enum, default_value = "starttls")]
         tls: names::SmtpTls,
+        /// SMTP login name (no login when left out).
         #[arg(long)]
         username: Option<String>,
+        /// SMTP password for --username.
         #[arg(long, env = "PORTWATCH_SMTP_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// Sender address.
         #[arg(long)]
         from: String,
         /// Recipients, comma-separated.
@@ -351,7 +391,9 @@ pub enum ChannelAdd {
         common: ChannelCommon,
     },
     /// PagerDuty Events API v2.
+    #[command(after_help = help::CHANNEL_ADD)]
     Pagerduty {
+        /// The integration's routing key (Events API v2).
         #[arg(long, env = "PORTWATCH_PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
         routing_key: String,
         /// Events API base URL (default: PagerDuty's public endpoint).
@@ -365,12 +407,14 @@ pub enum ChannelAdd {
 #[derive(Subcommand, Debug)]
 pub enum TenantCmd {
     /// Create a tenant; prints its first token once.
+    #[command(after_help = help::TENANT_ADD)]
     Add {
         /// Tenant id ([a-z0-9-]); generated when left out.
         id: Option<String>,
         /// Display name (default: the id).
         #[arg(long)]
         name: Option<String>,
+        /// The plan: port monitors need basic or above; plans cap monitors and intervals.
         #[arg(long, value_enum, default_value = "basic")]
         plan: names::Plan,
     },
@@ -381,6 +425,7 @@ pub enum TenantCmd {
     SetPlan {
         /// Tenant id.
         id: String,
+        /// The new plan.
         #[arg(value_enum)]
         plan: names::Plan,
     },
@@ -389,9 +434,11 @@ pub enum TenantCmd {
 #[derive(Subcommand, Debug)]
 pub enum RegionCmd {
     /// Create a region; with --owner it is that tenant's private region.
+    #[command(after_help = help::REGION_ADD)]
     Add {
         /// Region name ([a-z0-9-]), e.g. eu-west.
         name: String,
+        /// What the region is, for people (e.g. the data centre).
         #[arg(long, default_value = "")]
         description: String,
         /// Owning tenant: a private region whose agents may probe private addresses.
@@ -400,14 +447,20 @@ pub enum RegionCmd {
     },
     /// Delete a region no monitor uses.
     #[command(alias = "delete", alias = "remove")]
-    Rm { name: String },
+    Rm {
+        /// Region name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AgentTokenCmd {
     /// Create a token for agents of a region; prints the secret once.
+    #[command(after_help = help::AGENT_TOKEN_CREATE)]
     Create {
+        /// The region the token's agents probe from.
         region: String,
+        /// What the token is for, for people (e.g. the host).
         #[arg(long, default_value = "")]
         description: String,
     },
@@ -419,6 +472,7 @@ pub enum AgentTokenCmd {
     /// List agent tokens (never their secrets).
     #[command(alias = "ls")]
     List {
+        /// Only this region's tokens.
         #[arg(long)]
         region: Option<String>,
     },
@@ -439,10 +493,17 @@ pub struct ApplyArgs {
     /// Print what would change and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete the tenant's monitors that are not in the file.
+    #[arg(long)]
+    pub prune: bool,
+    /// Confirm deleting more than 3 monitors (or all of them) without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
+    /// The shell to complete for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
 }
@@ -499,6 +560,17 @@ fn parse_when(s: &str) -> Result<When, String> {
         .map_err(|_| format!("{s:?} is neither a duration (1h, 30m) nor an RFC 3339 time"))
 }
 
+/// A TCP port, 1-65535 (0 is no port a service listens on).
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u64>() {
+        Ok(p) => u16::try_from(p)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{s} is not a TCP port; must be 1-65535")),
+        Err(_) => Err(format!("{s:?} is not a number; a TCP port is 1-65535")),
+    }
+}
+
 /// "30s", "1500ms", "2m" as milliseconds.
 pub fn parse_millis(s: &str) -> Result<u64, String> {
     let d = humantime::parse_duration(s)
@@ -517,6 +589,40 @@ mod tests {
     }
 
     #[test]
+    fn every_command_flag_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("{path}: the command"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                let text = arg
+                    .get_help()
+                    .or(arg.get_long_help())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if text.trim().is_empty() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
     fn durations_and_times_parse() {
         assert_eq!(parse_millis("30s"), Ok(30_000));
         assert_eq!(parse_millis("1500ms"), Ok(1_500));
@@ -527,5 +633,12 @@ mod tests {
             Ok(When::At(_))
         ));
         assert!(parse_when("yesterday").is_err());
+        assert_eq!(parse_port("5432"), Ok(5432));
+        assert_eq!(
+            parse_port("70000"),
+            Err("70000 is not a TCP port; must be 1-65535".to_string())
+        );
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("http").is_err());
     }
 }

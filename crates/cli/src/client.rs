@@ -23,6 +23,9 @@ use tonic::{Request, Status};
 use crate::cli::ConnectArgs;
 use crate::error::{CliError, Result, chain};
 
+/// The coordinator's port when `--addr` names none.
+pub const DEFAULT_PORT: u16 = 7400;
+
 /// How long to wait for TCP + TLS to the coordinator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,12 +70,21 @@ fn parse_addr(addr: &str) -> Result<Target> {
             "--addr: {addr:?} has no host; use https://host:port"
         )));
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, _)| h)
-            .to_string(),
+    let (host, has_port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']').unwrap_or((v6, ""));
+            (host.to_string(), rest.starts_with(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, _)) => (h.to_string(), true),
+            None => (authority.to_string(), false),
+        },
+    };
+    // The coordinator's documented port, not the scheme's (443 / 80).
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{DEFAULT_PORT}")
     };
     let tls = match scheme {
         "https" => true,
@@ -213,16 +225,31 @@ impl Client {
         match named.as_slice() {
             [one] => Ok((*one).clone()),
             [] => {
-                // Let the coordinator word the refusal (and decide its code).
-                let m = self
+                // Asked anyway: the coordinator decides other refusals (a
+                // tenant_id the operator must give, permissions).
+                let got = self
                     .admin
                     .get_monitor(v1::GetMonitorRequest {
                         tenant_id: self.tenant.clone(),
                         id: key.to_string(),
                     })
-                    .await?
-                    .into_inner();
-                Ok(m)
+                    .await;
+                match got {
+                    Ok(m) => Ok(m.into_inner()),
+                    // The server's "id: no such monitor" (or, for a name with a
+                    // space, "id: contains whitespace") would not say which; the
+                    // user gave a name or an id, so repeat it.
+                    Err(s)
+                        if s.code() == tonic::Code::NotFound
+                            || (s.code() == tonic::Code::InvalidArgument
+                                && s.message().starts_with("id:")) =>
+                    {
+                        Err(CliError::refused(format!(
+                            "no monitor with the id or name {key:?} [not_found]"
+                        )))
+                    }
+                    Err(s) => Err(s.into()),
+                }
             }
             many => Err(CliError::usage(format!(
                 "{key:?} names {} monitors ({}); use an id",
@@ -288,6 +315,24 @@ mod tests {
         assert_eq!(e.kind, Failure::Usage);
         assert!(e.message.contains("loopback"), "{e}");
         assert!(parse_addr("ftp://x:1").is_err());
+        // No port: the coordinator's 7400, not https' 443.
+        assert_eq!(
+            parse_addr("https://coord.example.com").unwrap().url,
+            "https://coord.example.com:7400"
+        );
+        assert_eq!(
+            parse_addr("coord.example.com").unwrap().url,
+            "https://coord.example.com:7400"
+        );
+        assert_eq!(parse_addr("http://[::1]").unwrap().url, "http://[::1]:7400");
+        assert_eq!(
+            parse_addr("https://[::1]:7401/").unwrap().url,
+            "https://[::1]:7401"
+        );
+        assert_eq!(
+            parse_addr("https://coord.example.com").unwrap().host,
+            "coord.example.com"
+        );
         assert!(parse_addr("https://").is_err());
     }
 }

@@ -9,6 +9,7 @@
 //! | 1 | the coordinator refused or found nothing (plan limits, permission, not found, already exists, unimplemented, a failed channel test) |
 //! | 2 | usage or bad input, whether the CLI or the coordinator noticed it (INVALID_ARGUMENT) |
 //! | 3 | cannot reach the coordinator (connection, TLS handshake, unavailable, a connection broken during the call) |
+//! | 130 | interrupted by Ctrl-C (`watch`) |
 //!
 //! The coordinator's own message is always carried through verbatim: it names
 //! the field and the reason (e.g. the plan a port monitor needs).
@@ -27,6 +28,8 @@ pub enum Failure {
     Usage,
     /// The coordinator could not be reached (exit 3).
     Connect,
+    /// The user pressed Ctrl-C (exit 130, as shells report SIGINT).
+    Interrupted,
 }
 
 impl Failure {
@@ -36,6 +39,7 @@ impl Failure {
             Failure::Refused => 1,
             Failure::Usage => 2,
             Failure::Connect => 3,
+            Failure::Interrupted => 130,
         }
     }
 }
@@ -69,6 +73,14 @@ impl CliError {
         CliError {
             kind: Failure::Connect,
             message: message.into(),
+        }
+    }
+
+    /// Ctrl-C: nothing more to say, exit 130.
+    pub fn interrupted() -> CliError {
+        CliError {
+            kind: Failure::Interrupted,
+            message: String::new(),
         }
     }
 

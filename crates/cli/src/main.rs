@@ -3,7 +3,7 @@
 //! It talks to the coordinator's `AdminService` over TLS and prints aligned
 //! tables for people or JSON for scripts. Exit codes: 0 done, 1 the coordinator
 //! refused or found nothing, 2 usage or bad input, 3 cannot reach the
-//! coordinator (see `error.rs`). Nothing received from the network, a file or
+//! coordinator, 130 interrupted (see `error.rs`). Nothing received from the network, a file or
 //! the user is unwrapped: every failure becomes a message and an exit code.
 
 mod apply;
@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod commands;
 mod error;
+mod help;
 mod names;
 mod output;
 mod views;
@@ -37,7 +38,9 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("portwatch: {e}");
+            if !e.message.is_empty() {
+                eprintln!("portwatch: {e}");
+            }
             e.exit_code()
         }
     }

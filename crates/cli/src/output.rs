@@ -7,7 +7,7 @@
 //! shown once).
 
 use std::io::Write;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portwatch_proto::time::from_timestamp;
 use serde_json::Value;
@@ -115,28 +115,69 @@ pub fn target(host: &str, port: u32) -> String {
     }
 }
 
-/// A protobuf timestamp as RFC 3339 (UTC, seconds), or "" when unset.
-pub fn ts(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(from_timestamp)
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_default()
-}
+/// What a timestamp that cannot be a date prints as: before the epoch, nanos
+/// out of range, or after 9999-12-31 (RFC 3339 has four-digit years). Any
+/// value the coordinator sends prints as something, never a panic.
+pub const INVALID_TIME: &str = "invalid time";
 
-/// A protobuf timestamp as RFC 3339 with milliseconds, or null (for JSON).
-pub fn ts_json(t: Option<&prost_types::Timestamp>) -> Value {
-    t.and_then(from_timestamp).map_or(Value::Null, |t| {
-        Value::String(humantime::format_rfc3339_millis(t).to_string())
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_PRINTABLE_SECOND: u64 = 253_402_300_799;
+
+/// The wall-clock time of a timestamp, if RFC 3339 can print it.
+pub fn printable(t: &prost_types::Timestamp) -> Option<SystemTime> {
+    from_timestamp(t).filter(|at| {
+        at.duration_since(UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() <= LAST_PRINTABLE_SECOND)
     })
 }
 
-/// "4s ago", "3m ago", "2h ago" (rounded down), or "" when unset.
+/// A protobuf timestamp as RFC 3339 (UTC, seconds); "" when unset,
+/// [`INVALID_TIME`] when it cannot be a date.
+pub fn ts(t: Option<&prost_types::Timestamp>) -> String {
+    match t {
+        None => String::new(),
+        Some(t) => printable(t).map_or_else(
+            || INVALID_TIME.to_string(),
+            |at| humantime::format_rfc3339_seconds(at).to_string(),
+        ),
+    }
+}
+
+/// A protobuf timestamp as RFC 3339 with milliseconds (for JSON); null when
+/// unset, [`INVALID_TIME`] when it cannot be a date.
+pub fn ts_json(t: Option<&prost_types::Timestamp>) -> Value {
+    match t {
+        None => Value::Null,
+        Some(t) => Value::String(printable(t).map_or_else(
+            || INVALID_TIME.to_string(),
+            |at| humantime::format_rfc3339_millis(at).to_string(),
+        )),
+    }
+}
+
+/// "4s ago", "3m ago", "2h ago" (rounded down), "just now", "in 5m" (a clock
+/// ahead of ours); "" when unset, [`INVALID_TIME`] when it cannot be a date.
 pub fn ago(t: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
-    let Some(at) = t.and_then(from_timestamp) else {
+    let Some(t) = t else {
         return String::new();
+    };
+    let Some(at) = printable(t) else {
+        return INVALID_TIME.to_string();
     };
     match now.duration_since(at) {
         Ok(d) => format!("{} ago", short_duration(d)),
-        Err(_) => "just now".to_string(),
+        Err(e) if e.duration() < Duration::from_secs(1) => "just now".to_string(),
+        Err(e) => format!("in {}", short_duration(e.duration())),
+    }
+}
+
+/// "2026-01-02T03:04:05Z (4s ago)"; `unset` when there is no timestamp, one
+/// [`INVALID_TIME`] when it cannot be a date.
+pub fn when(t: Option<&prost_types::Timestamp>, now: SystemTime, unset: &str) -> String {
+    match t {
+        None => unset.to_string(),
+        Some(ts_) if printable(ts_).is_none() => INVALID_TIME.to_string(),
+        Some(_) => format!("{} ({})", ts(t), ago(t, now)),
     }
 }
 
@@ -169,6 +210,25 @@ pub fn us_as_ms(us: u64) -> String {
 /// Microseconds as milliseconds for JSON (three decimals).
 pub fn us_as_ms_json(us: u64) -> Value {
     serde_json::Number::from_f64(us as f64 / 1000.0).map_or(Value::Null, Value::Number)
+}
+
+/// The connect time of a check as JSON milliseconds; null when nothing
+/// connected (a failed check, or no result at all), as in notifications.
+pub fn connect_ms_json(outcome: i32, connect_us: u64) -> Value {
+    if outcome == portwatch_proto::v1::Outcome::Ok as i32 {
+        us_as_ms_json(connect_us)
+    } else {
+        Value::Null
+    }
+}
+
+/// The connect time of a check for a table; empty when nothing connected.
+pub fn connect_ms_text(outcome: i32, connect_us: u64) -> String {
+    if outcome == portwatch_proto::v1::Outcome::Ok as i32 {
+        us_as_ms(connect_us)
+    } else {
+        String::new()
+    }
 }
 
 /// One point of a sparkline: a latency, or a check that did not connect.

@@ -3,15 +3,16 @@
 //! The generated protobuf types carry no serde derives, so the JSON shape is
 //! defined here, once per object, and is a stable interface for scripts:
 //! snake_case keys as in the proto, enums as the lower-case words of
-//! `names.rs`, timestamps as RFC 3339 strings (or null), latencies as
-//! milliseconds (`connect_ms`), intervals as `interval_ms`. Write-only secrets
-//! are never returned by the coordinator and so never appear.
+//! `names.rs` (null when unset), timestamps as RFC 3339 strings (null when
+//! unset, "invalid time" when out of range), latencies as milliseconds
+//! (`connect_ms`, null when nothing connected), intervals as `interval_ms`.
+//! Write-only secrets are never returned by the coordinator and so never appear.
 
 use portwatch_proto::v1;
 use serde_json::{Value, json};
 
 use crate::names;
-use crate::output::{ts_json, us_as_ms_json};
+use crate::output::{connect_ms_json, ts_json, us_as_ms_json};
 
 pub fn tenant(t: &v1::Tenant) -> Value {
     json!({
@@ -93,7 +94,7 @@ pub fn result(r: &v1::CheckResult) -> Value {
         "detail": r.detail,
         "address": r.address,
         "dns_ms": us_as_ms_json(r.dns_us),
-        "connect_ms": us_as_ms_json(r.connect_us),
+        "connect_ms": connect_ms_json(r.outcome, r.connect_us),
         "total_ms": us_as_ms_json(r.total_us),
         "tcp_rtt_ms": r.tcp_rtt_us.map_or(Value::Null, us_as_ms_json),
         "immediate": r.immediate,
@@ -107,9 +108,9 @@ pub fn region_status(s: &v1::RegionStatus) -> Value {
         "state": names::region_state(s.state),
         "unknown_reason": s.unknown_reason,
         "agent_online": s.agent_online,
-        "outcome": last.map(|r| names::outcome(r.outcome)),
+        "outcome": last.and_then(|r| names::outcome(r.outcome)),
         "detail": last.map(|r| r.detail.clone()),
-        "connect_ms": last.map(|r| us_as_ms_json(r.connect_us)),
+        "connect_ms": last.map_or(Value::Null, |r| connect_ms_json(r.outcome, r.connect_us)),
         "checked_at": ts_json(last.and_then(|r| r.checked_at.as_ref())),
     })
 }
@@ -134,7 +135,7 @@ fn evidence(e: &v1::RegionEvidence) -> Value {
         "state": names::region_state(e.state),
         "outcome": names::outcome(e.outcome),
         "detail": e.detail,
-        "connect_ms": us_as_ms_json(e.connect_us),
+        "connect_ms": connect_ms_json(e.outcome, e.connect_us),
         "checked_at": ts_json(e.checked_at.as_ref()),
         "ignored_offline": e.ignored_offline,
     })

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use portwatch_e2e::{Coordinator, FakeAgent, OPERATOR_TOKEN, Proc, Setup, TestCert, eventually};
+use portwatch_e2e::{
+    Coordinator, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Proc, Pty, Setup, TestCert, eventually,
+};
 use portwatch_proto::v1;
 use serde_json::Value;
 
@@ -148,8 +150,14 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with("").await
+}
+
+/// A world whose coordinator config starts with `extra` (top-level keys).
+async fn world_with(extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let coord = Coordinator::start(&sibling("portwatch-coordinator"), dir.path(), PLANS);
+    let config = format!("{extra}{PLANS}");
+    let coord = Coordinator::start(&sibling("portwatch-coordinator"), dir.path(), &config);
     let mut admin = coord.admin(OPERATOR_TOKEN).await;
     let (_, token) = Setup::tenant(&mut admin, "acme", v1::Plan::Enterprise).await;
     let (_, free_token) = Setup::tenant(&mut admin, "cheap", v1::Plan::Free).await;
@@ -414,12 +422,17 @@ async fn monitors_are_created_listed_shown_updated_paused_and_deleted() {
         .unwrap();
     assert_eq!(db["overall"], "paused");
     assert_eq!(t.json(&["monitor", "resume", &id])["paused"], false);
+    // For people: one line saying what happened, not the settings table.
+    let paused = t.run(&["monitor", "pause", "db"]).ok().to_string();
+    assert_eq!(paused, format!("paused monitor {id} (db)\n"));
+    let resumed = t.run(&["monitor", "resume", "db"]).ok().to_string();
+    assert_eq!(resumed, format!("resumed monitor {id} (db)\n"));
 
     // rm
     let gone = t.json(&["monitor", "rm", "db"]);
     assert_eq!(gone["deleted"], id.as_str());
     t.run(&["monitor", "show", &id])
-        .failed(1, &["no such monitor", "not_found"]);
+        .failed(1, &["no monitor with the id or name", &id, "not_found"]);
     assert_eq!(
         monitor_names(&t.json(&["monitor", "list"])),
         ["web.example.com:443"]
@@ -442,6 +455,11 @@ async fn monitors_are_created_listed_shown_updated_paused_and_deleted() {
 async fn status_results_incidents_and_watch_follow_the_agents() {
     let w = world().await;
     let t = &w.tenant;
+    // watch, as a real process streaming JSON lines, from before the monitor
+    // exists: it sees the monitor's regions get their first state.
+    let mut watch = Proc::spawn_merged("watch", t.command(&["--output", "json", "watch"]));
+    watch.wait_line("watching events", Duration::from_secs(10));
+
     let m = t.json(&[
         "monitor",
         "add",
@@ -460,10 +478,6 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
     ]);
     let id = m["id"].as_str().unwrap().to_string();
     let mut ag = agents(&w).await;
-
-    // watch, as a real process streaming JSON lines.
-    let mut watch = Proc::spawn_merged("watch", t.command(&["--output", "json", "watch"]));
-    watch.wait_line("watching events", Duration::from_secs(10));
 
     for a in &mut ag {
         a.report_acked(&id, v1::Outcome::Ok).await;
@@ -521,7 +535,17 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
     let shown = t.json(&["monitor", "show", "db"]);
     assert_eq!(shown["recent"]["eu"]["sparkline"], "▁✗");
     assert_eq!(shown["recent"]["ap"]["sparkline"], "▁");
-    assert_eq!(shown["status"]["regions"][0]["connect_ms"], 1.234);
+    let regions = &shown["status"]["regions"];
+    assert_eq!(
+        (&regions[0]["region"], &regions[2]["region"]),
+        (&"eu".into(), &"ap".into())
+    );
+    assert_eq!(regions[2]["connect_ms"], 1.234);
+    assert_eq!(
+        regions[0]["connect_ms"],
+        Value::Null,
+        "a refused check never connected: {shown}"
+    );
 
     // Recovery: every region up closes it.
     for a in &mut ag {
@@ -563,8 +587,15 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
     let table = t.run(&["results", "db"]).ok().to_string();
     assert!(table.contains("203.0.113.10:5432"), "{table}");
 
-    // The watcher saw the incident open and close, as JSON lines.
+    // The watcher saw a region get its first state (from no state at all: null,
+    // never "unknown(0)"), then the incident open and close, as JSON lines.
+    let first = watch.wait_line("\"region_state\"", Duration::from_secs(10));
+    let ev: Value = serde_json::from_str(&first).expect("one JSON object per line");
+    assert!(!first.contains("unknown("), "{first}");
+    assert_eq!(ev["from"], Value::Null, "{first}");
+    assert!(ev["to"].is_string(), "{first}");
     let opened = watch.wait_line("\"incident_opened\"", Duration::from_secs(10));
+    assert!(!opened.contains("unknown("), "{opened}");
     let ev: Value = serde_json::from_str(&opened).expect("one JSON object per line");
     assert_eq!(ev["incident"]["id"], incident_id.as_str());
     watch.wait_line("\"incident_closed\"", Duration::from_secs(10));
@@ -589,7 +620,11 @@ async fn status_results_incidents_and_watch_follow_the_agents() {
         async move { s }
     })
     .await;
-    assert!(status.success(), "Ctrl-C is a normal end of watch");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "Ctrl-C ends watch as a shell reports SIGINT"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -619,9 +654,17 @@ async fn errors_carry_the_servers_message_and_documented_exit_codes() {
     w.tenant
         .run(&["tenant", "list"])
         .failed(1, &["only the operator may list tenants"]);
-    w.tenant
-        .run(&["monitor", "show", "mon-nope"])
-        .failed(1, &["id: no such monitor"]);
+    // The name or id the user gave is repeated, not the server's "id: ...".
+    w.tenant.run(&["monitor", "show", "mon-nope"]).failed(
+        1,
+        &["no monitor with the id or name \"mon-nope\"", "not_found"],
+    );
+    let by_name = w.tenant.run(&["monitor", "show", "orders db"]);
+    by_name.failed(1, &["no monitor with the id or name \"orders db\""]);
+    assert!(
+        !by_name.stderr.contains("id: no such monitor"),
+        "{by_name:?}"
+    );
     w.op.run(&["tenant", "add", "acme", "--plan", "basic"])
         .failed(1, &["already exists"]);
     let mut wrong = w.tenant.clone();
@@ -675,7 +718,19 @@ async fn errors_carry_the_servers_message_and_documented_exit_codes() {
             "--regions",
             "eu",
         ])
-        .failed(2, &["70000"]);
+        .failed(2, &["70000 is not a TCP port; must be 1-65535"]);
+    w.tenant
+        .run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--port",
+            "0",
+            "--regions",
+            "eu",
+        ])
+        .failed(2, &["0 is not a TCP port; must be 1-65535"]);
     w.tenant
         .run(&[
             "monitor",
@@ -751,6 +806,13 @@ async fn errors_carry_the_servers_message_and_documented_exit_codes() {
     let test = w.tenant.run(&["channel", "test", "chan-nope"]);
     assert_eq!(test.code, 1, "{test:?}");
     assert!(test.stderr.starts_with("portwatch: "), "{test:?}");
+
+    // --addr without a port means the coordinator's 7400, not https' 443.
+    let mut no_port = w.tenant.clone();
+    no_port.addr = "https://127.0.0.2".into();
+    let out = no_port.run(&["status"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("https://127.0.0.2:7400"), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,7 +908,7 @@ port = 6379
 regions = ["ap"]
 "#;
     std::fs::write(&file, second).unwrap();
-    let plan = t.json(&["apply", "-f", path, "--dry-run"]);
+    let plan = t.json(&["apply", "-f", path, "--dry-run", "--prune"]);
     assert_eq!(plan["update"][0]["name"], "web");
     assert_eq!(plan["update"][0]["changes"][0]["field"], "interval");
     assert_eq!(plan["update"][0]["changes"][0]["from"], "30s");
@@ -862,12 +924,15 @@ regions = ["ap"]
         before,
         "dry run changed nothing"
     );
-    let text = t.run(&["apply", "-f", path, "--dry-run"]).ok().to_string();
+    let text = t
+        .run(&["apply", "-f", path, "--dry-run", "--prune"])
+        .ok()
+        .to_string();
     assert!(text.contains("~ update \"web\""), "{text}");
     assert!(text.contains("interval: 30s -> 1m"), "{text}");
     assert!(text.contains("- delete \"legacy\""), "{text}");
 
-    t.run(&["apply", "-f", path]).ok();
+    t.run(&["apply", "-f", path, "--prune"]).ok();
     let after = t.json(&["monitor", "list"]);
     let mut names = monitor_names(&after);
     names.sort();
@@ -947,9 +1012,112 @@ fn completions_and_man_pages_are_generated() {
     ] {
         assert!(dir.path().join(page).exists(), "{page} in {listed}");
     }
+    // Every page says how it exits and what it reads from the environment.
+    for needle in [
+        ".SH \"EXIT STATUS\"",
+        "cannot reach the coordinator",
+        ".SH ENVIRONMENT",
+        "PORTWATCH_ADDR",
+        "PORTWATCH_WEBHOOK_SECRET",
+        ".SH EXAMPLES",
+    ] {
+        assert!(man.stdout.contains(needle), "{needle:?} in\n{}", man.stdout);
+    }
+    let add = std::fs::read_to_string(dir.path().join("portwatch-monitor-add.1")).unwrap();
+    for needle in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        "PORTWATCH_TOKEN",
+        ".SH EXAMPLES",
+        ".SH \"GLOBAL OPTIONS\"",
+    ] {
+        assert!(
+            add.contains(needle),
+            "{needle:?} in portwatch-monitor-add.1:\n{add}"
+        );
+    }
+
     let help = run(&["--help"]);
     assert!(help.ok().contains("Exit codes:"), "{}", help.stdout);
-    assert!(help.stdout.contains("3  cannot reach the coordinator"));
+    assert!(help.stdout.contains("3    cannot reach the coordinator"));
+    assert!(help.stdout.contains("130  interrupted"));
+}
+
+/// The sections of `--help` output: heading line → the lines under it.
+fn help_sections(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            out.push((line.trim_end_matches(':').to_string(), String::new()));
+        } else if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn help_shows_connection_flags_apart_examples_and_help_for_every_flag() {
+    let help = |args: &[&str]| {
+        let mut cmd = Command::new(cli_bin());
+        cmd.args(args).arg("--help").env_clear();
+        run_bounded(cmd, Duration::from_secs(10)).ok().to_string()
+    };
+    let global = [
+        "--addr",
+        "--token",
+        "--ca",
+        "--tls-server-name",
+        "--client-cert",
+        "--client-key",
+        "--tenant",
+        "--output",
+    ];
+    for command in [
+        &["monitor", "add"][..],
+        &["status"],
+        &["results"],
+        &["apply"],
+        &["channel", "add", "webhook"],
+    ] {
+        let text = help(command);
+        let sections = help_sections(&text);
+        let own = sections
+            .iter()
+            .find(|(h, _)| h == "Options")
+            .map(|(_, b)| b.as_str())
+            .unwrap_or_default();
+        let inherited = sections
+            .iter()
+            .find(|(h, _)| h == "Global options")
+            .map(|(_, b)| b.as_str())
+            .unwrap_or_else(|| panic!("{command:?}: no \"Global options\" in\n{text}"));
+        for flag in global {
+            assert!(
+                !own.contains(&format!("{flag} ")) && !own.contains(&format!("{flag} <")),
+                "{command:?}: {flag} among the command's own options:\n{text}"
+            );
+            assert!(
+                inherited.contains(flag),
+                "{command:?}: {flag} missing:\n{text}"
+            );
+        }
+        assert!(
+            sections.iter().any(|(h, _)| h == "Examples"),
+            "{command:?}: no examples:\n{text}"
+        );
+    }
+    // The webhook's own flags say what they are.
+    let webhook = help(&["channel", "add", "webhook"]);
+    for needle in [
+        "--url <URL>",
+        "Where to POST",
+        "--secret <SECRET>",
+        "HMAC-SHA256 key",
+    ] {
+        assert!(webhook.contains(needle), "{needle:?}:\n{webhook}");
+    }
 }
 
 /// Waits for the "listening on" line of a coordinator process; returns host:port.
@@ -1079,4 +1247,268 @@ fn dev_certs_give_working_tls_and_mtls_and_plaintext_stays_on_loopback() {
     )
     .failed(3, &["cannot connect"]);
     plain.terminate(Duration::from_secs(10));
+}
+
+/// Runs the CLI with its stdin on a terminal where `typed` is typed; bounded.
+fn run_at_terminal(mut cmd: Command, typed: &str, timeout: Duration) -> Out {
+    let pty = Pty::open();
+    cmd.stdin(pty.terminal())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    drop(cmd);
+    pty.type_text(typed);
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(o)) => Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        },
+        _ => {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("the CLI at a terminal did not finish within {timeout:?}")
+        }
+    }
+}
+
+fn monitors_file(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            format!(
+                "[[monitor]]\nname = \"{n}\"\nhost = \"{n}.example.com\"\nport = 443\nregions = [\"eu\"]\n\n"
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_deletes_only_with_prune_and_asks_before_deleting_more_than_a_few() {
+    let w = world().await;
+    let t = &w.tenant;
+    let file = w.dir.path().join("monitors.toml");
+    let path = file.to_str().unwrap();
+    let five = ["a", "b", "c", "d", "e"];
+    std::fs::write(&file, monitors_file(&five)).unwrap();
+    t.run(&["apply", "-f", path]).ok();
+    let names = |t: &Cli| {
+        let mut n = monitor_names(&t.json(&["monitor", "list"]));
+        n.sort();
+        n
+    };
+    assert_eq!(names(t), five);
+
+    // A truncated file without --prune deletes nothing; the plan says what it keeps.
+    std::fs::write(&file, monitors_file(&["a"])).unwrap();
+    let out = t.run(&["apply", "-f", path]).ok().to_string();
+    assert!(out.contains("4 not in the file (kept)"), "{out}");
+    assert!(out.contains("keep \"e\""), "{out}");
+    assert_eq!(names(t), five);
+    let plan = t.json(&["apply", "-f", path]);
+    assert_eq!(plan["kept"].as_array().map(Vec::len), Some(4), "{plan}");
+    assert_eq!(plan["delete"], Value::Array(vec![]));
+
+    // --prune deleting more than 3, not at a terminal, without --yes: nothing changes.
+    let out = t.run(&["apply", "-f", path, "--prune"]);
+    out.failed(2, &["--prune would delete 4", "--yes", "nothing changed"]);
+    assert!(
+        out.stdout.contains("- delete \"b\""),
+        "the plan is shown: {out:?}"
+    );
+    assert_eq!(names(t), five);
+    // An empty file with --prune: the same, and it says "all of them".
+    std::fs::write(&file, "").unwrap();
+    t.run(&["apply", "-f", path, "--prune"])
+        .failed(2, &["delete 5 of the tenant's 5 monitors, all of them"]);
+    assert_eq!(names(t), five);
+
+    // At a terminal: asked; anything but "yes" changes nothing (exit 1).
+    std::fs::write(&file, monitors_file(&["a"])).unwrap();
+    let no = run_at_terminal(
+        t.command(&["apply", "-f", path, "--prune"]),
+        "no\n",
+        Duration::from_secs(30),
+    );
+    no.failed(
+        1,
+        &["Type \"yes\" to go on", "not confirmed; nothing changed"],
+    );
+    assert_eq!(names(t), five);
+    let yes = run_at_terminal(
+        t.command(&["apply", "-f", path, "--prune"]),
+        "yes\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(yes.code, 0, "{yes:?}");
+    assert!(yes.stdout.contains("applied: 4 change(s)"), "{yes:?}");
+    assert_eq!(names(t), ["a"]);
+
+    // A few (at most 3) are deleted with --prune alone; everything needs --yes.
+    std::fs::write(&file, monitors_file(&five)).unwrap();
+    t.run(&["apply", "-f", path]).ok();
+    std::fs::write(&file, monitors_file(&["a", "b", "c"])).unwrap();
+    t.run(&["apply", "-f", path, "--prune"]).ok();
+    assert_eq!(names(t), ["a", "b", "c"]);
+    std::fs::write(&file, "").unwrap();
+    t.run(&["apply", "-f", path, "--prune"])
+        .failed(2, &["--yes"]);
+    t.run(&["apply", "-f", path, "--prune", "--yes"]).ok();
+    assert_eq!(names(t), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_channel_test_says_so_once() {
+    let w = world_with("allow_private_channel_targets = true\n").await;
+    let receiver = HttpReceiver::start(|_, _| (500, "receiver broke".to_string())).await;
+    let add = w.tenant.json(&[
+        "channel",
+        "add",
+        "webhook",
+        "--url",
+        &receiver.url("/hook"),
+        "--secret",
+        "0123456789abcdef0123456789abcdef",
+    ]);
+    let id = add["id"].as_str().expect("channel id").to_string();
+    let out = w.tenant.run(&["channel", "test", &id]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stdout, "",
+        "the failure is said on stderr only: {out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("receiver broke").count(),
+        1,
+        "said once: {out:?}"
+    );
+    assert!(out.stderr.contains("not accepted"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_says_the_coordinator_went_away_not_mtls() {
+    let mut w = world().await;
+    let mut watch = Proc::spawn_merged("watch", w.tenant.command(&["watch"]));
+    watch.wait_line("watching events", Duration::from_secs(10));
+    w.coord.proc.kill9();
+    let status = eventually("watch exits", Duration::from_secs(20), || {
+        let s = watch.child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    let mut said = String::new();
+    while let Ok(line) = watch.lines.recv_timeout(Duration::from_millis(500)) {
+        said.push_str(&line);
+        said.push('\n');
+    }
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert!(said.contains("coordinator"), "{said}");
+    assert!(
+        said.contains("lost the connection") || said.contains("ended the event stream"),
+        "{said}"
+    );
+    for wrong in ["client_ca", "--client-cert", "mTLS"] {
+        assert!(!said.contains(wrong), "blames {wrong:?}: {said}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_prints_the_clis_and_the_coordinators() {
+    let w = world().await;
+    let want = env!("CARGO_PKG_VERSION");
+    let text = w.tenant.run(&["version"]).ok().to_string();
+    assert!(
+        text.contains(&format!("portwatch {want} (this CLI)")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("portwatch-coordinator {want} at https://")),
+        "{text}"
+    );
+    let v = w.tenant.json(&["version"]);
+    assert_eq!((&v["cli"], &v["coordinator"]), (&want.into(), &want.into()));
+
+    // Without a coordinator: the CLI's version, then why the other is missing.
+    let mut away = w.tenant.clone();
+    away.addr = "https://127.0.0.1:9".into();
+    let out = away.run(&["version"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stdout.contains(&format!("portwatch {want}")), "{out:?}");
+    assert!(out.stderr.contains("the coordinator's version"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bash_completion_completes_monitor_names() {
+    let w = world().await;
+    let t = &w.tenant;
+    for name in ["db", "dns", "web"] {
+        t.run(&[
+            "monitor",
+            "add",
+            "--host",
+            "x.example.com",
+            "--port",
+            "5432",
+            "--regions",
+            "eu",
+            "--name",
+            name,
+        ])
+        .ok();
+    }
+    let script = w.dir.path().join("portwatch.bash");
+    std::fs::write(&script, t.run(&["completions", "bash"]).ok()).unwrap();
+    // What bash does on TAB: COMP_WORDS/COMP_CWORD, then the registered function.
+    let complete = |words: &[&str]| {
+        let mut all = vec!["portwatch"];
+        all.extend_from_slice(words);
+        let quoted: Vec<String> = all.iter().map(|w| format!("'{w}'")).collect();
+        let program = format!(
+            "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\n\
+             f=$(complete -p portwatch | sed 's/.*-F \\([^ ]*\\).*/\\1/')\n\
+             \"$f\" portwatch '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+            script.display(),
+            quoted.join(" "),
+            all.len() - 1,
+            all[all.len() - 1],
+            all[all.len() - 2],
+        );
+        // The shell's PORTWATCH_* settings, as the tenant exported them.
+        let cmd = t.command(&[]);
+        let mut bash = Command::new("bash");
+        bash.arg("-c").arg(program).env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                bash.env(k, v);
+            }
+        }
+        // `portwatch` on PATH, as for a user who installed it.
+        let bin_dir = cli_bin().parent().expect("the target dir");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin_dir.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        bash.env("PATH", std::env::join_paths(dirs).expect("PATH"));
+        let out = run_bounded(bash, Duration::from_secs(20));
+        let mut got: Vec<String> = out.ok().lines().map(str::to_string).collect();
+        got.retain(|l| !l.is_empty());
+        got.sort();
+        got
+    };
+    assert_eq!(complete(&["monitor", "show", ""]), ["db", "dns", "web"]);
+    assert_eq!(complete(&["monitor", "rm", "d"]), ["db", "dns"]);
+    assert_eq!(complete(&["results", "w"]), ["web"]);
+    assert_eq!(complete(&["incidents", "--monitor", "dn"]), ["dns"]);
+    assert_eq!(
+        complete(&["--tenant", "acme", "monitor", "pause", "we"]),
+        ["web"]
+    );
+    // Everything else is still clap's completion.
+    assert!(complete(&["monitor", "sh"]).contains(&"show".to_string()));
 }

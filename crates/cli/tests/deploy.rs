@@ -2,7 +2,8 @@
 //! - `local.sh --smoke` runs the whole local deployment (coordinator, three
 //!   agents, targets, monitors, an incident and its recovery) and must report
 //!   "up from all three regions", within a bounded time, leaving no process and
-//!   no temp dir behind; its interactive mode stops cleanly on Ctrl-C;
+//!   no temp dir behind; its interactive mode prints export lines that make
+//!   `portwatch status` work in a second shell, and stops cleanly on Ctrl-C;
 //! - the example configs start the real daemons (with only paths and secrets
 //!   overridden by environment variables) and document every config key;
 //! - the systemd units carry the hardening the issue asks for (and pass
@@ -217,6 +218,34 @@ fn local_deployment_smoke_reports_up_from_three_regions_and_cleans_up() {
 fn local_deployment_stops_cleanly_on_ctrl_c() {
     let mut s = Script::start(&[]);
     s.wait_output("live events below", Duration::from_secs(100));
+    // The tour's first step: paste the printed export lines into a second shell
+    // that has no portwatch on PATH, then run the CLI by name.
+    let exports: Vec<String> = s
+        .text()
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("export "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        exports.iter().any(|l| l.starts_with("export PATH=")),
+        "no PATH line among {exports:?}"
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{}\nportwatch status", exports.join("\n")))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", s.tmp.path())
+        .current_dir(s.tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("web"),
+        "the printed export lines do not give a working `portwatch status`: {out:?}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     // What a terminal does on Ctrl-C: SIGINT to the foreground process group.
     s.signal_group(libc::SIGINT);

@@ -335,14 +335,17 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::WhoAmIRequest>,
     ) -> Result<Response<v1::WhoAmIResponse>, Status> {
+        let coordinator_version = env!("CARGO_PKG_VERSION").to_string();
         Ok(Response::new(match self.caller(&request)? {
             Caller::Operator => v1::WhoAmIResponse {
                 operator: true,
                 tenant_id: String::new(),
+                coordinator_version,
             },
             Caller::Tenant(id) => v1::WhoAmIResponse {
                 operator: false,
                 tenant_id: id,
+                coordinator_version,
             },
         }))
     }

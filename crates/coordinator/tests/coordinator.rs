@@ -989,10 +989,14 @@ fn malformed_config_exits_non_zero_naming_the_key() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{text}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!("config: {key}")),
-            "{key}: {stderr}"
-        );
+        // The file itself: "config file PATH: …", never "config: config: …".
+        let needle = if key == "config" {
+            "config file ".to_string()
+        } else {
+            format!("config: {key}")
+        };
+        assert!(stderr.contains(&needle), "{key}: {stderr}");
+        assert!(!stderr.contains("config: config:"), "{stderr}");
         if text.starts_with("fast_confirmation") {
             assert!(stderr.contains("fast_confirmation"), "{stderr}");
         }

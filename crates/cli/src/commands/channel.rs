@@ -50,18 +50,8 @@ pub async fn run(c: &mut Client, cmd: ChannelCmd, out: OutputFormat) -> Result<(
                 .await?
                 .into_inner()
                 .channels;
-            let mut t = Table::new(&["ID", "NAME", "KIND", "DEFAULT", "TARGET"]);
-            for ch in &channels {
-                let (kind, target) = views::channel_target(ch);
-                t.row(vec![
-                    ch.id.clone(),
-                    ch.name.clone(),
-                    kind.to_string(),
-                    if ch.is_default { "yes" } else { "" }.to_string(),
-                    target,
-                ]);
-            }
             let v = Value::Array(channels.iter().map(views::channel).collect());
+            let t = channels_table(&channels);
             output::either(out, &v, &t, "no channels")
         }
         ChannelCmd::Rm { id } => {
@@ -88,15 +78,14 @@ pub async fn run(c: &mut Client, cmd: ChannelCmd, out: OutputFormat) -> Result<(
                 })
                 .await?
                 .into_inner();
+            // Said once: on stdout when delivered, as the error when not (JSON
+            // keeps its document on stdout for scripts, and the exit code says it).
             match out {
                 OutputFormat::Json => {
                     output::json(&json!({ "id": id, "ok": r.ok, "detail": r.detail }))?
                 }
-                OutputFormat::Table => output::line(&format!(
-                    "{}: {}",
-                    if r.ok { "delivered" } else { "failed" },
-                    r.detail
-                ))?,
+                OutputFormat::Table if r.ok => output::line(&format!("delivered: {}", r.detail))?,
+                OutputFormat::Table => {}
             }
             if r.ok {
                 Ok(())
@@ -139,6 +128,29 @@ async fn deliveries(
     if limit > 0 {
         all.truncate(limit);
     }
+    let v = Value::Array(all.iter().map(views::delivery).collect());
+    let t = deliveries_table(&all);
+    output::either(out, &v, &t, "no deliveries")
+}
+
+/// Channels as a table (targets only, never secrets).
+pub fn channels_table(channels: &[v1::Channel]) -> Table {
+    let mut t = Table::new(&["ID", "NAME", "KIND", "DEFAULT", "TARGET"]);
+    for ch in channels {
+        let (kind, target) = views::channel_target(ch);
+        t.row(vec![
+            ch.id.clone(),
+            ch.name.clone(),
+            kind.to_string(),
+            if ch.is_default { "yes" } else { "" }.to_string(),
+            target,
+        ]);
+    }
+    t
+}
+
+/// Deliveries as a table: did the page go out?
+pub fn deliveries_table(all: &[v1::Delivery]) -> Table {
     let mut t = Table::new(&[
         "ID",
         "CHANNEL",
@@ -149,20 +161,19 @@ async fn deliveries(
         "CREATED",
         "LAST ERROR",
     ]);
-    for d in &all {
+    for d in all {
         t.row(vec![
             d.id.clone(),
             d.channel_id.clone(),
             d.subject_id.clone(),
-            names::delivery_kind(d.kind),
-            names::delivery_state(d.state),
+            names::text(names::delivery_kind(d.kind)).to_string(),
+            names::text(names::delivery_state(d.state)).to_string(),
             d.attempts.to_string(),
             output::ts(d.created_at.as_ref()),
             d.last_error.clone(),
         ]);
     }
-    let v = Value::Array(all.iter().map(views::delivery).collect());
-    output::either(out, &v, &t, "no deliveries")
+    t
 }
 
 fn build(add: ChannelAdd) -> v1::Channel {

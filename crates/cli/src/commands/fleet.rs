@@ -22,34 +22,8 @@ pub async fn regions(c: &mut Client, out: OutputFormat) -> Result<()> {
         .await?
         .into_inner()
         .regions;
-    let now = SystemTime::now();
-    let mut t = Table::new(&[
-        "NAME",
-        "KIND",
-        "OWNER",
-        "AGENTS",
-        "OFFLINE SINCE",
-        "DESCRIPTION",
-    ]);
-    for r in &regions {
-        t.row(vec![
-            r.name.clone(),
-            if r.owner_tenant_id.is_empty() {
-                "public"
-            } else {
-                "private"
-            }
-            .to_string(),
-            r.owner_tenant_id.clone(),
-            r.agents_online.to_string(),
-            match r.offline_since.as_ref() {
-                Some(ts) => format!("{} ({})", output::ts(Some(ts)), output::ago(Some(ts), now)),
-                None => String::new(),
-            },
-            r.description.clone(),
-        ]);
-    }
     let v = Value::Array(regions.iter().map(views::region).collect());
+    let t = regions_table(&regions, SystemTime::now());
     output::either(out, &v, &t, "no regions")
 }
 
@@ -62,32 +36,8 @@ pub async fn agents(c: &mut Client, a: AgentsArgs, out: OutputFormat) -> Result<
         .await?
         .into_inner()
         .agents;
-    let now = SystemTime::now();
-    let mut t = Table::new(&[
-        "AGENT",
-        "REGION",
-        "ONLINE",
-        "HOST",
-        "VERSION",
-        "MONITORS",
-        "LAST SEEN",
-        "SPOOL",
-        "DROPPED",
-    ]);
-    for a in &agents {
-        t.row(vec![
-            a.agent_id.clone(),
-            a.region.clone(),
-            if a.online { "yes" } else { "no" }.to_string(),
-            a.hostname.clone(),
-            a.version.clone(),
-            a.assignments.to_string(),
-            output::ago(a.last_seen.as_ref(), now),
-            a.spool_depth.to_string(),
-            a.dropped_total.to_string(),
-        ]);
-    }
     let v = Value::Array(agents.iter().map(views::agent).collect());
+    let t = agents_table(&agents, SystemTime::now());
     output::either(out, &v, &t, "no agents")
 }
 
@@ -176,18 +126,81 @@ pub async fn agent_token(c: &mut Client, cmd: AgentTokenCmd, out: OutputFormat) 
                 .await?
                 .into_inner()
                 .tokens;
-            let mut t = Table::new(&["ID", "REGION", "CREATED", "REVOKED", "DESCRIPTION"]);
-            for tok in &tokens {
-                t.row(vec![
-                    tok.id.clone(),
-                    tok.region.clone(),
-                    output::ts(tok.created_at.as_ref()),
-                    if tok.revoked { "yes" } else { "" }.to_string(),
-                    tok.description.clone(),
-                ]);
-            }
             let v = Value::Array(tokens.iter().map(views::agent_token).collect());
+            let t = tokens_table(&tokens);
             output::either(out, &v, &t, "no agent tokens")
         }
     }
+}
+
+/// Probe regions: public or private, live agents, offline since when.
+pub fn regions_table(regions: &[v1::Region], now: SystemTime) -> Table {
+    let mut t = Table::new(&[
+        "NAME",
+        "KIND",
+        "OWNER",
+        "AGENTS",
+        "OFFLINE SINCE",
+        "DESCRIPTION",
+    ]);
+    for r in regions {
+        t.row(vec![
+            r.name.clone(),
+            if r.owner_tenant_id.is_empty() {
+                "public"
+            } else {
+                "private"
+            }
+            .to_string(),
+            r.owner_tenant_id.clone(),
+            r.agents_online.to_string(),
+            output::when(r.offline_since.as_ref(), now, ""),
+            r.description.clone(),
+        ]);
+    }
+    t
+}
+
+/// Agents: online, what they check, how far behind their spool is.
+pub fn agents_table(agents: &[v1::Agent], now: SystemTime) -> Table {
+    let mut t = Table::new(&[
+        "AGENT",
+        "REGION",
+        "ONLINE",
+        "HOST",
+        "VERSION",
+        "MONITORS",
+        "LAST SEEN",
+        "SPOOL",
+        "DROPPED",
+    ]);
+    for a in agents {
+        t.row(vec![
+            a.agent_id.clone(),
+            a.region.clone(),
+            if a.online { "yes" } else { "no" }.to_string(),
+            a.hostname.clone(),
+            a.version.clone(),
+            a.assignments.to_string(),
+            output::ago(a.last_seen.as_ref(), now),
+            a.spool_depth.to_string(),
+            a.dropped_total.to_string(),
+        ]);
+    }
+    t
+}
+
+/// Agent tokens (never their secrets).
+pub fn tokens_table(tokens: &[v1::AgentToken]) -> Table {
+    let mut t = Table::new(&["ID", "REGION", "CREATED", "REVOKED", "DESCRIPTION"]);
+    for tok in tokens {
+        t.row(vec![
+            tok.id.clone(),
+            tok.region.clone(),
+            output::ts(tok.created_at.as_ref()),
+            if tok.revoked { "yes" } else { "" }.to_string(),
+            tok.description.clone(),
+        ]);
+    }
+    t
 }

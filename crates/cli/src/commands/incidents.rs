@@ -3,7 +3,6 @@
 
 use std::time::SystemTime;
 
-use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 use serde_json::Value;
 
@@ -45,15 +44,32 @@ pub async fn run(c: &mut Client, a: IncidentsArgs, out: OutputFormat) -> Result<
     if a.limit > 0 {
         incidents.truncate(a.limit);
     }
-    let now = SystemTime::now();
+    let t = table(&incidents, SystemTime::now());
+    let v = Value::Array(incidents.iter().map(views::incident).collect());
+    let empty = if a.open {
+        "no open incidents"
+    } else {
+        "no incidents"
+    };
+    output::either(out, &v, &t, empty)
+}
+
+/// Incidents as a table: how long each lasted (so far), why, and where it was down.
+pub fn table(incidents: &[v1::Incident], now: SystemTime) -> Table {
     let mut t = Table::new(&[
         "ID", "MONITOR", "TARGET", "STATE", "OPENED", "DURATION", "REASON", "DOWN IN",
     ]);
-    for i in &incidents {
-        let opened = i.opened_at.as_ref().and_then(from_timestamp);
-        let closed = i.closed_at.as_ref().and_then(from_timestamp);
+    for i in incidents {
+        let opened = i.opened_at.as_ref().and_then(output::printable);
+        // An open incident lasts until now; a close time that cannot be a date
+        // gives no duration rather than a wrong one.
+        let until = match i.closed_at.as_ref() {
+            None => Some(now),
+            Some(c) => output::printable(c),
+        };
         let lasted = opened
-            .and_then(|o| closed.unwrap_or(now).duration_since(o).ok())
+            .zip(until)
+            .and_then(|(o, u)| u.duration_since(o).ok())
             .map(output::short_duration)
             .unwrap_or_default();
         let down: Vec<&str> = i
@@ -75,18 +91,12 @@ pub async fn run(c: &mut Client, a: IncidentsArgs, out: OutputFormat) -> Result<
             output::ts(i.opened_at.as_ref()),
             lasted,
             if i.reason_text.is_empty() {
-                names::outcome_text(i.reason)
+                names::outcome_text(i.reason).to_string()
             } else {
                 i.reason_text.clone()
             },
             down.join(","),
         ]);
     }
-    let v = Value::Array(incidents.iter().map(views::incident).collect());
-    let empty = if a.open {
-        "no open incidents"
-    } else {
-        "no incidents"
-    };
-    output::either(out, &v, &t, empty)
+    t
 }

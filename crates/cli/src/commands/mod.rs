@@ -3,6 +3,7 @@
 //! `output`. This module only dispatches.
 
 mod channel;
+mod completion;
 mod dev;
 mod docs;
 mod fleet;
@@ -11,6 +12,9 @@ mod monitor;
 mod results;
 mod status;
 mod tenant;
+#[cfg(test)]
+mod tests;
+mod version;
 mod watch;
 
 use crate::apply;
@@ -31,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DevListen(a) => dev::listen(a).await,
         // Reads and checks its file before connecting: bad input is exit 2 offline.
         Command::Apply(a) => apply::run(&conn, a, out).await,
+        // Prints the CLI's own version even when the coordinator is away.
+        Command::Version => version::run(&conn, out).await,
         // Everything else talks to the coordinator.
         Command::Whoami => whoami(&mut Client::connect(&conn).await?, out).await,
         Command::Monitor(m) => monitor::run(&mut Client::connect(&conn).await?, m, out).await,

@@ -24,7 +24,8 @@ const SPARK_POINTS: usize = 40;
 pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<()> {
     match cmd {
         MonitorCmd::Add(a) => add(c, a, out).await,
-        MonitorCmd::List => list(c, out).await,
+        MonitorCmd::List(l) if l.names => names_only(c).await,
+        MonitorCmd::List(_) => list(c, out).await,
         MonitorCmd::Show(r) => show(c, &r.monitor, out).await,
         MonitorCmd::Update(u) => update(c, u, out).await,
         MonitorCmd::Rm(r) => {
@@ -52,7 +53,7 @@ pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<(
                 })
                 .await?
                 .into_inner();
-            print_monitor(&m, "paused", out)
+            print_one_line(&m, "paused", out)
         }
         MonitorCmd::Resume(r) => {
             let m = c.find_monitor(&r.monitor).await?;
@@ -64,7 +65,7 @@ pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<(
                 })
                 .await?
                 .into_inner();
-            print_monitor(&m, "resumed", out)
+            print_one_line(&m, "resumed", out)
         }
     }
 }
@@ -147,7 +148,7 @@ fn channels_text(ids: &[String]) -> String {
 }
 
 /// One monitor as "key  value" lines.
-fn details(m: &v1::Monitor) -> Table {
+pub fn details(m: &v1::Monitor) -> Table {
     let mut t = Table::new(&["FIELD", "VALUE"]);
     let rows = [
         ("id", m.id.clone()),
@@ -156,10 +157,13 @@ fn details(m: &v1::Monitor) -> Table {
         ("regions", m.regions.join(",")),
         ("interval", output::millis(m.interval_ms)),
         ("timeout", output::millis(u64::from(m.timeout_ms))),
-        ("consensus", names::consensus(m.consensus)),
-        ("family", names::family(m.family)),
-        ("address policy", names::address_policy(m.address_policy)),
-        ("close mode", names::close_mode(m.close_mode)),
+        ("consensus", names::consensus(m.consensus).to_string()),
+        ("family", names::family(m.family).to_string()),
+        (
+            "address policy",
+            names::address_policy(m.address_policy).to_string(),
+        ),
+        ("close mode", names::close_mode(m.close_mode).to_string()),
         ("channels", channels_text(&m.channel_ids)),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
@@ -168,6 +172,14 @@ fn details(m: &v1::Monitor) -> Table {
         t.row(vec![k.to_string(), v]);
     }
     t
+}
+
+/// "paused monitor mon-… (db)": a change of state needs no settings table.
+fn print_one_line(m: &v1::Monitor, verb: &str, out: OutputFormat) -> Result<()> {
+    match out {
+        OutputFormat::Json => output::json(&views::monitor(m)),
+        OutputFormat::Table => output::line(&format!("{verb} monitor {} ({})", m.id, m.name)),
+    }
 }
 
 fn print_monitor(m: &v1::Monitor, verb: &str, out: OutputFormat) -> Result<()> {
@@ -180,8 +192,24 @@ fn print_monitor(m: &v1::Monitor, verb: &str, out: OutputFormat) -> Result<()> {
     }
 }
 
+/// One name per line (shell completion asks this way).
+async fn names_only(c: &mut Client) -> Result<()> {
+    let mut text = String::new();
+    for m in c.all_monitors().await? {
+        text.push_str(&m.name);
+        text.push('\n');
+    }
+    output::print(&text)
+}
+
 async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {
     let ms = c.all_monitors().await?;
+    let v = Value::Array(ms.iter().map(views::monitor).collect());
+    output::either(out, &v, &list_table(&ms), "no monitors")
+}
+
+/// `monitor list` as a table.
+pub fn list_table(ms: &[v1::Monitor]) -> Table {
     let mut t = Table::new(&[
         "ID",
         "NAME",
@@ -192,7 +220,7 @@ async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {
         "CONSENSUS",
         "PAUSED",
     ]);
-    for m in &ms {
+    for m in ms {
         t.row(vec![
             m.id.clone(),
             m.name.clone(),
@@ -200,12 +228,11 @@ async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {
             m.regions.join(","),
             output::millis(m.interval_ms),
             output::millis(u64::from(m.timeout_ms)),
-            names::consensus(m.consensus),
+            names::consensus(m.consensus).to_string(),
             if m.paused { "yes" } else { "" }.to_string(),
         ]);
     }
-    let v = Value::Array(ms.iter().map(views::monitor).collect());
-    output::either(out, &v, &t, "no monitors")
+    t
 }
 
 /// What a region's row says about why it is in its state.
@@ -213,7 +240,7 @@ pub fn reason(s: &v1::RegionStatus) -> String {
     match (&s.last_result, v1::RegionState::try_from(s.state)) {
         (_, Ok(v1::RegionState::Unknown)) => s.unknown_reason.clone(),
         (Some(r), _) if r.detail.is_empty() || r.outcome == v1::Outcome::Ok as i32 => {
-            names::outcome_text(r.outcome)
+            names::outcome_text(r.outcome).to_string()
         }
         (Some(r), _) => format!("{}: {}", names::outcome_text(r.outcome), r.detail),
         (None, _) => String::new(),
@@ -245,42 +272,65 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         .min(Duration::from_secs(86_400));
     let since = now.checked_sub(window).map(to_timestamp);
     let history = c.results(&m.id, since, None, "").await?;
+    match out {
+        OutputFormat::Json => output::json(&show_json(&m, &status, &history)),
+        OutputFormat::Table => output::print(&show_text(&m, &status, &history, now)),
+    }
+}
+
+/// The last [`SPARK_POINTS`] results of each region, oldest first.
+fn recent(history: &[v1::CheckResult]) -> BTreeMap<String, Vec<&v1::CheckResult>> {
     let mut per_region: BTreeMap<String, Vec<&v1::CheckResult>> = BTreeMap::new();
-    for r in &history {
+    for r in history {
         per_region.entry(r.region.clone()).or_default().push(r);
     }
     for rs in per_region.values_mut() {
         let skip = rs.len().saturating_sub(SPARK_POINTS);
         rs.drain(..skip);
     }
+    per_region
+}
 
-    if out == OutputFormat::Json {
-        let recent: serde_json::Map<String, Value> = per_region
-            .iter()
-            .map(|(region, rs)| {
-                let points: Vec<Spark> = rs.iter().map(|r| spark_point(r)).collect();
-                (
-                    region.clone(),
-                    json!({
-                        "sparkline": output::sparkline(&points),
-                        "results": rs.iter().map(|r| views::result(r)).collect::<Vec<_>>(),
-                    }),
-                )
-            })
-            .collect();
-        return output::json(&json!({
-            "monitor": views::monitor(&m),
-            "status": views::status(&status),
-            "recent": recent,
-        }));
-    }
+/// `monitor show -o json`: the monitor, its status, and per region the recent
+/// results with their sparkline.
+pub fn show_json(
+    m: &v1::Monitor,
+    status: &v1::MonitorStatus,
+    history: &[v1::CheckResult],
+) -> Value {
+    let recent: serde_json::Map<String, Value> = recent(history)
+        .iter()
+        .map(|(region, rs)| {
+            let points: Vec<Spark> = rs.iter().map(|r| spark_point(r)).collect();
+            (
+                region.clone(),
+                json!({
+                    "sparkline": output::sparkline(&points),
+                    "results": rs.iter().map(|r| views::result(r)).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "monitor": views::monitor(m),
+        "status": views::status(status),
+        "recent": recent,
+    })
+}
 
+/// `monitor show` for people: settings, a row per region, a sparkline per region.
+pub fn show_text(
+    m: &v1::Monitor,
+    status: &v1::MonitorStatus,
+    history: &[v1::CheckResult],
+    now: SystemTime,
+) -> String {
     let mut text = format!(
         "{}  {}  {}\nstate: {}   quorum: {} of {} ({})   incident: {}\n",
         m.id,
         m.name,
         target(&m.host, m.port),
-        names::overall(status.overall),
+        names::text(names::overall(status.overall)),
         status.quorum,
         m.regions.len(),
         names::consensus(m.consensus),
@@ -312,15 +362,11 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         let checked = last.and_then(|r| r.checked_at.as_ref());
         t.row(vec![
             s.region.clone(),
-            names::region_state(s.state),
+            names::text(names::region_state(s.state)).to_string(),
             reason(s),
-            last.map(|r| output::us_as_ms(r.connect_us))
+            last.map(|r| output::connect_ms_text(r.outcome, r.connect_us))
                 .unwrap_or_default(),
-            if checked.is_some() {
-                format!("{} ({})", output::ts(checked), output::ago(checked, now))
-            } else {
-                "never".to_string()
-            },
+            output::when(checked, now, "never"),
             if s.agent_online { "online" } else { "offline" }.to_string(),
         ]);
     }
@@ -329,7 +375,7 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         "\nconnect latency, last {SPARK_POINTS} checks per region (oldest first; ✗ failed, · no verdict):\n"
     ));
     let mut spark = Table::new(&["REGION", "SPARKLINE", "MIN MS", "AVG MS", "MAX MS"]);
-    for (region, rs) in &per_region {
+    for (region, rs) in &recent(history) {
         let points: Vec<Spark> = rs.iter().map(|r| spark_point(r)).collect();
         let lat: Vec<f64> = points
             .iter()
@@ -363,5 +409,5 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
     } else {
         text.push_str(&spark.render());
     }
-    output::print(&text)
+    text
 }

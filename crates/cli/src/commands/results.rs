@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use portwatch_proto::time::to_timestamp;
+use portwatch_proto::v1;
 use serde_json::Value;
 
 use crate::cli::{OutputFormat, ResultsArgs};
@@ -26,25 +27,8 @@ pub async fn run(c: &mut Client, a: ResultsArgs, out: OutputFormat) -> Result<()
     if a.limit > 0 && rs.len() > a.limit {
         rs.drain(..rs.len() - a.limit);
     }
-    let mut t = Table::new(&[
-        "CHECKED AT",
-        "REGION",
-        "OUTCOME",
-        "CONNECT MS",
-        "ADDRESS",
-        "DETAIL",
-    ]);
-    for r in &rs {
-        t.row(vec![
-            output::ts(r.checked_at.as_ref()),
-            r.region.clone(),
-            names::outcome(r.outcome),
-            output::us_as_ms(r.connect_us),
-            r.address.clone(),
-            r.detail.clone(),
-        ]);
-    }
     let v = Value::Array(rs.iter().map(views::result).collect());
+    let t = table(&rs);
     output::either(out, &v, &t, "no results in this window")?;
     if out == OutputFormat::Table && rs.len() < total {
         eprintln!(
@@ -53,4 +37,27 @@ pub async fn run(c: &mut Client, a: ResultsArgs, out: OutputFormat) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Results as a table, one row per check.
+pub fn table(rs: &[v1::CheckResult]) -> Table {
+    let mut t = Table::new(&[
+        "CHECKED AT",
+        "REGION",
+        "OUTCOME",
+        "CONNECT MS",
+        "ADDRESS",
+        "DETAIL",
+    ]);
+    for r in rs {
+        t.row(vec![
+            output::ts(r.checked_at.as_ref()),
+            r.region.clone(),
+            names::text(names::outcome(r.outcome)).to_string(),
+            output::connect_ms_text(r.outcome, r.connect_us),
+            r.address.clone(),
+            r.detail.clone(),
+        ]);
+    }
+    t
 }

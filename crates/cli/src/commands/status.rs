@@ -31,8 +31,14 @@ pub async fn run(c: &mut Client, out: OutputFormat) -> Result<()> {
             .into_inner();
         statuses.push(s);
     }
+    let v = Value::Array(statuses.iter().map(views::status).collect());
+    output::either(out, &v, &table(&statuses), "no monitors")
+}
+
+/// One line per monitor: name, target, overall state, a mark per region.
+pub fn table(statuses: &[v1::MonitorStatus]) -> Table {
     let mut t = Table::new(&["NAME", "TARGET", "STATE", "REGIONS", "INCIDENT", "ID"]);
-    for s in &statuses {
+    for s in statuses {
         let m = s.monitor.clone().unwrap_or_default();
         let marks = s
             .regions
@@ -43,12 +49,11 @@ pub async fn run(c: &mut Client, out: OutputFormat) -> Result<()> {
         t.row(vec![
             m.name.clone(),
             target(&m.host, m.port),
-            names::overall(s.overall),
+            names::text(names::overall(s.overall)).to_string(),
             marks,
             s.open_incident_id.clone(),
             m.id.clone(),
         ]);
     }
-    let v = Value::Array(statuses.iter().map(views::status).collect());
-    output::either(out, &v, &t, "no monitors")
+    t
 }

@@ -44,7 +44,7 @@ pub async fn run(c: &mut Client, cmd: TenantCmd, out: OutputFormat) -> Result<()
                     "created tenant {} ({}) on plan {}\ntoken: {}\n(the secret is shown once; the tenant uses it as PORTWATCH_TOKEN)\n",
                     tenant.id,
                     tenant.name,
-                    names::plan(tenant.plan),
+                    names::text(names::plan(tenant.plan)),
                     r.token
                 )),
             }
@@ -56,19 +56,8 @@ pub async fn run(c: &mut Client, cmd: TenantCmd, out: OutputFormat) -> Result<()
                 .await?
                 .into_inner()
                 .tenants;
-            let mut t = Table::new(&["ID", "NAME", "PLAN", "MONITORS", "MIN INTERVAL", "CREATED"]);
-            for x in &tenants {
-                t.row(vec![
-                    x.id.clone(),
-                    x.name.clone(),
-                    names::plan(x.plan),
-                    format!("{}/{}", x.monitor_count, x.max_monitors),
-                    output::millis(x.min_interval_ms),
-                    output::ts(x.created_at.as_ref()),
-                ]);
-            }
             let v = Value::Array(tenants.iter().map(views::tenant).collect());
-            output::either(out, &v, &t, "no tenants")
+            output::either(out, &v, &table(&tenants), "no tenants")
         }
         TenantCmd::SetPlan { id, plan } => {
             let tenant = c
@@ -84,11 +73,27 @@ pub async fn run(c: &mut Client, cmd: TenantCmd, out: OutputFormat) -> Result<()
                 OutputFormat::Table => output::line(&format!(
                     "tenant {} is now on plan {} (at most {} monitors, interval at least {})",
                     tenant.id,
-                    names::plan(tenant.plan),
+                    names::text(names::plan(tenant.plan)),
                     tenant.max_monitors,
                     output::millis(tenant.min_interval_ms)
                 )),
             }
         }
     }
+}
+
+/// Tenants as a table, with their plan and quota use.
+pub fn table(tenants: &[v1::Tenant]) -> Table {
+    let mut t = Table::new(&["ID", "NAME", "PLAN", "MONITORS", "MIN INTERVAL", "CREATED"]);
+    for x in tenants {
+        t.row(vec![
+            x.id.clone(),
+            x.name.clone(),
+            names::text(names::plan(x.plan)).to_string(),
+            format!("{}/{}", x.monitor_count, x.max_monitors),
+            output::millis(x.min_interval_ms),
+            output::ts(x.created_at.as_ref()),
+        ]);
+    }
+    t
 }

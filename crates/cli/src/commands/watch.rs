@@ -1,6 +1,7 @@
 //! `portwatch watch`: the live event stream (incidents opened and closed,
 //! region state changes, probe regions going offline or online), one line per
-//! event, until Ctrl-C or until the coordinator ends the stream.
+//! event, until Ctrl-C (exit 130) or until the coordinator ends the stream
+//! (exit 3, saying the coordinator went away).
 //!
 //! With `--output json` each event is one compact JSON object per line (JSON
 //! Lines), so `portwatch watch -o json | jq` works as a stream.
@@ -45,10 +46,18 @@ pub async fn run(c: &mut Client, a: WatchArgs, out: OutputFormat) -> Result<()> 
     loop {
         let next = tokio::select! {
             m = stream.message() => m,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            // Exit 130, as a shell reports a command ended by Ctrl-C.
+            _ = tokio::signal::ctrl_c() => return Err(CliError::interrupted()),
         };
-        let Some(event) = next? else {
-            return Err(CliError::connect("the coordinator ended the event stream"));
+        let event = match next {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                return Err(CliError::connect(
+                    "the coordinator ended the event stream (it is stopping or restarting); \
+                     run watch again",
+                ));
+            }
+            Err(status) => return Err(lost(status)),
         };
         match out {
             OutputFormat::Json => {
@@ -61,8 +70,26 @@ pub async fn run(c: &mut Client, a: WatchArgs, out: OutputFormat) -> Result<()> 
     }
 }
 
+/// An error on an established event stream. A transport failure here means
+/// the coordinator went away (it stopped, restarted or the network broke), not
+/// a TLS or mTLS problem: the stream was already working.
+fn lost(status: tonic::Status) -> CliError {
+    match std::error::Error::source(&status) {
+        Some(cause) => CliError::connect(format!(
+            "lost the connection to the coordinator during watch (it stopped, restarted \
+             or the network failed): {}",
+            crate::error::chain(cause)
+        )),
+        None if status.code() == tonic::Code::Unavailable => CliError::connect(format!(
+            "the coordinator became unavailable during watch: {}",
+            status.message()
+        )),
+        None => CliError::from(status),
+    }
+}
+
 /// One event as a line of text.
-fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
+pub fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
     let at = output::ts(e.at.as_ref());
     match &e.kind {
         Some(Kind::IncidentOpened(i)) => {
@@ -70,7 +97,7 @@ fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
                 .open_evidence
                 .iter()
                 .filter(|ev| ev.state == v1::RegionState::Down as i32)
-                .map(|ev| format!("{} {}", ev.region, names::outcome(ev.outcome)))
+                .map(|ev| format!("{} {}", ev.region, names::text(names::outcome(ev.outcome))))
                 .collect();
             format!(
                 "{at}  INCIDENT OPENED  {} ({})  {}  [{}]  {}",
@@ -92,17 +119,18 @@ fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
                 .get(&c.monitor_id)
                 .cloned()
                 .unwrap_or_else(|| c.monitor_id.clone());
+            let outcome = names::outcome(c.outcome).unwrap_or("no result");
             let why = if c.detail.is_empty() {
-                names::outcome(c.outcome)
+                outcome.to_string()
             } else {
-                format!("{}: {}", names::outcome(c.outcome), c.detail)
+                format!("{outcome}: {}", c.detail)
             };
             format!(
                 "{at}  region {}  {}  {} -> {}  ({why})",
                 c.region,
                 name,
-                names::region_state(c.from),
-                names::region_state(c.to)
+                names::text(names::region_state(c.from)),
+                names::text(names::region_state(c.to))
             )
         }
         Some(Kind::ProbeRegion(p)) => format!(
