@@ -130,6 +130,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             acked_seq,
             spool_depth: 0,
             dropped_total: 0,
+            ..Default::default()
         };
         store
             .put_agent(&info)

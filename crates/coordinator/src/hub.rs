@@ -595,6 +595,10 @@ impl Hub {
             if let Some(hb) = hb {
                 s.info.spool_depth = hb.spool_depth;
                 s.info.dropped_total = hb.dropped_total;
+                // Agent-supplied text: bounded before it is kept and shown.
+                s.info.spool_error = hb.spool_error.chars().take(512).collect();
+                s.info.unstored_total = hb.unstored_total;
+                s.info.loop_errors_total = hb.loop_errors_total;
             }
         }
     }

@@ -73,6 +73,8 @@ pub async fn agents(c: &mut Client, a: AgentsArgs, out: OutputFormat) -> Result<
         "LAST SEEN",
         "SPOOL",
         "DROPPED",
+        "UNSTORED",
+        "SPOOL ERROR",
     ]);
     for a in &agents {
         t.row(vec![
@@ -85,6 +87,12 @@ pub async fn agents(c: &mut Client, a: AgentsArgs, out: OutputFormat) -> Result<
             output::ago(a.last_seen.as_ref(), now),
             a.spool_depth.to_string(),
             a.dropped_total.to_string(),
+            a.unstored_total.to_string(),
+            if a.spool_error.is_empty() {
+                "-".to_string()
+            } else {
+                a.spool_error.clone()
+            },
         ]);
     }
     let v = Value::Array(agents.iter().map(views::agent).collect());
