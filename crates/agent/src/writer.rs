@@ -42,6 +42,10 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often an idle writer looks for a failure seen by another user of the
 /// spool (an acknowledgement, an assignment update).
 const FAULT_POLL: Duration = Duration::from_secs(1);
+/// Below this much free space a failed spool is not reopened yet: sled needs
+/// room for a new segment (512 KiB) to open, and a failed opening leaves no
+/// handle at all, not even to read and send what is already stored.
+const REOPEN_MIN_FREE: u64 = 2 * 1024 * 1024;
 /// Drops while failing are logged at most this often (with their count).
 const LOST_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -237,6 +241,15 @@ impl Writer {
     /// before the failure after all. True when the spool takes writes again
     /// (as far as can be known before the next append).
     async fn repair(&mut self) -> bool {
+        if let Some(free) = self.spool.free_bytes()
+            && free < REOPEN_MIN_FREE
+        {
+            loops::step_failed(
+                Loop::SpoolWriter,
+                &format!("the spool's disk is still full ({free} bytes free); not reopening yet"),
+            );
+            return false;
+        }
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.reopen()).await {
             Ok(Ok(())) => {

@@ -292,6 +292,22 @@ impl Spool {
         self.shared.state.epoch.load(Ordering::Relaxed)
     }
 
+    /// Bytes free for the spool on its file system (for an unprivileged
+    /// user), or None when that cannot be read.
+    // The statvfs fields are u64 on 64-bit Linux, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    pub fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.shared.dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs writes only into the struct we pass; the path is a
+        // NUL-terminated string that outlives the call.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    }
+
     /// The bound on unacknowledged results.
     pub fn max_results(&self) -> u64 {
         self.shared.max_results
