@@ -252,3 +252,67 @@ fn watch(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded) for a watcher to finish.
+    async fn settled(watcher: JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher finished")
+            .expect("the watcher did not panic");
+    }
+
+    #[tokio::test]
+    async fn an_essential_loop_that_ends_early_stops_the_agent_with_a_failure() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        // A stream task that dies of a panic while the agent runs.
+        let task = tokio::spawn(async {
+            if crate::runner::now_ms() > 0 {
+                panic!("a bug in the session");
+            }
+        });
+        settled(watch(Loop::Stream, task, &stopping, &shutdown, &broken)).await;
+        assert!(shutdown.is_cancelled(), "the agent shuts down softly");
+        assert_eq!(broken.which(), Some(Loop::Stream));
+        assert!(loops::errors_total() > 0);
+    }
+
+    #[tokio::test]
+    async fn an_optional_loop_that_ends_early_is_reported_and_the_agent_goes_on() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        let task = tokio::spawn(async {});
+        settled(watch(Loop::MemoryTrim, task, &stopping, &shutdown, &broken)).await;
+        assert!(!shutdown.is_cancelled());
+        assert_eq!(broken.which(), None);
+    }
+
+    #[tokio::test]
+    async fn loops_ending_while_the_agent_stops_are_expected() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = end_rx.await;
+        });
+        let watcher = watch(Loop::Checks, task, &stopping, &shutdown, &broken);
+        stopping.cancel();
+        let _ = end_tx.send(());
+        settled(watcher).await;
+        assert!(!shutdown.is_cancelled());
+        assert_eq!(broken.which(), None);
+    }
+}

@@ -59,22 +59,7 @@ pub async fn spool_writer(
     batch_size: usize,
     batch_wait: Duration,
 ) {
-    let hold_max = usize::try_from(spool.max_results())
-        .unwrap_or(usize::MAX)
-        .min(HOLD_MAX);
-    let mut writer = Writer {
-        spool,
-        spooled,
-        batch_size: batch_size.max(1),
-        batch_wait,
-        held: VecDeque::with_capacity(batch_size.max(1)),
-        hold_max: hold_max.max(1),
-        failing_since: None,
-        backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
-        closed: false,
-        lost_unlogged: 0,
-        lost_logged_at: None,
-    };
+    let mut writer = Writer::new(spool, spooled, batch_size, batch_wait);
     loops::running(Loop::SpoolWriter);
     loop {
         match loops::catch(writer.turn(&mut rx)).await {
@@ -112,6 +97,25 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(spool: Spool, spooled: Arc<Notify>, batch_size: usize, batch_wait: Duration) -> Writer {
+        let hold_max = usize::try_from(spool.max_results())
+            .unwrap_or(usize::MAX)
+            .min(HOLD_MAX);
+        Writer {
+            spool,
+            spooled,
+            batch_size: batch_size.max(1),
+            batch_wait,
+            held: VecDeque::with_capacity(batch_size.max(1)),
+            hold_max: hold_max.max(1),
+            failing_since: None,
+            backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
+            closed: false,
+            lost_unlogged: 0,
+            lost_logged_at: None,
+        }
+    }
+
     async fn turn(&mut self, rx: &mut mpsc::Receiver<v1::CheckResult>) -> Turn {
         if self.failing_since.is_some() {
             self.wait_for_retry(rx).await;
@@ -445,5 +449,56 @@ mod tests {
         assert_eq!(spool.depth(), 4);
         // All of it durable, so all of it may be sent.
         assert_eq!(spool.pending(0, 10).unwrap().len(), 4);
+    }
+
+    fn writer_for(spool: &Spool) -> Writer {
+        Writer::new(
+            spool.clone(),
+            Arc::new(Notify::new()),
+            500,
+            Duration::from_millis(10),
+        )
+    }
+
+    #[tokio::test]
+    async fn while_failing_the_newest_results_are_held_up_to_spool_max_and_the_rest_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 100).unwrap();
+        let mut w = writer_for(&spool);
+        assert_eq!(w.hold_max, 100, "bounded by spool_max");
+        for i in 0..130 {
+            w.held.push_back(result(i));
+            w.trim_held();
+        }
+        assert_eq!(w.held.len(), 100);
+        assert_eq!(
+            w.held.front().unwrap().monitor_id,
+            "mon-30",
+            "the oldest go"
+        );
+        assert_eq!(spool.unstored_total(), 30);
+        // Stopping while the spool still fails: what is held is counted too.
+        w.give_up();
+        assert!(w.held.is_empty());
+        assert_eq!(spool.unstored_total(), 130);
+    }
+
+    #[tokio::test]
+    async fn held_results_that_reached_the_disk_before_the_failure_are_not_stored_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1_000).unwrap();
+        // Stored and known durable before the failure.
+        spool.append(&[result(0)]).unwrap();
+        spool.flush().await.unwrap();
+        let since = spool.durable_seq();
+        // Appended as the failure began, and on disk after all (the writer
+        // could not know: its flush failed).
+        spool.append(&[result(1), result(2)]).unwrap();
+        spool.flush().await.unwrap();
+        let mut w = writer_for(&spool);
+        w.held.extend([result(1), result(2), result(3)]);
+        w.forget_stored(since).unwrap();
+        let left: Vec<&str> = w.held.iter().map(|r| r.monitor_id.as_str()).collect();
+        assert_eq!(left, vec!["mon-3"]);
     }
 }
