@@ -27,7 +27,7 @@ use tracing::{debug, error, warn};
 use crate::loops::{self, Backoff, Loop};
 use crate::scheduler::{Due, Scheduler};
 
-/// The spool writer lived here; it has a module of its own now.
+/// Callers that wire a runner to its writer (the benchmarks) find it here too.
 pub use crate::writer::spool_writer;
 
 /// What the scheduler holds per monitor.

@@ -245,7 +245,8 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                 acks.accept(link, acked).await;
             }
         }
-        // Also when the update itself was lost with a failed blocking task.
+        // The cache missed a snapshot or an update (the spool failing, or the
+        // change lost with its blocking task): a new session brings the whole set.
         if resync && link.spool.fault().is_none() {
             bail!(
                 "re-syncing the cached assignments, which missed a change while the spool could not store"
@@ -265,7 +266,9 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                             Ok(s) => Some(s),
                             Err((e, s)) => {
                                 loops::step_failed(Loop::Stream, &format!("caching the assignment snapshot: {e:#}"));
-                                resync = true;
+                                // Worth a fresh snapshot once the spool stores again (not
+                                // for a set the spool refuses as invalid: it would be the same).
+                                resync |= s.is_none() || link.spool.fault().is_some();
                                 s
                             }
                         };
@@ -282,7 +285,9 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                             Ok(u) => Some(u),
                             Err((e, u)) => {
                                 loops::step_failed(Loop::Stream, &format!("caching an assignment update: {e:#}"));
-                                resync = true;
+                                // Worth a fresh snapshot once the spool stores again (not
+                                // for a set the spool refuses as invalid: it would be the same).
+                                resync |= u.is_none() || link.spool.fault().is_some();
                                 u
                             }
                         };
