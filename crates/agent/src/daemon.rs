@@ -2,20 +2,29 @@
 //! loop, the spool writer, the coordinator stream and `/metrics`, and shuts
 //! down softly: stop scheduling, finish checks in flight, flush the spool, send
 //! what is left and wait (bounded) for its acknowledgement.
+//!
+//! Every long-running loop is watched: one that ends before the agent stops
+//! is reported (`loops::ended`); if the agent is useless without it (checks,
+//! spool writer, stream), the agent shuts down softly and exits with a
+//! failure, so that its service manager restarts it (the systemd unit has
+//! `Restart=always`) instead of leaving a zombie.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use portwatch_check::{Checker, Guard, Nameservers, Resolver};
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::runner::{Runner, spool_writer};
+use crate::loops::{self, Loop};
+use crate::runner::Runner;
 use crate::spool::Spool;
 use crate::stream::{self, Link};
+use crate::writer::spool_writer;
 
 /// Longest a check can take (the largest timeout) plus slack.
 const DRAIN_CHECKS: Duration = Duration::from_secs(11);
@@ -103,18 +112,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     drop(cached);
     crate::memory::release_free_pages();
     let spooled = Arc::new(Notify::new());
-    let writer = tokio::spawn(spool_writer(
-        results_rx,
-        spool.clone(),
-        spooled.clone(),
-        config.batch_size,
-        config.batch_wait,
-    ));
+    // Set once the agent is stopping: a loop that ends after it is expected to.
+    let stopping = CancellationToken::new();
+    let broken = Broken::default();
+    let writer = watch(
+        Loop::SpoolWriter,
+        tokio::spawn(spool_writer(
+            results_rx,
+            spool.clone(),
+            spooled.clone(),
+            config.batch_size,
+            config.batch_wait,
+        )),
+        &stopping,
+        &shutdown,
+        &broken,
+    );
     let sched_stop = CancellationToken::new();
     let sched = runner
         .clone()
         .start(sched_stop.clone(), DRAIN_CHECKS)
         .context("starting the check thread")?;
+    let checks = watch(
+        Loop::Checks,
+        tokio::task::spawn_blocking(move || {
+            if let Err(panic) = sched.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }),
+        &stopping,
+        &shutdown,
+        &broken,
+    );
     let stream_stop = CancellationToken::new();
     let link = Link {
         config: config.clone(),
@@ -123,11 +152,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runner: runner.clone(),
         spooled,
     };
-    let link_task = tokio::spawn(stream::run(link, stream_stop.clone()));
-    tokio::spawn(crate::memory::release_periodically(
-        crate::memory::RELEASE_EVERY,
-        shutdown.clone(),
-    ));
+    let link_task = watch(
+        Loop::Stream,
+        tokio::spawn(stream::run(link, stream_stop.clone())),
+        &stopping,
+        &shutdown,
+        &broken,
+    );
+    let trimmer = watch(
+        Loop::MemoryTrim,
+        tokio::spawn(crate::memory::release_periodically(
+            crate::memory::RELEASE_EVERY,
+            stopping.clone(),
+        )),
+        &stopping,
+        &shutdown,
+        &broken,
+    );
     println!(
         "portwatch-agent {agent_id} running; coordinator {}",
         config.coordinator
@@ -135,21 +176,143 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(agent_id, coordinator = %config.coordinator, "agent running");
 
     shutdown.cancelled().await;
+    stopping.cancel();
     info!("shutting down: finishing checks in flight");
     // The loop finishes the checks in flight (bounded) and closes the
     // result channel.
     sched_stop.cancel();
-    let _ = tokio::task::spawn_blocking(move || sched.join()).await;
+    let _ = checks.await;
     drop(runner);
     let _ = writer.await;
-    spool.flush().await?;
+    if let Err(e) = spool.flush().await {
+        warn!(error = %e, "flushing the spool at shutdown failed; sending what is durable");
+    }
     info!(
         pending = spool.depth(),
         "spool flushed; sending what is left"
     );
     stream_stop.cancel();
     let _ = link_task.await;
-    spool.flush().await?;
+    let _ = trimmer.await;
+    if let Err(e) = spool.flush().await {
+        warn!(error = %e, "flushing the spool at shutdown failed");
+    }
     info!(unacknowledged = spool.depth(), "agent stopped");
-    Ok(())
+    match broken.which() {
+        Some(which) => bail!(
+            "the agent's {} loop ended unexpectedly; stopped so that it can be restarted",
+            which.name()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// The first essential loop that ended before the agent was stopping.
+#[derive(Clone, Default)]
+struct Broken(Arc<Mutex<Option<Loop>>>);
+
+impl Broken {
+    fn which(&self) -> Option<Loop> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, which: Loop) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(which);
+    }
+}
+
+/// Awaits `task`; if it ends before `stopping` (returned or panicked), that is
+/// reported (`loops::ended`), and for an essential loop the agent shuts down
+/// softly and exits with a failure, so that its service manager starts it
+/// again rather than leave a zombie that looks alive and checks or reports
+/// nothing.
+fn watch(
+    which: Loop,
+    task: JoinHandle<()>,
+    stopping: &CancellationToken,
+    shutdown: &CancellationToken,
+    broken: &Broken,
+) -> JoinHandle<()> {
+    let (stopping, shutdown, broken) = (stopping.clone(), shutdown.clone(), broken.clone());
+    tokio::spawn(async move {
+        let outcome = task.await;
+        if stopping.is_cancelled() {
+            return;
+        }
+        match outcome {
+            Ok(()) => loops::ended(which, &"it returned"),
+            Err(e) => loops::ended(which, &e),
+        }
+        if which.essential() {
+            broken.set(which);
+            shutdown.cancel();
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits (bounded) for a watcher to finish.
+    async fn settled(watcher: JoinHandle<()>) {
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the watcher finished")
+            .expect("the watcher did not panic");
+    }
+
+    #[tokio::test]
+    async fn an_essential_loop_that_ends_early_stops_the_agent_with_a_failure() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        // A stream task that dies of a panic while the agent runs.
+        let task = tokio::spawn(async {
+            if crate::runner::now_ms() > 0 {
+                panic!("a bug in the session");
+            }
+        });
+        settled(watch(Loop::Stream, task, &stopping, &shutdown, &broken)).await;
+        assert!(shutdown.is_cancelled(), "the agent shuts down softly");
+        assert_eq!(broken.which(), Some(Loop::Stream));
+        assert!(loops::errors_total() > 0);
+    }
+
+    #[tokio::test]
+    async fn an_optional_loop_that_ends_early_is_reported_and_the_agent_goes_on() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        let task = tokio::spawn(async {});
+        settled(watch(Loop::MemoryTrim, task, &stopping, &shutdown, &broken)).await;
+        assert!(!shutdown.is_cancelled());
+        assert_eq!(broken.which(), None);
+    }
+
+    #[tokio::test]
+    async fn loops_ending_while_the_agent_stops_are_expected() {
+        let (stopping, shutdown, broken) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            Broken::default(),
+        );
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = end_rx.await;
+        });
+        let watcher = watch(Loop::Checks, task, &stopping, &shutdown, &broken);
+        stopping.cancel();
+        let _ = end_tx.send(());
+        settled(watcher).await;
+        assert!(!shutdown.is_cancelled());
+        assert_eq!(broken.which(), None);
+    }
 }

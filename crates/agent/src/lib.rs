@@ -3,8 +3,10 @@
 pub mod check_cmd;
 pub mod config;
 pub mod daemon;
+pub mod loops;
 pub mod memory;
 pub mod runner;
 pub mod scheduler;
 pub mod spool;
 pub mod stream;
+pub mod writer;

@@ -26,21 +26,21 @@ pub const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 /// Gives free pages back every `every` until `stop`, on a blocking thread
 /// (a trim after a burst of 100k checks takes ≈ 35 ms; later ones less).
 /// Bursts — every monitor due at once after a snapshot, a backlog sent after a
-/// reconnect — otherwise leave the resident size at their peak.
+/// reconnect — otherwise leave the resident size at their peak. A failed trim
+/// is logged and counted (`loops`); the loop goes on.
 pub async fn release_periodically(
     every: std::time::Duration,
     stop: tokio_util::sync::CancellationToken,
 ) {
+    crate::loops::running(crate::loops::Loop::MemoryTrim);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        if tokio::task::spawn_blocking(release_free_pages)
-            .await
-            .is_err()
-        {
-            return;
+        // A failed trim (its blocking task died) costs memory, not the loop.
+        if let Err(e) = tokio::task::spawn_blocking(release_free_pages).await {
+            crate::loops::step_failed(crate::loops::Loop::MemoryTrim, &e);
         }
     }
 }

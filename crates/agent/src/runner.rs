@@ -24,8 +24,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::loops::{self, Backoff, Loop};
 use crate::scheduler::{Due, Scheduler};
-use crate::spool::Spool;
+
+/// Callers that wire a runner to its writer (the benchmarks) find it here too.
+pub use crate::writer::spool_writer;
 
 /// What the scheduler holds per monitor.
 #[derive(Clone, Debug)]
@@ -233,6 +236,12 @@ impl Runner {
     /// starts; those in flight get up to `drain` to finish and their results
     /// are handed to the writer; then the result channel is closed (so the
     /// writer can finish) and this returns. Runs once per runner.
+    ///
+    /// A panic in the loop itself (a bug; a panicking check is contained
+    /// where it runs) is logged and counted, and the loop starts again after
+    /// a backoff (1 s doubling to 30 s): the checks it had in flight are lost,
+    /// and their monitors are checked again when next due. It returns early
+    /// only when the result writer is gone, which the daemon notices.
     pub async fn run(self: Arc<Self>, stop: CancellationToken, drain: Duration) {
         let Some(results) = self
             .results
@@ -243,7 +252,38 @@ impl Runner {
             warn!("the runner's loop was started twice; the second start does nothing");
             return;
         };
-        let this: &Runner = &self;
+        loops::running(Loop::Checks);
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            let started = Instant::now();
+            match loops::catch(self.run_loop(&results, &stop, drain)).await {
+                Ok(()) => return,
+                Err(panic) => {
+                    self.set_in_flight(0);
+                    loops::step_failed(
+                        Loop::Checks,
+                        &format!("the check loop {panic}; starting it again"),
+                    );
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff.reset();
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_wait()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One life of the loop (see [`Runner::run`]).
+    async fn run_loop(
+        &self,
+        results: &mpsc::Sender<v1::CheckResult>,
+        stop: &CancellationToken,
+        drain: Duration,
+    ) {
+        let this: &Runner = self;
         let mut checks = FuturesUnordered::new();
         // Finished results the writer has not taken yet (its channel full).
         let mut done: VecDeque<v1::CheckResult> = VecDeque::new();
@@ -251,7 +291,7 @@ impl Runner {
         let mut woken = pin!(this.wake.notified());
         let mut timer = DueTimer::new();
         loop {
-            if !hand_on(&results, &mut done) {
+            if !hand_on(results, &mut done) {
                 warn!(
                     dropped = done.len(),
                     "result writer is gone; results dropped"
@@ -457,71 +497,6 @@ fn hand_on(results: &mpsc::Sender<v1::CheckResult>, done: &mut VecDeque<v1::Chec
     true
 }
 
-/// Moves results from the checks into the spool in batches (size or time
-/// bound), flushes, then wakes the stream. Ends when every sender is gone.
-pub async fn spool_writer(
-    mut rx: mpsc::Receiver<v1::CheckResult>,
-    spool: Spool,
-    spooled: Arc<Notify>,
-    batch_size: usize,
-    batch_wait: Duration,
-) {
-    let batch_size = batch_size.max(1);
-    let mut batch = Vec::with_capacity(batch_size);
-    loop {
-        let Some(first) = rx.recv().await else { break };
-        batch.push(first);
-        // Gather for `batch_wait` by sleeping once, not by waking for every
-        // result (thousands a second at scale); skip the wait when a full
-        // batch is already queued (a burst, a backlog).
-        if rx.len() + 1 < batch_size {
-            tokio::time::sleep(batch_wait).await;
-        }
-        while batch.len() < batch_size {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        write(&spool, &mut batch).await;
-        spooled.notify_one();
-    }
-    if !batch.is_empty() {
-        write(&spool, &mut batch).await;
-        spooled.notify_one();
-    }
-}
-
-async fn write(spool: &Spool, batch: &mut Vec<v1::CheckResult>) {
-    // sled work runs on a blocking thread: an append (and the drop of the
-    // oldest results over the bound) must not hold up the runtime's workers,
-    // which start the checks.
-    let results = std::mem::take(batch);
-    let lost = results.len();
-    let writer = spool.clone();
-    let appended = tokio::task::spawn_blocking(move || {
-        let appended = writer.append(&results);
-        (appended, results)
-    })
-    .await;
-    match appended {
-        Ok((Ok(_), results)) => {
-            *batch = results;
-            if let Err(e) = spool.flush().await {
-                warn!(error = %e, "spool flush failed");
-            }
-        }
-        Ok((Err(e), results)) => {
-            *batch = results;
-            warn!(error = %e, lost, "spool append failed; results lost");
-        }
-        Err(e) => warn!(error = %e, lost, "spool append panicked; results lost"),
-    }
-    metrics::gauge!("portwatch_agent_spool_depth").set(spool.depth() as f64);
-    metrics::gauge!("portwatch_agent_spool_dropped_total").set(spool.dropped_total() as f64);
-    batch.clear();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,81 +506,6 @@ mod tests {
             monitor_id: format!("mon-{i}"),
             ..Default::default()
         }
-    }
-
-    type Channel = (
-        mpsc::Sender<v1::CheckResult>,
-        mpsc::Receiver<v1::CheckResult>,
-    );
-
-    /// A spool in a temp dir and a result channel for its writer.
-    fn spool_and_channel() -> (tempfile::TempDir, Spool, Channel) {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 10_000).unwrap();
-        (dir, spool, mpsc::channel(4_096))
-    }
-
-    /// The writer under test, in batches of 500.
-    fn spawn_writer(
-        rx: mpsc::Receiver<v1::CheckResult>,
-        spool: &Spool,
-        batch_wait: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(spool_writer(
-            rx,
-            spool.clone(),
-            Arc::new(Notify::new()),
-            500,
-            batch_wait,
-        ))
-    }
-
-    /// Drops the sender and waits (bounded) for the writer to finish.
-    async fn finish(tx: mpsc::Sender<v1::CheckResult>, task: tokio::task::JoinHandle<()>) {
-        drop(tx);
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
-    /// Spooled count, polled until `n` or `limit` (bounded).
-    async fn spooled_within(spool: &Spool, n: u64, limit: Duration) -> u64 {
-        let until = Instant::now() + limit;
-        while spool.depth() < n && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        spool.depth()
-    }
-
-    #[tokio::test]
-    async fn full_batches_are_written_without_waiting_out_the_batch_wait() {
-        let (_dir, spool, (tx, rx)) = spool_and_channel();
-        // A burst of exactly three full batches, queued before the writer runs.
-        for i in 0..1_500 {
-            tx.send(result(i)).await.unwrap();
-        }
-        let task = spawn_writer(rx, &spool, Duration::from_secs(60));
-        // Were the writer to wait out its minute per batch, none would be spooled yet.
-        assert_eq!(
-            spooled_within(&spool, 1_500, Duration::from_secs(10)).await,
-            1_500
-        );
-        finish(tx, task).await;
-    }
-
-    #[tokio::test]
-    async fn a_partial_batch_is_written_after_the_batch_wait_and_at_shutdown() {
-        let (_dir, spool, (tx, rx)) = spool_and_channel();
-        let task = spawn_writer(rx, &spool, Duration::from_millis(100));
-        for i in 0..3 {
-            tx.send(result(i)).await.unwrap();
-        }
-        assert_eq!(spooled_within(&spool, 3, Duration::from_secs(10)).await, 3);
-        // The last results are written when the senders are gone.
-        tx.send(result(3)).await.unwrap();
-        finish(tx, task).await;
-        assert_eq!(spool.depth(), 4);
     }
 
     // The check loop, on its own thread as the agent runs it, against real

@@ -20,9 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::loops::{self, Loop};
 use crate::runner::Runner;
 use crate::spool::Spool;
 
@@ -84,13 +85,21 @@ pub fn endpoint(config: &Config) -> anyhow::Result<Endpoint> {
 
 /// Runs sessions until `stop`; reconnects with backoff and jitter in between.
 pub async fn run(link: Link, stop: CancellationToken) {
+    loops::running(Loop::Stream);
     let mut backoff = Duration::from_millis(250);
     loop {
         if stop.is_cancelled() {
             return;
         }
         let started = tokio::time::Instant::now();
-        match session(&link, &stop).await {
+        // A panic inside a session (a bug) ends that session, not the stream.
+        let outcome = loops::catch(session(&link, &stop))
+            .await
+            .unwrap_or_else(|panic| {
+                loops::step_failed(Loop::Stream, &panic);
+                Err(anyhow!("the session {panic}"))
+            });
+        match outcome {
             Ok(End::Stopped) => return,
             Ok(End::Drain(delay)) => {
                 info!(?delay, "coordinator asked us to drain; reconnecting later");
@@ -142,7 +151,12 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         // A snapshot of 100k assignments is about 7 MB: far over tonic's 4 MiB default.
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
-    let revision = link.spool.revision()?;
+    // A spool that cannot be read now must not keep us from connecting: the
+    // coordinator then sends its whole set, as to an agent without a cache.
+    let revision = link.spool.revision().unwrap_or_else(|e| {
+        loops::step_failed(Loop::Stream, &format!("reading the cached revision: {e}"));
+        0
+    });
     let hello = v1::Hello {
         agent_id: link.agent_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -176,24 +190,43 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         Err(_) => bail!("no welcome within 10 s"),
     };
     info!(region = %welcome.region, acked_seq = welcome.acked_seq, "connected to the coordinator");
-    off_runtime(&link.spool, welcome.acked_seq, |spool, up_to| {
-        spool.ack(*up_to).map(drop)
-    })
-    .await?;
-    let mut acked = welcome.acked_seq;
+    let mut acks = Acks::default();
     // Everything after the coordinator's acknowledged sequence is (re)sent.
-    let mut cursor = welcome.acked_seq;
+    let mut acked = match acks.accept(link, welcome.acked_seq).await {
+        Some(up_to) => up_to,
+        // Not to be believed: send everything the spool holds; the
+        // coordinator drops what it already has by sequence number.
+        None => match link.spool.oldest_seq() {
+            Ok(Some(oldest)) => oldest - 1,
+            Ok(None) => link.spool.durable_seq(),
+            Err(e) => {
+                loops::step_failed(Loop::Stream, &format!("reading the spool: {e}"));
+                0
+            }
+        },
+    };
+    let mut cursor = acked;
     let batch = link.config.batch_size;
     let window = WINDOW_BATCHES * batch as u64;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(
         welcome.heartbeat_interval_ms.max(100),
     )));
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // The spool's epoch this session has seen, and whether the cached
+    // assignments missed a change while the spool could not store.
+    let mut epoch = link.spool.epoch();
+    let mut resync = false;
 
     loop {
         // Send while the window allows.
         while cursor.saturating_sub(acked) < window {
-            let pending = link.spool.pending(cursor, batch)?;
+            let pending = match link.spool.pending(cursor, batch) {
+                Ok(p) => p,
+                Err(e) => {
+                    loops::step_failed(Loop::Stream, &format!("reading results to send: {e}"));
+                    break;
+                }
+            };
             let Some(last) = pending.last().map(|r| r.seq) else {
                 break;
             };
@@ -204,6 +237,21 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
             .map_err(|_| anyhow!("stream closed while sending"))?;
             cursor = last;
         }
+        if link.spool.epoch() != epoch {
+            // Reopened after a failure: deletions that never reached the disk
+            // are back; apply the acknowledgement again.
+            epoch = link.spool.epoch();
+            if acked > 0 {
+                acks.accept(link, acked).await;
+            }
+        }
+        // The cache missed a snapshot or an update (the spool failing, or the
+        // change lost with its blocking task): a new session brings the whole set.
+        if resync && link.spool.fault().is_none() {
+            bail!(
+                "re-syncing the cached assignments, which missed a change while the spool could not store"
+            );
+        }
         tokio::select! {
             m = inbound.message() => {
                 let m = match m {
@@ -213,19 +261,44 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                 };
                 match m.msg {
                     Some(CoordMsg::Snapshot(s)) => {
-                        let s = off_runtime(&link.spool, s, |spool, s| spool.save_snapshot(s)).await?;
-                        link.runner.apply_snapshot(&s.assignments);
-                        info!(assignments = s.assignments.len(), "assignment snapshot");
-                        drop(s);
-                        tokio::task::spawn_blocking(crate::memory::release_free_pages).await?;
+                        // Probing follows the coordinator even when the cache cannot.
+                        let s = match off_runtime(&link.spool, s, |spool, s| spool.save_snapshot(s)).await {
+                            Ok(s) => Some(s),
+                            Err((e, s)) => {
+                                loops::step_failed(Loop::Stream, &format!("caching the assignment snapshot: {e:#}"));
+                                // Worth a fresh snapshot once the spool stores again (not
+                                // for a set the spool refuses as invalid: it would be the same).
+                                resync |= s.is_none() || link.spool.fault().is_some();
+                                s
+                            }
+                        };
+                        if let Some(s) = s {
+                            link.runner.apply_snapshot(&s.assignments);
+                            info!(assignments = s.assignments.len(), "assignment snapshot");
+                        }
+                        if let Err(e) = tokio::task::spawn_blocking(crate::memory::release_free_pages).await {
+                            loops::step_failed(Loop::MemoryTrim, &e);
+                        }
                     }
                     Some(CoordMsg::Update(u)) => {
-                        let u = off_runtime(&link.spool, u, |spool, u| spool.apply_update(u)).await?;
-                        link.runner.apply_update(&u);
+                        let u = match off_runtime(&link.spool, u, |spool, u| spool.apply_update(u)).await {
+                            Ok(u) => Some(u),
+                            Err((e, u)) => {
+                                loops::step_failed(Loop::Stream, &format!("caching an assignment update: {e:#}"));
+                                // Worth a fresh snapshot once the spool stores again (not
+                                // for a set the spool refuses as invalid: it would be the same).
+                                resync |= u.is_none() || link.spool.fault().is_some();
+                                u
+                            }
+                        };
+                        if let Some(u) = u {
+                            link.runner.apply_update(&u);
+                        }
                     }
                     Some(CoordMsg::Ack(a)) => {
-                        off_runtime(&link.spool, a.up_to_seq, |spool, up_to| spool.ack(*up_to).map(drop)).await?;
-                        acked = acked.max(a.up_to_seq);
+                        if let Some(up_to) = acks.accept(link, a.up_to_seq).await {
+                            acked = acked.max(up_to);
+                        }
                         if a.refused > 0 {
                             warn!(refused = a.refused, "the coordinator refused results (monitor no longer assigned here?)");
                         }
@@ -233,7 +306,7 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
                     }
                     Some(CoordMsg::CheckNow(c)) => link.runner.check_now(&c.monitor_ids),
                     Some(CoordMsg::Drain(d)) => {
-                        finish(link, &tx, &mut inbound, &mut cursor, &mut acked).await;
+                        finish(link, &tx, &mut inbound, &mut cursor, &mut acked, &mut acks).await;
                         return Ok(End::Drain(Duration::from_millis(u64::from(d.reconnect_after_ms.max(100)))));
                     }
                     Some(CoordMsg::Welcome(_)) | None => {}
@@ -242,21 +315,81 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
             () = link.spooled.notified() => {}
             _ = poll.tick() => {}
             _ = heartbeat.tick() => {
-                let hb = v1::Heartbeat {
-                    sent_at: Some(portwatch_proto::time::to_timestamp(std::time::SystemTime::now())),
-                    in_flight: link.runner.in_flight(),
-                    spool_depth: link.spool.depth(),
-                    dropped_total: link.spool.dropped_total(),
-                    schedule_lag_p99_us: link.runner.lag_p99_us(),
-                    assignments: u32::try_from(link.runner.assignments()).unwrap_or(u32::MAX),
-                };
+                let hb = heartbeat_now(link);
                 tx.send(v1::AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await.map_err(|_| anyhow!("stream closed"))?;
             }
             () = stop.cancelled() => {
-                finish(link, &tx, &mut inbound, &mut cursor, &mut acked).await;
+                finish(link, &tx, &mut inbound, &mut cursor, &mut acked, &mut acks).await;
                 return Ok(End::Stopped);
             }
         }
+    }
+}
+
+/// What the agent tells the coordinator about itself.
+fn heartbeat_now(link: &Link) -> v1::Heartbeat {
+    v1::Heartbeat {
+        sent_at: Some(portwatch_proto::time::to_timestamp(
+            std::time::SystemTime::now(),
+        )),
+        in_flight: link.runner.in_flight(),
+        spool_depth: link.spool.depth(),
+        dropped_total: link.spool.dropped_total(),
+        schedule_lag_p99_us: link.runner.lag_p99_us(),
+        assignments: u32::try_from(link.runner.assignments()).unwrap_or(u32::MAX),
+        spool_error: link.spool.fault().unwrap_or_default(),
+        unstored_total: link.spool.unstored_total(),
+        loop_errors_total: loops::errors_total(),
+    }
+}
+
+/// Applies the coordinator's acknowledgements to the spool.
+#[derive(Default)]
+struct Acks {
+    /// One warning per session for acknowledgements beyond what we issued;
+    /// every one is counted.
+    warned_beyond: bool,
+}
+
+impl Acks {
+    /// Deletes what `up_to` acknowledges and returns it, or None when it is
+    /// beyond the last number this agent issued: the coordinator cannot hold
+    /// results we never sent, so it is wrong about us (buggy, restored from
+    /// an old backup, or not ours). Then nothing is deleted and the counter
+    /// does not move (the coordinator must not be able to exhaust it); it is
+    /// logged and counted, and the agent goes on. A spool that cannot apply
+    /// it now is a failing step; later acknowledgements cover it.
+    async fn accept(&mut self, link: &Link, up_to: u64) -> Option<u64> {
+        let last_seq = link.spool.last_seq();
+        if up_to > last_seq {
+            metrics::counter!("portwatch_agent_acks_ignored_total").increment(1);
+            if !self.warned_beyond {
+                self.warned_beyond = true;
+                warn!(
+                    up_to,
+                    last_seq,
+                    "the coordinator acknowledged sequence numbers this agent never issued; ignored \
+                     (if this agent's data dir was replaced under a configured agent_id, give it a new agent_id)"
+                );
+            } else {
+                debug!(
+                    up_to,
+                    last_seq, "acknowledgement beyond the last issued number ignored"
+                );
+            }
+            return None;
+        }
+        match off_runtime(&link.spool, up_to, |spool, up_to| {
+            spool.ack(*up_to).map(drop)
+        })
+        .await
+        {
+            Ok(_) => {}
+            Err((e, _)) => {
+                loops::step_failed(Loop::Stream, &format!("applying an acknowledgement: {e:#}"))
+            }
+        }
+        Some(up_to)
     }
 }
 
@@ -267,6 +400,7 @@ async fn finish(
     inbound: &mut tonic::Streaming<v1::CoordinatorMessage>,
     cursor: &mut u64,
     acked: &mut u64,
+    acks: &mut Acks,
 ) {
     let deadline = tokio::time::Instant::now() + FINAL_ACK_WAIT;
     loop {
@@ -292,8 +426,9 @@ async fn finish(
             Ok(Ok(Some(v1::CoordinatorMessage {
                 msg: Some(CoordMsg::Ack(a)),
             }))) => {
-                let _ = link.spool.ack(a.up_to_seq);
-                *acked = (*acked).max(a.up_to_seq);
+                if let Some(up_to) = acks.accept(link, a.up_to_seq).await {
+                    *acked = (*acked).max(up_to);
+                }
             }
             Ok(Ok(Some(_))) => {}
             _ => {
@@ -309,17 +444,28 @@ async fn finish(
 
 /// Runs a spool call on a blocking thread (sled writes of a large snapshot or
 /// acknowledgement take long enough to stall the checks on the runtime's
-/// workers) and hands `value` back.
-async fn off_runtime<T, F>(spool: &Spool, value: T, call: F) -> anyhow::Result<T>
+/// workers) and hands `value` back, also with the error when the call fails
+/// (not when the blocking task itself died with it: then it is gone).
+async fn off_runtime<T, F>(
+    spool: &Spool,
+    value: T,
+    call: F,
+) -> Result<T, (anyhow::Error, Option<T>)>
 where
     T: Send + 'static,
     F: FnOnce(&Spool, &T) -> Result<(), crate::spool::SpoolError> + Send + 'static,
 {
     let spool = spool.clone();
-    tokio::task::spawn_blocking(move || call(&spool, &value).map(|()| value))
-        .await
-        .context("spool task")?
-        .map_err(anyhow::Error::from)
+    match tokio::task::spawn_blocking(move || {
+        let outcome = call(&spool, &value);
+        (outcome, value)
+    })
+    .await
+    {
+        Ok((Ok(()), value)) => Ok(value),
+        Ok((Err(e), value)) => Err((anyhow::Error::from(e), Some(value))),
+        Err(e) => Err((anyhow!("spool task: {e}"), None)),
+    }
 }
 
 fn hostname() -> String {

@@ -50,6 +50,9 @@ pub fn agent(a: &v1::Agent) -> Value {
         "acked_seq": a.acked_seq,
         "spool_depth": a.spool_depth,
         "dropped_total": a.dropped_total,
+        "spool_error": a.spool_error,
+        "unstored_total": a.unstored_total,
+        "loop_errors_total": a.loop_errors_total,
     })
 }
 

@@ -637,6 +637,10 @@ impl Hub {
                     }
                     s.skew_warned = large;
                 }
+                // Agent-supplied text: bounded before it is kept and shown.
+                s.info.spool_error = hb.spool_error.chars().take(512).collect();
+                s.info.unstored_total = hb.unstored_total;
+                s.info.loop_errors_total = hb.loop_errors_total;
             }
         }
     }
