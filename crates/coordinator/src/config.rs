@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
+use crate::listener::ConnectionLimits;
 use crate::plans::Plans;
 
 /// Command-line flags (each also an environment variable).
@@ -96,6 +97,19 @@ pub struct Args {
     /// (SMTP TLS and webhook HTTPS), on top of the public roots.
     #[arg(long, env = "PORTWATCH_NOTIFY_CA_FILE")]
     pub notify_ca_file: Option<PathBuf>,
+    /// Time a new connection has to finish its TLS handshake, e.g. "10s".
+    #[arg(long, env = "PORTWATCH_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Option<String>,
+    /// Time a connection has, from accept, to make one authenticated request
+    /// (admin call or agent stream with a valid token) before it is closed, e.g. "30s".
+    #[arg(long, env = "PORTWATCH_UNAUTHENTICATED_IDLE_TIMEOUT")]
+    pub unauthenticated_idle_timeout: Option<String>,
+    /// Most connections open at once from one source address (IPv6: one /64).
+    #[arg(long, env = "PORTWATCH_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Most connections open at once in all (also kept below the open-file limit).
+    #[arg(long, env = "PORTWATCH_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
     /// Log format: human or json.
     #[arg(long, env = "PORTWATCH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -130,6 +144,10 @@ pub struct FileConfig {
     pub delivery_retry_horizon: Option<String>,
     pub delivery_timeout: Option<String>,
     pub notify_ca_file: Option<PathBuf>,
+    pub tls_handshake_timeout: Option<String>,
+    pub unauthenticated_idle_timeout: Option<String>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_connections: Option<u32>,
     pub log_format: Option<String>,
     pub log: Option<String>,
     pub plans: Option<Plans>,
@@ -195,6 +213,9 @@ pub struct Config {
     /// Private CA(s) trusted for SMTP TLS and webhook HTTPS in addition to
     /// the public roots; None: the public roots only.
     pub notify_ca: Option<NotifyCa>,
+    /// Deadlines and caps of the gRPC listener (handshake, unauthenticated
+    /// idle time, connections per source address and in all).
+    pub connections: ConnectionLimits,
     pub log_format: LogFormat,
     pub log: String,
     pub plans: Plans,
@@ -352,6 +373,33 @@ impl Config {
             Some(path) => Some(read_notify_ca(path)?),
             None => None,
         };
+        let connections = ConnectionLimits {
+            tls_handshake_timeout: duration(
+                "tls_handshake_timeout",
+                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                "10s",
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            )?,
+            unauthenticated_idle_timeout: duration(
+                "unauthenticated_idle_timeout",
+                args.unauthenticated_idle_timeout
+                    .or(file.unauthenticated_idle_timeout),
+                "30s",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            max_connections_per_ip: count(
+                "max_connections_per_ip",
+                args.max_connections_per_ip.or(file.max_connections_per_ip),
+                64,
+            )?,
+            max_connections: count(
+                "max_connections",
+                args.max_connections.or(file.max_connections),
+                10_000,
+            )?,
+        };
         Ok(Config {
             listen,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -412,6 +460,7 @@ impl Config {
                 Duration::from_secs(300),
             )?,
             notify_ca,
+            connections,
             log_format,
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
             plans: file.plans.unwrap_or_default(),
@@ -444,6 +493,15 @@ fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, ConfigError> {
         })?;
     }
     Ok(NotifyCa { path, certs })
+}
+
+/// A connection count: 1 to 1,000,000.
+fn count(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let n = v.unwrap_or(default);
+    if !(1..=1_000_000).contains(&n) {
+        return Err(err(key, format!("{n} is out of range (1 to 1000000)")));
+    }
+    Ok(n)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
