@@ -603,6 +603,91 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_have_defaults_flags_and_bounds() {
+        let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
+        let c = Config::merge(args(), FileConfig::default()).unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                tls_handshake_timeout: Duration::from_secs(10),
+                unauthenticated_idle_timeout: Duration::from_secs(30),
+                max_connections_per_ip: 64,
+                max_connections: 10_000,
+            }
+        );
+        let c = Config::merge(
+            Args {
+                max_connections_per_ip: Some(8),
+                ..args()
+            },
+            file(
+                "tls_handshake_timeout = \"2s\"\nunauthenticated_idle_timeout = \"1m\"\nmax_connections_per_ip = 500\nmax_connections = 100\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.connections.tls_handshake_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.connections.unauthenticated_idle_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(c.connections.max_connections_per_ip, 8, "the flag wins");
+        assert_eq!(c.connections.max_connections, 100);
+        let parsed = Args::try_parse_from([
+            "portwatch-coordinator",
+            "--tls-handshake-timeout",
+            "3s",
+            "--unauthenticated-idle-timeout",
+            "20s",
+            "--max-connections-per-ip",
+            "16",
+            "--max-connections",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(parsed.tls_handshake_timeout.as_deref(), Some("3s"));
+        assert_eq!(parsed.unauthenticated_idle_timeout.as_deref(), Some("20s"));
+        assert_eq!(parsed.max_connections_per_ip, Some(16));
+        assert_eq!(parsed.max_connections, Some(2000));
+
+        for (bad, key, why) in [
+            (
+                "tls_handshake_timeout = \"10ms\"",
+                "tls_handshake_timeout",
+                "out of range",
+            ),
+            (
+                "tls_handshake_timeout = \"soon\"",
+                "tls_handshake_timeout",
+                "soon",
+            ),
+            (
+                "unauthenticated_idle_timeout = \"2h\"",
+                "unauthenticated_idle_timeout",
+                "out of range",
+            ),
+            (
+                "max_connections_per_ip = 0",
+                "max_connections_per_ip",
+                "out of range",
+            ),
+            ("max_connections = 0", "max_connections", "out of range"),
+            (
+                "max_connections = 2000000",
+                "max_connections",
+                "out of range",
+            ),
+        ] {
+            let e = Config::merge(args(), file(bad)).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        for bad in ["max_connections = -1", "max_connections_per_ip = \"many\""] {
+            let e = toml::from_str::<FileConfig>(bad).unwrap_err().to_string();
+            assert!(e.contains("max_connections"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn store_cache_is_mebibytes_within_bounds() {
         let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
         let c = Config::merge(args(), file("store_cache_mib = 64")).unwrap();
