@@ -27,9 +27,9 @@ use portwatch_check::Host;
 use portwatch_proto::time::{from_timestamp, from_unix_micros, to_timestamp, unix_micros};
 use portwatch_proto::v1;
 use portwatch_proto::v1::admin_service_server::AdminService;
-use tokio::sync::Mutex;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Caller, hash_token, new_secret};
@@ -480,6 +480,8 @@ impl AdminService for AdminApi {
             rec.revoked = true;
             self.store().put_token(&rec).map_err(internal)?;
             self.flush().await?;
+            // Durable: now end the streams still using it.
+            self.auth.announce_revocation();
         }
         Ok(Response::new(v1::RevokeTokenResponse {}))
     }
@@ -659,6 +661,8 @@ impl AdminService for AdminApi {
             rec.revoked = true;
             self.store().put_token(&rec).map_err(internal)?;
             self.flush().await?;
+            // Durable: now end the streams still using it.
+            self.auth.announce_revocation();
         }
         Ok(Response::new(v1::RevokeTokenResponse {}))
     }
@@ -845,9 +849,7 @@ impl AdminService for AdminApi {
         let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let _w = self.writes.lock().await;
         let m = self.owned_monitor(&tenant_id, "id", &req.id)?;
-        self.store().delete_monitor(&m.id).map_err(internal)?;
-        self.flush().await?;
-        self.hub.monitor_removed(&m.id);
+        self.hub.delete_monitor(&m.id).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteMonitorResponse {}))
     }
 
@@ -1115,7 +1117,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let caller = self.caller(&request)?;
+        let (caller, hash) = self.auth.admin_with_hash(request.metadata())?;
         let req = request.into_inner();
         let filter = if caller == Caller::Operator
             && req.tenant_id.is_empty()
@@ -1145,12 +1147,34 @@ impl AdminService for AdminApi {
         let store = self.store().clone();
         // Subscribed now: every event after this call is considered. A receiver
         // that falls behind skips what it missed rather than ending the stream.
-        let events =
-            BroadcastStream::new(self.hub.subscribe()).filter_map(move |item| match item {
-                Ok(e) => filter.admit(&store, e),
-                Err(_lagged) => None,
-            });
-        Ok(Response::new(Box::pin(events)))
+        let mut events = self.hub.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        let auth = self.auth.clone();
+        tokio::spawn(async move {
+            // A revoked token's stream ends within a second of the revocation.
+            let revoked = auth.revoked(&hash);
+            tokio::pin!(revoked);
+            loop {
+                let item = tokio::select! {
+                    status = &mut revoked => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    () = tx.closed() => return,
+                    e = events.recv() => match e {
+                        Ok(e) => filter.admit(&store, e),
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if let Some(item) = item
+                    && tx.send(item).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -1174,6 +1198,7 @@ fn page<T>(
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+    use tokio_stream::StreamExt;
 
     use tonic::Code;
 

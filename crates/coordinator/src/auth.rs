@@ -8,8 +8,14 @@
 //! [`ConnectionMarker`] is the hook the listener's unauthenticated deadline
 //! relies on: it marks a connection authenticated once a request on it
 //! carries a token that the API it calls accepts.
+//!
+//! Revocation reaches open streams too: a revoked token's agent stream or
+//! event stream ends within a second (`Auth::revoked`), not at its next call.
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
@@ -53,11 +59,24 @@ pub fn bearer(md: &MetadataMap) -> Result<&str, Status> {
     Ok(token)
 }
 
+/// What an agent token grants: one region, under one token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentGrant {
+    pub region: String,
+    /// The token's id (for `agents` and for revocation).
+    pub token_id: String,
+    /// The token's hash, to look it up again when a revocation is announced.
+    pub hash: String,
+}
+
 /// Resolves tokens against the operator token and the store.
 #[derive(Clone)]
 pub struct Auth {
     operator_hash: String,
     store: Store,
+    /// Bumped after every durable revocation; open streams watch it and look
+    /// their token up again when it moves.
+    revocations: Arc<watch::Sender<u64>>,
 }
 
 impl Auth {
@@ -65,16 +84,26 @@ impl Auth {
         Auth {
             operator_hash: hash_token(operator_token),
             store,
+            revocations: Arc::new(watch::Sender::new(0)),
         }
     }
 
     /// The caller of an admin RPC.
     pub fn admin(&self, md: &MetadataMap) -> Result<Caller, Status> {
+        self.admin_with_hash(md).map(|(caller, _)| caller)
+    }
+
+    /// The caller of an admin RPC and its token's hash (for `revoked`).
+    pub fn admin_with_hash(&self, md: &MetadataMap) -> Result<(Caller, String), Status> {
         let hash = hash_token(bearer(md)?);
+        self.admin_by_hash(&hash).map(|caller| (caller, hash))
+    }
+
+    fn admin_by_hash(&self, hash: &str) -> Result<Caller, Status> {
         if constant_time_eq(hash.as_bytes(), self.operator_hash.as_bytes()) {
             return Ok(Caller::Operator);
         }
-        match self.store.token_by_hash(&hash) {
+        match self.store.token_by_hash(hash) {
             Ok(Some(t)) if !t.revoked => match t.scope {
                 TokenScope::Tenant { tenant_id } => Ok(Caller::Tenant(tenant_id)),
                 TokenScope::Agent { .. } => Err(Status::permission_denied(
@@ -90,10 +119,19 @@ impl Auth {
 
     /// The region of an agent's token.
     pub fn agent_region(&self, md: &MetadataMap) -> Result<String, Status> {
+        self.agent(md).map(|g| g.region)
+    }
+
+    /// What an agent's token grants.
+    pub fn agent(&self, md: &MetadataMap) -> Result<AgentGrant, Status> {
         let hash = hash_token(bearer(md)?);
         match self.store.token_by_hash(&hash) {
             Ok(Some(t)) if !t.revoked => match t.scope {
-                TokenScope::Agent { region } => Ok(region),
+                TokenScope::Agent { region } => Ok(AgentGrant {
+                    region,
+                    token_id: t.id,
+                    hash,
+                }),
                 TokenScope::Tenant { .. } => Err(Status::permission_denied(
                     "a tenant token cannot connect as an agent",
                 )),
@@ -102,6 +140,37 @@ impl Auth {
                 "authorization: unknown or revoked agent token",
             )),
             Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+impl Auth {
+    /// Tells open streams that a token was revoked (call after the revocation
+    /// is durable). Each looks its own token up again.
+    pub fn announce_revocation(&self) {
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Resolves once the token with this hash is no longer valid (revoked,
+    /// deleted, or the store cannot say), with the status to end the stream
+    /// with. Never resolves for the operator token, which lives in the config.
+    pub async fn revoked(&self, hash: &str) -> Status {
+        let mut rx = self.revocations.subscribe();
+        loop {
+            if constant_time_eq(hash.as_bytes(), self.operator_hash.as_bytes()) {
+                return std::future::pending().await;
+            }
+            match self.store.token_by_hash(hash) {
+                Ok(Some(t)) if !t.revoked => {}
+                Ok(_) => {
+                    return Status::unauthenticated("authorization: this token was revoked");
+                }
+                Err(e) => return Status::unavailable(format!("authorization: {e}")),
+            }
+            if rx.changed().await.is_err() {
+                // The coordinator is going away; its shutdown ends the stream.
+                return std::future::pending().await;
+            }
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct Args {
     /// "false"; default true). Off: an outage waits for their next scheduled check.
     #[arg(long, env = "PORTWATCH_FAST_CONFIRMATION", value_name = "true|false")]
     pub fast_confirmation: Option<bool>,
+    /// How far ahead of the coordinator's clock an agent's result may be stamped
+    /// before it is refused, e.g. "10s".
+    #[arg(long, env = "PORTWATCH_CLOCK_SKEW_ALLOWANCE")]
+    pub clock_skew_allowance: Option<String>,
     /// sled's page cache, MiB (default 256; the process uses a few times this).
     #[arg(long, env = "PORTWATCH_STORE_CACHE_MIB")]
     pub store_cache_mib: Option<u64>,
@@ -137,6 +141,7 @@ pub struct FileConfig {
     pub evaluate_every: Option<String>,
     pub region_offline_grace: Option<String>,
     pub fast_confirmation: Option<bool>,
+    pub clock_skew_allowance: Option<String>,
     pub store_cache_mib: Option<u64>,
     pub allow_private_channel_targets: Option<bool>,
     pub delivery_retry_initial: Option<String>,
@@ -198,6 +203,11 @@ pub struct Config {
     /// (check-now doubles their checks of it in that interval), at the cost of
     /// deciding an outage up to one interval later.
     pub fast_confirmation: bool,
+    /// A result stamped more than this ahead of the coordinator's clock, or
+    /// more than this before its monitor was created, is refused (counted, not
+    /// stored): one result from the future would otherwise hold its region's
+    /// latest result still until that time came.
+    pub clock_skew_allowance: Duration,
     /// sled's cache capacity in bytes. sled's resident memory is a few times
     /// its cache setting; sled's own default (1 GiB) let a coordinator with
     /// 100k monitors grow past 3 GiB (BENCHMARKS.md, figure 7).
@@ -440,6 +450,13 @@ impl Config {
                 .fast_confirmation
                 .or(file.fast_confirmation)
                 .unwrap_or(true),
+            clock_skew_allowance: duration(
+                "clock_skew_allowance",
+                args.clock_skew_allowance.or(file.clock_skew_allowance),
+                "10s",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
             store_cache_bytes: store_cache_bytes(args.store_cache_mib.or(file.store_cache_mib))?,
             allow_private_channel_targets: args.allow_private_channel_targets
                 || file.allow_private_channel_targets.unwrap_or(false),

@@ -46,6 +46,10 @@ pub struct HubSettings {
     /// Ask the other regions to check now when one turns down (the config's
     /// `fast_confirmation`). Off: they confirm at their next scheduled check.
     pub fast_confirmation: bool,
+    /// How far ahead of our clock (or before its monitor existed) a result may
+    /// be stamped and still be accepted; also where an agent's clock offset
+    /// starts being warned about (at half of it).
+    pub clock_skew_allowance: Duration,
 }
 
 impl Default for HubSettings {
@@ -56,6 +60,7 @@ impl Default for HubSettings {
             offline_grace: consensus::Rules::DEFAULT_OFFLINE_GRACE,
             region_offline_grace: Duration::from_secs(600),
             fast_confirmation: true,
+            clock_skew_allowance: Duration::from_secs(10),
         }
     }
 }
@@ -68,6 +73,9 @@ struct Session {
     assigned: HashSet<String>,
     last_seen: Instant,
     info: v1::Agent,
+    /// A warning about this agent's clock offset was logged and the offset has
+    /// stayed large since (one warning per episode, not one per heartbeat).
+    skew_warned: bool,
 }
 
 type Key = (String, String); // (monitor id, region)
@@ -167,6 +175,14 @@ fn wire_state(s: &RegionState) -> v1::RegionState {
         RegionState::Up => v1::RegionState::Up,
         RegionState::Down(_) => v1::RegionState::Down,
         RegionState::Unknown(_) => v1::RegionState::Unknown,
+    }
+}
+
+/// `sent` minus `received`, in milliseconds (negative: the agent's clock is behind).
+fn clock_offset_ms(sent: SystemTime, received: SystemTime) -> i64 {
+    match sent.duration_since(received) {
+        Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+        Err(behind) => i64::try_from(behind.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 
@@ -303,7 +319,28 @@ impl Hub {
         }
     }
 
-    /// A monitor was deleted (already removed from the store).
+    /// Deletes a monitor: durably, with its open incident closed in the same
+    /// transaction (without a "reachable again" notice: nobody checks the port
+    /// any more, and it must not stay open forever), then from the live state.
+    /// Held under the transitions lock, so no evaluation opens or closes an
+    /// incident for it in between. Returns whether it existed.
+    pub async fn delete_monitor(&self, id: &str) -> Result<bool, StoreError> {
+        let _transition = self.transitions.lock().await;
+        let closing = self.lock().open.get(id).cloned().map(|mut incident| {
+            incident.closed_at = Some(to_timestamp(now()));
+            incident
+        });
+        let existed = self.store.delete_monitor_closing(id, closing.as_ref())?;
+        self.store.flush().await?;
+        self.monitor_removed(id);
+        if let Some(incident) = closing {
+            info!(monitor_id = %id, incident_id = %incident.id, "incident closed: monitor deleted");
+        }
+        Ok(existed)
+    }
+
+    /// A monitor is gone from the store: forget it here and take it from its
+    /// agents. `delete_monitor` is the way to delete one.
     pub fn monitor_removed(&self, id: &str) {
         let mut st = self.lock();
         if let Some(old) = st.monitors.remove(id) {
@@ -314,20 +351,7 @@ impl Hub {
         st.latest.retain(|(m, _), _| m != id);
         st.last_decisive.retain(|(m, _), _| m != id);
         st.region_state.retain(|(m, _), _| m != id);
-        // A deleted monitor's open incident is closed without a "reachable again"
-        // notice (nobody checks the port any more): it must not stay open forever.
-        if let Some(mut incident) = st.open.remove(id) {
-            drop(st);
-            incident.closed_at = Some(to_timestamp(now()));
-            match self.store.put_incident(&incident) {
-                Ok(()) => {
-                    info!(monitor_id = %id, incident_id = %incident.id, "incident closed: monitor deleted")
-                }
-                Err(e) => {
-                    warn!(monitor_id = %id, error = %e, "closing the deleted monitor's incident failed")
-                }
-            }
-        }
+        st.open.remove(id);
     }
 
     /// A region was created or deleted (already in the store).
@@ -498,6 +522,7 @@ impl Hub {
                 assigned: HashSet::new(),
                 last_seen: Instant::now(),
                 info,
+                skew_warned: false,
             });
         // The snapshot first, then the others' removals: a monitor may briefly be
         // checked twice, never not at all.
@@ -582,8 +607,12 @@ impl Hub {
         }
     }
 
-    /// Records a heartbeat (or any message) from a session.
+    /// Records a heartbeat (or any message) from a session. A heartbeat also
+    /// tells the agent's clock offset (its `sent_at` against our clock; transit
+    /// time is not subtracted, so the offset is at most that much too high),
+    /// warned about once it reaches half the clock-skew allowance.
     pub fn agent_seen(&self, region: &str, session: u64, hb: Option<&v1::Heartbeat>) {
+        let t = now();
         let mut st = self.lock();
         if let Some(s) = st
             .sessions
@@ -591,10 +620,23 @@ impl Hub {
             .and_then(|v| v.iter_mut().find(|s| s.session == session))
         {
             s.last_seen = Instant::now();
-            s.info.last_seen = Some(to_timestamp(now()));
+            s.info.last_seen = Some(to_timestamp(t));
             if let Some(hb) = hb {
                 s.info.spool_depth = hb.spool_depth;
                 s.info.dropped_total = hb.dropped_total;
+                if let Some(sent) = hb.sent_at.as_ref().and_then(from_timestamp) {
+                    let offset_ms = clock_offset_ms(sent, t);
+                    s.info.clock_offset_ms = offset_ms;
+                    metrics::gauge!("portwatch_agent_clock_offset_seconds", "region" => region.to_string(), "agent" => s.agent_id.clone())
+                        .set(offset_ms as f64 / 1000.0);
+                    let warn_at = self.settings.clock_skew_allowance / 2;
+                    let large = u128::from(offset_ms.unsigned_abs()) > warn_at.as_millis();
+                    if large && !s.skew_warned {
+                        warn!(region, agent_id = %s.agent_id, offset_ms, allowance_ms = self.settings.clock_skew_allowance.as_millis() as u64,
+                            "agent clock is off; results stamped beyond the clock-skew allowance are refused");
+                    }
+                    s.skew_warned = large;
+                }
             }
         }
     }
@@ -620,9 +662,19 @@ impl Hub {
             .is_some_and(|v| v.iter().any(|s| s.session == session))
     }
 
-    /// Counts a refused result.
-    pub fn count_refused(&self) {
-        self.count(|c| c.refused_results += 1);
+    /// A batch of one session was stored: its acknowledged sequence number and
+    /// how many of its results were refused.
+    pub fn batch_stored(&self, region: &str, session: u64, acked_seq: u64, refused: u64) {
+        self.count(|c| c.refused_results += refused);
+        let mut st = self.lock();
+        if let Some(s) = st
+            .sessions
+            .get_mut(region)
+            .and_then(|v| v.iter_mut().find(|s| s.session == session))
+        {
+            s.info.acked_seq = s.info.acked_seq.max(acked_seq);
+            s.info.refused_results = s.info.refused_results.saturating_add(refused);
+        }
     }
 
     /// Sessions silent for longer than the heartbeat timeout.
@@ -650,10 +702,21 @@ impl Hub {
 
     /// Whether `monitor` exists and is checked from `region` (assigned there at all).
     pub fn monitored_in(&self, monitor: &str, region: &str) -> bool {
+        self.monitor_created_in(monitor, region).is_some()
+    }
+
+    /// When `monitor` was created, provided it exists and is checked from
+    /// `region` (the epoch for a monitor stored without a creation time).
+    pub fn monitor_created_in(&self, monitor: &str, region: &str) -> Option<SystemTime> {
         let st = self.lock();
         match (st.monitors.get(monitor), st.regions.get(region)) {
-            (Some(m), Some(r)) => eligible(m, r),
-            _ => false,
+            (Some(m), Some(r)) if eligible(m, r) => Some(
+                m.created_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            ),
+            _ => None,
         }
     }
 
@@ -721,7 +784,23 @@ impl Hub {
         Ok(())
     }
 
+    /// Since when a region of `m` counts as unknown, for the offline grace: its
+    /// last decisive result, or the incident's opening if it has none — but
+    /// never before this coordinator started. The coordinator's own downtime is
+    /// not a region's silence: after a start, every region gets a fresh grace,
+    /// so a restart after a long outage cannot close an incident because the
+    /// regions that were down have not yet reconnected.
+    fn unknown_since(&self, st: &State, key: &Key, m: &v1::Monitor) -> Option<SystemTime> {
+        let opened = st
+            .open
+            .get(&m.id)
+            .and_then(|i| i.opened_at.as_ref().and_then(from_timestamp));
+        let since = st.last_decisive.get(key).copied().or(opened)?;
+        Some(since.max(self.started))
+    }
+
     fn inputs(
+        &self,
         st: &State,
         m: &v1::Monitor,
     ) -> Vec<(String, Option<Observation>, bool, Option<SystemTime>)> {
@@ -736,12 +815,8 @@ impl Hub {
                     })
                 });
                 let online = st.sessions.get(r).is_some_and(|v| !v.is_empty());
-                (
-                    r.clone(),
-                    latest,
-                    online,
-                    st.last_decisive.get(&key).copied(),
-                )
+                let since = self.unknown_since(st, &key, m);
+                (r.clone(), latest, online, since)
             })
             .collect()
     }
@@ -754,7 +829,7 @@ impl Hub {
         m: &v1::Monitor,
         now: SystemTime,
     ) -> (consensus::Evaluation, Vec<bool>) {
-        let raw = Self::inputs(st, m);
+        let raw = self.inputs(st, m);
         let inputs: Vec<RegionInput> = raw
             .iter()
             .map(|(r, latest, online, last)| RegionInput {
@@ -776,22 +851,23 @@ impl Hub {
     /// The earliest time `m`'s evaluation can change without a new result: a
     /// result going stale, or (incident open) an unknown region's grace ending.
     fn recheck_at(
+        &self,
         st: &State,
         m: &v1::Monitor,
         eval: &consensus::Evaluation,
-        offline_grace: Duration,
         now: SystemTime,
     ) -> SystemTime {
-        let rules = rules_for(m, offline_grace);
+        let rules = rules_for(m, self.settings.offline_grace);
         let window = consensus::freshness_window(rules.interval, rules.timeout);
         let tick = Duration::from_millis(1);
-        let opened_at = st
-            .open
-            .get(&m.id)
-            .map(|i| i.opened_at.as_ref().and_then(from_timestamp).unwrap_or(now));
+        let open = st.open.contains_key(&m.id);
         let mut next: Option<SystemTime> = None;
-        let mut consider = |at: SystemTime| {
-            if at > now && next.is_none_or(|n| at < n) {
+        // Checked arithmetic: a time that cannot be reached is never due.
+        let mut consider = |at: Option<SystemTime>| {
+            if let Some(at) = at
+                && at > now
+                && next.is_none_or(|n| at < n)
+            {
                 next = Some(at);
             }
         };
@@ -803,11 +879,12 @@ impl Hub {
                 .and_then(|r| r.checked_at.as_ref())
                 .and_then(from_timestamp)
             {
-                consider(at + window + tick);
+                consider(at.checked_add(window + tick));
             }
-            if let (Some(opened), RegionState::Unknown(_)) = (opened_at, v.state) {
-                let since = st.last_decisive.get(&key).copied().unwrap_or(opened);
-                consider(since + rules.offline_grace + tick);
+            if let (true, RegionState::Unknown(_)) = (open, v.state)
+                && let Some(since) = self.unknown_since(st, &key, m)
+            {
+                consider(since.checked_add(rules.offline_grace + tick));
             }
         }
         // Nothing pending: look again in a minute anyway (cheap, and a safety net).
@@ -831,7 +908,7 @@ impl Hub {
             }
             let open = st.open.get(monitor_id).cloned();
             let (eval, _) = self.consensus_for(&st, &m, t);
-            let recheck = Self::recheck_at(&st, &m, &eval, self.settings.offline_grace, t);
+            let recheck = self.recheck_at(&st, &m, &eval, t);
             st.recheck.insert(m.id.clone(), recheck);
             // Region state changes, for the event stream and fast confirmation.
             let mut changes = Vec::new();
@@ -907,9 +984,12 @@ impl Hub {
         match &eval.decision {
             Decision::Open { reason, .. } if open.is_none() => {
                 let _transition = self.transitions.lock().await;
-                if self.lock().open.contains_key(&monitor.id) {
-                    // Another evaluation opened it meanwhile.
-                    return Ok(());
+                {
+                    let st = self.lock();
+                    if st.open.contains_key(&monitor.id) || !st.monitors.contains_key(&monitor.id) {
+                        // Another evaluation opened it meanwhile, or it was deleted.
+                        return Ok(());
+                    }
                 }
                 let reason = *reason;
                 let evidence = self.evidence(&monitor, &eval);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod consensus;
 pub mod hub;
 pub mod listener;
+pub mod loops;
 pub mod outbox;
 pub mod plans;
 pub mod render;

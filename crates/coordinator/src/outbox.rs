@@ -248,12 +248,13 @@ impl Worker {
 
     /// Runs until `shutdown`; lets attempts in flight finish for a moment, then
     /// abandons them (they stay PENDING and are sent after the restart).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken, beat: crate::loops::Beat) {
         let me = Arc::new(self);
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut by_task: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
+            beat.tick();
             let now_us = unix_micros(SystemTime::now());
             let mut next_due: Option<u64> = None;
             match me.store.pending_deliveries() {

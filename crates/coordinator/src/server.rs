@@ -12,6 +12,7 @@ use portwatch_proto::v1::agent_service_server::AgentServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminApi;
@@ -21,6 +22,7 @@ use crate::channels::Senders;
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
 use crate::listener::{self, Listener};
+use crate::loops::{self, Beat, Loops, supervise};
 use crate::outbox::{OutboxSettings, Worker};
 use crate::store::Store;
 
@@ -28,6 +30,8 @@ use crate::store::Store;
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
 /// How often history is pruned to the retention window.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The outbox worker's longest wait between rounds (its idle poll).
+const OUTBOX_ROUND: Duration = Duration::from_secs(5);
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -48,6 +52,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             offline_grace: config.offline_grace,
             region_offline_grace: config.region_offline_grace,
             fast_confirmation: config.fast_confirmation,
+            clock_skew_allowance: config.clock_skew_allowance,
         },
     )
     .context("loading state from the store")?;
@@ -145,22 +150,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "coordinator listening"
     );
 
-    let maintenance = tokio::spawn(maintain(hub.clone(), config.clone(), shutdown.clone()));
+    let loops = Loops::default();
+    let maintenance = tokio::spawn(supervise(
+        loops.clone(),
+        "maintenance",
+        config.evaluate_every,
+        shutdown.clone(),
+        {
+            let (hub, config, shutdown) = (hub.clone(), config.clone(), shutdown.clone());
+            move |beat| maintain(hub.clone(), config.clone(), shutdown.clone(), beat)
+        },
+    ));
     // Pending deliveries left by a previous run (even a crash) are sent from here on.
     let outbox_stop = CancellationToken::new();
-    let outbox = tokio::spawn(
-        Worker::new(
-            store.clone(),
-            senders.clone(),
-            OutboxSettings {
+    let outbox = tokio::spawn(supervise(
+        loops.clone(),
+        "outbox",
+        OUTBOX_ROUND,
+        outbox_stop.clone(),
+        {
+            let (store, senders, wake, stop) = (
+                store.clone(),
+                senders.clone(),
+                hub.outbox_wake(),
+                outbox_stop.clone(),
+            );
+            let settings = OutboxSettings {
                 retry_initial: config.delivery_retry_initial,
                 retry_max: config.delivery_retry_max,
                 retry_horizon: config.delivery_retry_horizon,
-            },
-            hub.outbox_wake(),
-        )
-        .run(outbox_stop.clone()),
-    );
+            };
+            move |beat| {
+                Worker::new(store.clone(), senders.clone(), settings, wake.clone())
+                    .run(stop.clone(), beat)
+            }
+        },
+    ));
+    let watchdog = tokio::spawn(watch_loops(loops, health.clone(), shutdown.clone()));
 
     let server_stop = CancellationToken::new();
     let incoming = listener.incoming(server_stop.clone());
@@ -201,6 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     maintenance.abort();
+    watchdog.abort();
     outbox_stop.cancel();
     if let Err(e) = outbox.await {
         warn!(error = %e, "the outbox worker ended abnormally");
@@ -210,8 +237,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
-/// Heartbeat expiry, periodic evaluation, gauges, retention.
-async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
+/// Sets gRPC health from the background loops: NOT_SERVING while any of them
+/// is stalled (not running, or no completed round for too long).
+async fn watch_loops(loops: Loops, health: HealthReporter, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reported: Vec<&'static str> = Vec::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stalled = loops.stalled();
+        metrics::gauge!("portwatch_loops_stalled").set(stalled.len() as f64);
+        if stalled == reported {
+            continue;
+        }
+        if stalled.is_empty() {
+            info!("every background loop is running again; health SERVING");
+            health.set_serving::<AdminServiceServer<AdminApi>>().await;
+            health.set_serving::<AgentServiceServer<AgentApi>>().await;
+        } else {
+            error!(loops = ?stalled, "background loops stalled; health NOT_SERVING");
+            health
+                .set_not_serving::<AdminServiceServer<AdminApi>>()
+                .await;
+            health
+                .set_not_serving::<AgentServiceServer<AgentApi>>()
+                .await;
+        }
+        reported = stalled;
+    }
+}
+
+/// Heartbeat expiry, periodic evaluation, gauges, retention. Each step's
+/// failure (or panic) is logged and counted, and the next round comes anyway.
+async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken, beat: Beat) {
+    const L: &str = "maintenance";
     let mut tick = tokio::time::interval(config.evaluate_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<Instant> = None;
@@ -220,45 +281,50 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (region, session) in hub.expired_sessions() {
-            warn!(%region, session, "agent missed its heartbeats; dropping its session");
-            hub.agent_disconnected(&region, session);
-        }
-        if let Err(e) = hub.evaluate_all().await {
-            error!(error = %e, "evaluation failed");
-        }
-        if let Err(e) = hub.region_notices().await {
-            error!(error = %e, "probe region notices failed");
-        }
-        for (region, n) in hub.agents_per_region() {
-            metrics::gauge!("portwatch_agents_online", "region" => region).set(n as f64);
-        }
-        metrics::gauge!("portwatch_open_incidents").set(hub.open_incident_count() as f64);
-        let c = hub.counters();
-        metrics::gauge!("portwatch_consensus_evaluations").set(c.evaluations as f64);
-        metrics::gauge!("portwatch_fast_confirmations").set(c.confirmations as f64);
+        loops::infallible_step(L, "heartbeat expiry", async {
+            for (region, session) in hub.expired_sessions() {
+                warn!(%region, session, "agent missed its heartbeats; dropping its session");
+                hub.agent_disconnected(&region, session);
+            }
+        })
+        .await;
+        loops::step(L, "evaluation", hub.evaluate_all()).await;
+        loops::step(L, "region notices", hub.region_notices()).await;
+        loops::infallible_step(L, "gauges", async {
+            for (region, n) in hub.agents_per_region() {
+                metrics::gauge!("portwatch_agents_online", "region" => region).set(n as f64);
+            }
+            metrics::gauge!("portwatch_open_incidents").set(hub.open_incident_count() as f64);
+            let c = hub.counters();
+            metrics::gauge!("portwatch_consensus_evaluations").set(c.evaluations as f64);
+            metrics::gauge!("portwatch_fast_confirmations").set(c.confirmations as f64);
+        })
+        .await;
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
             let cutoff = SystemTime::now()
                 .checked_sub(config.retention)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
-            match hub
-                .store()
-                .prune_history(portwatch_proto::time::unix_micros(cutoff))
+            let cutoff_us = portwatch_proto::time::unix_micros(cutoff);
+            let store = hub.store();
+            if let Some(n) = loops::step(L, "pruning history", async {
+                store.prune_history(cutoff_us)
+            })
+            .await
+                && n > 0
             {
-                Ok(n) if n > 0 => info!(removed = n, "pruned result history past retention"),
-                Ok(_) => {}
-                Err(e) => error!(error = %e, "pruning history failed"),
+                info!(removed = n, "pruned result history past retention");
             }
             // Finished deliveries follow the same retention; pending ones stay.
-            match hub
-                .store()
-                .prune_deliveries(portwatch_proto::time::unix_micros(cutoff))
+            if let Some(n) = loops::step(L, "pruning deliveries", async {
+                store.prune_deliveries(cutoff_us)
+            })
+            .await
+                && n > 0
             {
-                Ok(n) if n > 0 => info!(removed = n, "pruned finished deliveries past retention"),
-                Ok(_) => {}
-                Err(e) => error!(error = %e, "pruning deliveries failed"),
+                info!(removed = n, "pruned finished deliveries past retention");
             }
         }
+        beat.tick();
     }
 }

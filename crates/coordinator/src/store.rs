@@ -669,18 +669,34 @@ impl Store {
     /// Removes a monitor (with its index entry and count, in one transaction)
     /// and its latest results; its history ages out with retention.
     pub fn delete_monitor(&self, id: &str) -> Result<bool> {
+        self.delete_monitor_closing(id, None)
+    }
+
+    /// Deletes a monitor and, in the same transaction, writes its open incident
+    /// as closed (`closing`, with `closed_at` set): after a crash either the
+    /// monitor still exists with its incident open, or both changes are there.
+    /// Never a deleted monitor whose incident stays open forever.
+    pub fn delete_monitor_closing(&self, id: &str, closing: Option<&v1::Incident>) -> Result<bool> {
         let existed = (
             &self.monitors,
             &self.tenant_monitors,
             &self.tenant_monitor_counts,
+            &self.incidents,
+            &self.open_incidents,
         )
-            .transaction(|(monitors, index, counts)| {
+            .transaction(|(monitors, index, counts, incidents, open_idx)| {
                 let Some(old) = monitors.remove(id.as_bytes())? else {
                     return Ok(false);
                 };
                 let old: v1::Monitor = decode("monitors", &old).map_err(abort)?;
                 if index.remove(key2(&old.tenant_id, id))?.is_some() {
                     bump_count(counts, &old.tenant_id, false)?;
+                }
+                if let Some(i) = closing.filter(|i| i.monitor_id == id) {
+                    incidents.insert(i.id.as_bytes(), i.encode_to_vec())?;
+                    if open_idx.get(id.as_bytes())?.as_deref() == Some(i.id.as_bytes()) {
+                        open_idx.remove(id.as_bytes())?;
+                    }
                 }
                 Ok(true)
             })?;

@@ -683,6 +683,12 @@ fn channel_url(field: &'static str, value: &str, p: &ChannelPolicy) -> Result<re
     let Some(host) = url.host_str() else {
         return Err(FieldError::invalid(field, "the URL has no host"));
     };
+    if url.port() == Some(0) {
+        return Err(FieldError::invalid(
+            field,
+            "port 0 cannot be connected to; leave the port out or give one in 1-65535",
+        ));
+    }
     channel_host(field, host, p)?;
     Ok(url)
 }
@@ -1306,6 +1312,16 @@ mod tests {
             (v1::Channel::default(), "channel.config", "required"),
             (webhook("not a url"), "channel.webhook.url", "malformed URL"),
             (webhook(""), "channel.webhook.url", "required"),
+            (
+                webhook("https://hooks.example.com:0/x"),
+                "channel.webhook.url",
+                "port 0",
+            ),
+            (
+                slack("https://hooks.slack.com:0/x"),
+                "channel.slack.webhook_url",
+                "port 0",
+            ),
             (
                 webhook("ftp://example.com/x"),
                 "channel.webhook.url",

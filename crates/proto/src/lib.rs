@@ -31,9 +31,17 @@ pub mod time {
         }
     }
 
+    /// The last second a protocol timestamp may name: 9999-12-31T23:59:59Z, the
+    /// end of RFC 3339's range (and of `google.protobuf.Timestamp`'s). Anything
+    /// later cannot be printed as a date and overflows time arithmetic.
+    pub const MAX_SECONDS: i64 = 253_402_300_799;
+
     /// Converts a protobuf timestamp into a wall-clock time; `None` when it is
-    /// before the epoch or its nanos are out of range.
+    /// before the epoch, after [`MAX_SECONDS`], or its nanos are out of range.
     pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<SystemTime> {
+        if ts.seconds > MAX_SECONDS {
+            return None;
+        }
         let secs = u64::try_from(ts.seconds).ok()?;
         let nanos = u32::try_from(ts.nanos)
             .ok()
@@ -74,6 +82,15 @@ pub mod time {
                 nanos: 1_000_000_000,
             };
             assert_eq!(from_timestamp(&bad), None);
+            for seconds in [MAX_SECONDS + 1, 1_000_000_000_000_000, i64::MAX] {
+                let far = prost_types::Timestamp { seconds, nanos: 0 };
+                assert_eq!(from_timestamp(&far), None, "{seconds}");
+            }
+            let last = prost_types::Timestamp {
+                seconds: MAX_SECONDS,
+                nanos: 999_999_999,
+            };
+            assert!(from_timestamp(&last).is_some());
         }
     }
 }
