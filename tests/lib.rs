@@ -298,9 +298,32 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts a coordinator; `extra` is appended to its TOML config.
     pub fn start(bin: &Path, dir: &Path, extra: &str) -> Coordinator {
+        Self::start_inner(bin, dir, extra, None)
+    }
+
+    /// Like [`Coordinator::start`], with RLIMIT_NOFILE set to `limit` (soft
+    /// and hard, so the process cannot raise it): a coordinator as a shell or
+    /// a service manager with default limits would start it. [`Coordinator::restart`]
+    /// starts it again without the limit.
+    pub fn start_with_open_file_limit(
+        bin: &Path,
+        dir: &Path,
+        extra: &str,
+        limit: u64,
+    ) -> Coordinator {
+        Self::start_inner(bin, dir, extra, Some(limit))
+    }
+
+    fn start_inner(bin: &Path, dir: &Path, extra: &str, limit: Option<u64>) -> Coordinator {
         let cert = TestCert::generate(dir);
-        let (proc, addr, metrics) =
-            Self::launch(bin, dir, &cert, extra, "127.0.0.1:0".parse().expect("addr"));
+        let (proc, addr, metrics) = Self::launch(
+            bin,
+            dir,
+            &cert,
+            extra,
+            "127.0.0.1:0".parse().expect("addr"),
+            limit,
+        );
         Coordinator {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -318,6 +341,7 @@ impl Coordinator {
         cert: &TestCert,
         extra: &str,
         listen: SocketAddr,
+        open_file_limit: Option<u64>,
     ) -> (Proc, SocketAddr, Option<SocketAddr>) {
         let config = dir.join("coordinator.toml");
         let text = format!(
@@ -332,6 +356,22 @@ impl Coordinator {
         cmd.arg("--config")
             .arg(&config)
             .env("PORTWATCH_LOG", "info");
+        if let Some(limit) = open_file_limit {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut proc = Proc::spawn("coordinator", cmd);
         let metrics_line = proc.wait_line("metrics on http://", Duration::from_secs(20));
         let metrics = metrics_line
@@ -349,8 +389,14 @@ impl Coordinator {
 
     /// Restarts on the same address and data dir (after `kill9` or `terminate`).
     pub fn restart(&mut self) {
-        let (proc, addr, metrics) =
-            Self::launch(&self.bin, &self.dir, &self.cert, &self.extra, self.addr);
+        let (proc, addr, metrics) = Self::launch(
+            &self.bin,
+            &self.dir,
+            &self.cert,
+            &self.extra,
+            self.addr,
+            None,
+        );
         self.proc = proc;
         self.addr = addr;
         self.metrics = metrics;

@@ -5,6 +5,10 @@
 //! tenant and agent tokens are created through the admin API. An agent's region
 //! is the one its token is bound to, whatever the agent says about itself.
 //!
+//! [`ConnectionMarker`] is the hook the listener's unauthenticated deadline
+//! relies on: it marks a connection authenticated once a request on it
+//! carries a token that the API it calls accepts.
+//!
 //! Revocation reaches open streams too: a revoked token's agent stream or
 //! event stream ends within a second (`Auth::revoked`), not at its next call.
 
@@ -15,6 +19,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use crate::listener::ConnInfo;
 use crate::store::{Store, TokenScope};
 
 /// Who an admin call comes from.
@@ -167,6 +172,56 @@ impl Auth {
                 return std::future::pending().await;
             }
         }
+    }
+}
+
+/// The API a request is for: which kind of token authenticates it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `AdminService`: the operator's or a tenant's token.
+    Admin,
+    /// `AgentService`: an agent token.
+    Agent,
+}
+
+/// An interceptor in front of an API's service: when a request carries a
+/// token that API accepts (the same check the service itself makes), its
+/// connection is marked authenticated and outlives the listener's
+/// unauthenticated deadline. It never refuses a request: the service does,
+/// with its own message. Health and reflection have no marker, so they never
+/// keep a connection open.
+#[derive(Clone)]
+pub struct ConnectionMarker {
+    auth: Auth,
+    api: Api,
+}
+
+impl Auth {
+    pub fn connection_marker(&self, api: Api) -> ConnectionMarker {
+        ConnectionMarker {
+            auth: self.clone(),
+            api,
+        }
+    }
+}
+
+impl tonic::service::Interceptor for ConnectionMarker {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let Some(conn) = request.extensions().get::<ConnInfo>().cloned() else {
+            return Ok(request);
+        };
+        // tonic's own connection info, for handlers that use `remote_addr()`.
+        request.extensions_mut().insert(conn.tcp_connect_info());
+        if !conn.is_authenticated() {
+            let accepted = match self.api {
+                Api::Admin => self.auth.admin(request.metadata()).is_ok(),
+                Api::Agent => self.auth.agent_region(request.metadata()).is_ok(),
+            };
+            if accepted {
+                conn.mark_authenticated();
+            }
+        }
+        Ok(request)
     }
 }
 

@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
+use crate::listener::ConnectionLimits;
 use crate::plans::Plans;
 
 /// Command-line flags (each also an environment variable).
@@ -100,6 +101,19 @@ pub struct Args {
     /// (SMTP TLS and webhook HTTPS), on top of the public roots.
     #[arg(long, env = "PORTWATCH_NOTIFY_CA_FILE")]
     pub notify_ca_file: Option<PathBuf>,
+    /// Time a new connection has to finish its TLS handshake, e.g. "10s".
+    #[arg(long, env = "PORTWATCH_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Option<String>,
+    /// Time a connection has, from accept, to make one authenticated request
+    /// (admin call or agent stream with a valid token) before it is closed, e.g. "30s".
+    #[arg(long, env = "PORTWATCH_UNAUTHENTICATED_IDLE_TIMEOUT")]
+    pub unauthenticated_idle_timeout: Option<String>,
+    /// Most connections open at once from one source address (IPv6: one /64).
+    #[arg(long, env = "PORTWATCH_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Most connections open at once in all (also kept below the open-file limit).
+    #[arg(long, env = "PORTWATCH_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
     /// Log format: human or json.
     #[arg(long, env = "PORTWATCH_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -135,6 +149,10 @@ pub struct FileConfig {
     pub delivery_retry_horizon: Option<String>,
     pub delivery_timeout: Option<String>,
     pub notify_ca_file: Option<PathBuf>,
+    pub tls_handshake_timeout: Option<String>,
+    pub unauthenticated_idle_timeout: Option<String>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_connections: Option<u32>,
     pub log_format: Option<String>,
     pub log: Option<String>,
     pub plans: Option<Plans>,
@@ -205,6 +223,9 @@ pub struct Config {
     /// Private CA(s) trusted for SMTP TLS and webhook HTTPS in addition to
     /// the public roots; None: the public roots only.
     pub notify_ca: Option<NotifyCa>,
+    /// Deadlines and caps of the gRPC listener (handshake, unauthenticated
+    /// idle time, connections per source address and in all).
+    pub connections: ConnectionLimits,
     pub log_format: LogFormat,
     pub log: String,
     pub plans: Plans,
@@ -372,6 +393,33 @@ impl Config {
             Some(path) => Some(read_notify_ca(path)?),
             None => None,
         };
+        let connections = ConnectionLimits {
+            tls_handshake_timeout: duration(
+                "tls_handshake_timeout",
+                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+                "10s",
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            )?,
+            unauthenticated_idle_timeout: duration(
+                "unauthenticated_idle_timeout",
+                args.unauthenticated_idle_timeout
+                    .or(file.unauthenticated_idle_timeout),
+                "30s",
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+            )?,
+            max_connections_per_ip: count(
+                "max_connections_per_ip",
+                args.max_connections_per_ip.or(file.max_connections_per_ip),
+                64,
+            )?,
+            max_connections: count(
+                "max_connections",
+                args.max_connections.or(file.max_connections),
+                10_000,
+            )?,
+        };
         Ok(Config {
             listen,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
@@ -439,6 +487,7 @@ impl Config {
                 Duration::from_secs(300),
             )?,
             notify_ca,
+            connections,
             log_format,
             log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
             plans: file.plans.unwrap_or_default(),
@@ -471,6 +520,15 @@ fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, ConfigError> {
         })?;
     }
     Ok(NotifyCa { path, certs })
+}
+
+/// A connection count: 1 to 1,000,000.
+fn count(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    let n = v.unwrap_or(default);
+    if !(1..=1_000_000).contains(&n) {
+        return Err(err(key, format!("{n} is out of range (1 to 1000000)")));
+    }
+    Ok(n)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -569,6 +627,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--fast-confirmation"), "{e}");
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_flags_and_bounds() {
+        let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
+        let c = Config::merge(args(), FileConfig::default()).unwrap();
+        assert_eq!(
+            c.connections,
+            ConnectionLimits {
+                tls_handshake_timeout: Duration::from_secs(10),
+                unauthenticated_idle_timeout: Duration::from_secs(30),
+                max_connections_per_ip: 64,
+                max_connections: 10_000,
+            }
+        );
+        let c = Config::merge(
+            Args {
+                max_connections_per_ip: Some(8),
+                ..args()
+            },
+            file(
+                "tls_handshake_timeout = \"2s\"\nunauthenticated_idle_timeout = \"1m\"\nmax_connections_per_ip = 500\nmax_connections = 100\n",
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.connections.tls_handshake_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.connections.unauthenticated_idle_timeout,
+            Duration::from_secs(60)
+        );
+        assert_eq!(c.connections.max_connections_per_ip, 8, "the flag wins");
+        assert_eq!(c.connections.max_connections, 100);
+        let parsed = Args::try_parse_from([
+            "portwatch-coordinator",
+            "--tls-handshake-timeout",
+            "3s",
+            "--unauthenticated-idle-timeout",
+            "20s",
+            "--max-connections-per-ip",
+            "16",
+            "--max-connections",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(parsed.tls_handshake_timeout.as_deref(), Some("3s"));
+        assert_eq!(parsed.unauthenticated_idle_timeout.as_deref(), Some("20s"));
+        assert_eq!(parsed.max_connections_per_ip, Some(16));
+        assert_eq!(parsed.max_connections, Some(2000));
+
+        for (bad, key, why) in [
+            (
+                "tls_handshake_timeout = \"10ms\"",
+                "tls_handshake_timeout",
+                "out of range",
+            ),
+            (
+                "tls_handshake_timeout = \"soon\"",
+                "tls_handshake_timeout",
+                "soon",
+            ),
+            (
+                "unauthenticated_idle_timeout = \"2h\"",
+                "unauthenticated_idle_timeout",
+                "out of range",
+            ),
+            (
+                "max_connections_per_ip = 0",
+                "max_connections_per_ip",
+                "out of range",
+            ),
+            ("max_connections = 0", "max_connections", "out of range"),
+            (
+                "max_connections = 2000000",
+                "max_connections",
+                "out of range",
+            ),
+        ] {
+            let e = Config::merge(args(), file(bad)).unwrap_err();
+            assert_eq!(e.key, key, "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        for bad in ["max_connections = -1", "max_connections_per_ip = \"many\""] {
+            let e = toml::from_str::<FileConfig>(bad).unwrap_err().to_string();
+            assert!(e.contains("max_connections"), "{bad}: {e}");
+        }
     }
 
     #[test]

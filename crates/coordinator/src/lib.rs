@@ -9,6 +9,7 @@ pub mod channels;
 pub mod config;
 pub mod consensus;
 pub mod hub;
+pub mod listener;
 pub mod loops;
 pub mod outbox;
 pub mod plans;

@@ -1,6 +1,7 @@
 //! Wires the coordinator together: store, hub, gRPC services (agent stream,
-//! admin API, health, reflection), TLS, metrics, the notification outbox
-//! worker, the maintenance loop, and graceful shutdown.
+//! admin API, health, reflection) on the guarded listener (TLS, connection
+//! caps and deadlines: `listener`), metrics, the notification outbox worker,
+//! the maintenance loop, and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,17 +10,18 @@ use anyhow::Context;
 use portwatch_proto::v1::admin_service_server::AdminServiceServer;
 use portwatch_proto::v1::agent_service_server::AgentServiceServer;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminApi;
 use crate::agents::AgentApi;
-use crate::auth::Auth;
+use crate::auth::{Api, Auth};
 use crate::channels::Senders;
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings};
+use crate::listener::{self, Listener};
 use crate::loops::{self, Beat, Loops, supervise};
 use crate::outbox::{OutboxSettings, Worker};
 use crate::store::Store;
@@ -110,34 +112,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some(tls) = &config.tls {
-        let cert = std::fs::read(&tls.cert)
-            .with_context(|| format!("tls_cert: reading {}", tls.cert.display()))?;
-        let key = std::fs::read(&tls.key)
-            .with_context(|| format!("tls_key: reading {}", tls.key.display()))?;
-        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &tls.client_ca {
-            let ca = std::fs::read(ca)
-                .with_context(|| format!("client_ca: reading {}", ca.display()))?;
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder
-            .tls_config(tls_config)
-            .context("tls_cert/tls_key: not a usable certificate and key")?;
+    // TLS is ours, not tonic's: the listener does the handshake under a
+    // deadline and admits connections per source (`listener`).
+    let tls = match &config.tls {
+        Some(tls) => Some(listener::tls_acceptor(tls)?),
+        None => None,
+    };
+    let limits = config.connections.clone();
+    let open_files = listener::raise_open_file_limit();
+    let max_total = listener::connection_ceiling(limits.max_connections, open_files);
+    if max_total < limits.max_connections {
+        warn!(
+            max_connections = limits.max_connections,
+            enforced = max_total,
+            open_file_limit = open_files,
+            "max_connections is above what the open-file limit allows; enforcing the lower cap \
+             (raise LimitNOFILE / ulimit -n to allow more)"
+        );
     }
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = Listener::bind(config.listen, tls, limits.clone(), max_total)
         .await
         .with_context(|| format!("listen: binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
     println!("portwatch-coordinator listening on {scheme}://{bound}");
-    info!(%bound, tls = config.tls.is_some(), "coordinator listening");
+    info!(
+        %bound,
+        tls = config.tls.is_some(),
+        max_connections = max_total,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        tls_handshake_timeout = ?limits.tls_handshake_timeout,
+        unauthenticated_idle_timeout = ?limits.unauthenticated_idle_timeout,
+        "coordinator listening"
+    );
 
     let loops = Loops::default();
     let maintenance = tokio::spawn(supervise(
@@ -178,20 +189,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let watchdog = tokio::spawn(watch_loops(loops, health.clone(), shutdown.clone()));
 
     let server_stop = CancellationToken::new();
+    let incoming = listener.incoming(server_stop.clone());
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(AgentServiceServer::new(AgentApi::new(
-            hub.clone(),
-            auth.clone(),
-        )))
-        .add_service(AdminServiceServer::new(AdminApi::new(
-            hub.clone(),
-            auth,
-            config.plans,
-            senders,
-        )));
+        .add_service(InterceptedService::new(
+            AgentServiceServer::new(AgentApi::new(hub.clone(), auth.clone())),
+            auth.connection_marker(Api::Agent),
+        ))
+        .add_service(InterceptedService::new(
+            AdminServiceServer::new(AdminApi::new(
+                hub.clone(),
+                auth.clone(),
+                config.plans,
+                senders,
+            )),
+            auth.connection_marker(Api::Admin),
+        ));
     let serve =
         router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
     tokio::pin!(serve);
