@@ -7,7 +7,9 @@
 //!   `ingest` returns), so an agent never deletes a result we could lose;
 //! - replays are dropped by (agent, sequence number);
 //! - results for monitors not checked from this region are refused, counted,
-//!   and still acknowledged (so they leave the agent's spool) but never stored.
+//!   and still acknowledged (so they leave the agent's spool) but never stored;
+//! - while the store takes no writes, nothing is acknowledged: the agent is
+//!   asked to drain and come back in a few seconds, keeping its results.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::Auth;
 use crate::hub::Hub;
-use crate::store::Ingest;
+use crate::store::{Ingest, Store, StoreError};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +66,21 @@ pub fn valid_agent_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// How soon an agent sent away while the store takes no writes comes back.
+const STORE_DOWN_RECONNECT_MS: u32 = 2_000;
+
+/// The drain that sends an agent away while the store takes no writes.
+fn store_down(store: &Store) -> v1::Drain {
+    v1::Drain {
+        reason: format!(
+            "the coordinator's store takes no writes ({}); keep results in the spool and \
+             reconnect",
+            store.state().cause
+        ),
+        reconnect_after_ms: STORE_DOWN_RECONNECT_MS,
+    }
+}
+
 fn msg(m: CoordMsg) -> v1::CoordinatorMessage {
     v1::CoordinatorMessage { msg: Some(m) }
 }
@@ -80,7 +97,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
         let store = self.hub.store();
         let reg = store
             .get_region(&region)
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(StoreError::into_status)?
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "region {region:?} of this token no longer exists"
@@ -104,7 +121,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
         let agent_id = hello.agent_id.clone();
         let acked_seq = store
             .acked_seq(&agent_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(StoreError::into_status)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         let settings = self.hub.settings();
@@ -117,6 +134,15 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 .unwrap_or(u32::MAX),
             allow_private_targets: !reg.owner_tenant_id.is_empty(),
         })));
+        if !store.is_writable() {
+            // Nothing it sends could be stored: it keeps its results and its
+            // cached assignments, and comes back soon (a drain, not an error,
+            // so its reconnect backoff does not grow while the disk is full).
+            let _ = tx.send(msg(CoordMsg::Drain(store_down(store))));
+            drop(tx);
+            let out = UnboundedReceiverStream::new(rx).map(Ok::<_, Status>);
+            return Ok(Response::new(Box::pin(out)));
+        }
         let now = to_timestamp(std::time::SystemTime::now());
         let info = v1::Agent {
             agent_id: agent_id.clone(),
@@ -131,9 +157,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             spool_depth: 0,
             dropped_total: 0,
         };
-        store
-            .put_agent(&info)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        store.put_agent(&info).map_err(StoreError::into_status)?;
         let session = self.hub.agent_connected(&region, info, tx.clone());
         info!(%region, agent_id, session, version = %hello.version, "agent connected");
         metrics::counter!("portwatch_agent_connections_total", "region" => region.clone())
@@ -189,7 +213,15 @@ async fn serve_session(
         hub.agent_seen(region, session, None);
         match message.msg {
             Some(AgentMsg::Results(batch)) => {
-                let ack = ingest_batch(hub, region, agent_id, batch).await?;
+                let ack = match ingest_batch(hub, region, agent_id, batch).await {
+                    Ok(ack) => ack,
+                    Err(_) if !hub.store().is_writable() => {
+                        // Not acknowledged: the batch stays in the agent's spool.
+                        let _ = tx.send(msg(CoordMsg::Drain(store_down(hub.store()))));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 if tx.send(msg(CoordMsg::Ack(ack))).is_err() {
                     return Ok(());
                 }
@@ -267,7 +299,7 @@ async fn ingest_batch(
         .store()
         .ingest(agent_id, region, &items, up_to)
         .await
-        .map_err(|e| Status::unavailable(format!("storing results: {e}")))?;
+        .map_err(StoreError::into_status)?;
     metrics::histogram!("portwatch_store_flush_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("portwatch_results_ingested_total", "region" => region.to_string())
         .increment(out.stored as u64);
@@ -279,7 +311,7 @@ async fn ingest_batch(
         .collect();
     hub.results_stored(latest)
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(StoreError::into_status)?;
     Ok(v1::Ack {
         up_to_seq: out.acked_seq,
         refused,

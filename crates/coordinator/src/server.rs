@@ -1,6 +1,7 @@
 //! Wires the coordinator together: store, hub, gRPC services (agent stream,
 //! admin API, health, reflection), TLS, metrics, the notification outbox
-//! worker, the maintenance loop, and graceful shutdown.
+//! worker, the maintenance loop, the store's recovery loop, and graceful
+//! shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,9 +19,11 @@ use crate::agents::AgentApi;
 use crate::auth::Auth;
 use crate::channels::Senders;
 use crate::config::Config;
+use crate::health::Health;
 use crate::hub::{Hub, HubSettings};
 use crate::outbox::{OutboxSettings, Worker};
-use crate::store::Store;
+use crate::recovery;
+use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for agents to drain their streams.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
@@ -85,9 +88,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         info!(%bound, "metrics listening");
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
     // Both reflection versions: grpcurl speaks v1, many shipped clients (Python's
     // grpcio-reflection among them) still speak only v1alpha.
     let reflection_builder = || {
@@ -135,6 +137,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     info!(%bound, tls = config.tls.is_some(), "coordinator listening");
 
     let maintenance = tokio::spawn(maintain(hub.clone(), config.clone(), shutdown.clone()));
+    // A store that stops taking writes (a full disk) comes back on its own.
+    let recovery_stop = CancellationToken::new();
+    let mut recovery = tokio::spawn(recovery::run(
+        store.clone(),
+        hub.clone(),
+        health.clone(),
+        recovery_stop.clone(),
+    ));
     // Pending deliveries left by a previous run (even a crash) are sent from here on.
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(
@@ -170,27 +180,50 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
     tokio::pin!(serve);
 
+    // Set when the store cannot come back inside this process: the coordinator
+    // stops (after the same drain) and says why.
+    let mut store_lost: Option<StoreError> = None;
     tokio::select! {
         r = &mut serve => r.context("serving gRPC")?,
-        () = shutdown.cancelled() => {
-            info!("shutting down: draining agents");
-            hub.drain_all("coordinator shutting down");
-            let deadline = Instant::now() + DRAIN_WAIT;
-            while Instant::now() < deadline && hub.agents_per_region().iter().any(|(_, n)| *n > 0) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            server_stop.cancel();
-            if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
-                warn!("some streams did not close in time");
-            }
+        () = shutdown.cancelled() => {}
+        r = &mut recovery => {
+            store_lost = Some(match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => StoreError::Unavailable("the store's recovery loop ended".into()),
+                Err(e) => StoreError::Panicked { call: "recovery", message: e.to_string() },
+            });
         }
     }
+    info!("shutting down: draining agents");
+    hub.drain_all("coordinator shutting down");
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < deadline && hub.agents_per_region().iter().any(|(_, n)| *n > 0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server_stop.cancel();
+    if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
+        warn!("some streams did not close in time");
+    }
     maintenance.abort();
+    recovery_stop.cancel();
     outbox_stop.cancel();
     if let Err(e) = outbox.await {
         warn!(error = %e, "the outbox worker ended abnormally");
     }
-    store.flush().await.context("final flush")?;
+    if let Some(e) = store_lost {
+        return Err(anyhow::Error::new(e).context(format!(
+            "data_dir: the store in {}",
+            config.data_dir.display()
+        )));
+    }
+    // Everything acknowledged is durable already; the seal lets the next
+    // start check that the files still hold it. A store that cannot write now
+    // (a full disk) is left as it is: nothing waits for it.
+    if store.is_writable() {
+        store.seal().await.context("final flush")?;
+    } else {
+        warn!(cause = %store.state().cause, "stopping with a store that takes no writes; nothing acknowledged is lost");
+    }
     info!("coordinator stopped");
     Ok(())
 }
