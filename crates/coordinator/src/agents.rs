@@ -4,7 +4,8 @@
 //! - the agent's region is the one its token is bound to; whatever a result
 //!   says about its region is overwritten;
 //! - a batch is acknowledged only after it is durable (the store flushes before
-//!   `ingest` returns), so an agent never deletes a result we could lose;
+//!   `ingest` returns), and so is the sequence number a `Welcome` carries (a
+//!   flush after reading it), so an agent never deletes a result we could lose;
 //! - replays are dropped by (agent, sequence number);
 //! - results for monitors not checked from this region are refused, counted,
 //!   and still acknowledged (so they leave the agent's spool) but never stored;
@@ -69,6 +70,25 @@ pub fn valid_agent_id(id: &str) -> Result<(), Status> {
 /// How soon an agent sent away while the store takes no writes comes back.
 const STORE_DOWN_RECONNECT_MS: u32 = 2_000;
 
+/// After a drain, reads (and drops) what the agent still sends until it goes
+/// quiet, at most [`LINGER_MAX`]: an agent that drains first sends what it has
+/// and then waits for the stream to end; ending it under its feet would be an
+/// error to it, and its reconnect backoff would grow.
+async fn linger(inbound: &mut Streaming<v1::AgentMessage>) {
+    let deadline = tokio::time::Instant::now() + LINGER_MAX;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(LINGER_QUIET, inbound.message()).await {
+            Ok(Ok(Some(_))) => {}
+            _ => return,
+        }
+    }
+}
+
+/// How long a drained agent is given to send what it has.
+const LINGER_MAX: Duration = Duration::from_secs(3);
+/// Silence that shows a drained agent has sent everything.
+const LINGER_QUIET: Duration = Duration::from_millis(300);
+
 /// The drain that sends an agent away while the store takes no writes.
 fn store_down(store: &Store) -> v1::Drain {
     v1::Drain {
@@ -122,6 +142,13 @@ impl v1::agent_service_server::AgentService for AgentApi {
         let acked_seq = store
             .acked_seq(&agent_id)
             .map_err(StoreError::into_status)?;
+        // The agent deletes what the Welcome acknowledges, so it must be
+        // durable: what was read before a flush is durable once it returns. A
+        // store that cannot flush acknowledges nothing (and drains it below).
+        let acked_seq = match store.flush().await {
+            Ok(()) => acked_seq,
+            Err(_) => 0,
+        };
 
         let (tx, rx) = mpsc::unbounded_channel();
         let settings = self.hub.settings();
@@ -139,7 +166,10 @@ impl v1::agent_service_server::AgentService for AgentApi {
             // cached assignments, and comes back soon (a drain, not an error,
             // so its reconnect backoff does not grow while the disk is full).
             let _ = tx.send(msg(CoordMsg::Drain(store_down(store))));
-            drop(tx);
+            tokio::spawn(async move {
+                linger(&mut inbound).await;
+                drop(tx);
+            });
             let out = UnboundedReceiverStream::new(rx).map(Ok::<_, Status>);
             return Ok(Response::new(Box::pin(out)));
         }
@@ -218,6 +248,7 @@ async fn serve_session(
                     Err(_) if !hub.store().is_writable() => {
                         // Not acknowledged: the batch stays in the agent's spool.
                         let _ = tx.send(msg(CoordMsg::Drain(store_down(hub.store()))));
+                        linger(inbound).await;
                         return Ok(());
                     }
                     Err(e) => return Err(e),

@@ -1,6 +1,7 @@
 //! What the coordinator tells `grpc.health.v1.Health` and `/metrics` about
-//! itself: a set of named conditions (the store takes writes; later also
-//! "a background loop stopped"), each either fine or bad with a reason.
+//! itself: a set of named conditions (the store takes writes, the store's
+//! files are intact; later also "a background loop stopped"), each either
+//! fine or bad with a reason.
 //!
 //! Guarantees:
 //! - while any condition is bad, the admin service, the agent service and the
@@ -25,6 +26,8 @@ use crate::agents::AgentApi;
 
 /// The store takes writes (see `store::Store::subscribe`).
 pub const STORE_WRITABLE: &str = "store_writable";
+/// No damage was found in the store's files.
+pub const STORE_INTACT: &str = "store_intact";
 
 /// The health reporter and the conditions behind it.
 pub struct Health {
@@ -62,7 +65,11 @@ impl Health {
         if serving != was_serving {
             self.apply(serving).await;
             metrics::gauge!("portwatch_serving").set(if serving { 1.0 } else { 0.0 });
-            info!(serving, "health: reporting {}", if serving { "SERVING" } else { "NOT_SERVING" });
+            info!(
+                serving,
+                "health: reporting {}",
+                if serving { "SERVING" } else { "NOT_SERVING" }
+            );
         }
     }
 
@@ -128,9 +135,7 @@ mod tests {
         for s in ["", admin, agent] {
             assert_eq!(status(&server, s).await, serving, "{s:?} at start");
         }
-        health
-            .set(STORE_WRITABLE, Some("disk full".into()))
-            .await;
+        health.set(STORE_WRITABLE, Some("disk full".into())).await;
         health.set("loop", Some("stopped".into())).await;
         for s in ["", admin, agent] {
             assert_eq!(status(&server, s).await, not, "{s:?} with two bad");

@@ -8,7 +8,12 @@
 //! fresh open of its files); once it succeeds, the hub reloads its view from
 //! the reopened store (`Hub::reload`) and health is SERVING again.
 //!
-//! It ends with an error only when waiting cannot help: the files are damaged
+//! [`report_damage`] reads the whole history once after a start (the rest
+//! was read at open) and keeps the `store_intact` condition: damage found in
+//! the files by any call makes health NOT_SERVING with what to do (restore
+//! from a backup); the coordinator goes on with what it can read and write.
+//!
+//! [`run`] ends with an error only when waiting cannot help: the files are damaged
 //! (restore from a backup), or the failed database cannot be let go of inside
 //! this process for [`STUCK_GIVE_UP`] (sled still holds its file lock from a
 //! thread that will not finish): the coordinator then stops, and its service
@@ -18,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
-use crate::health::{Health, STORE_WRITABLE};
+use crate::health::{Health, STORE_INTACT, STORE_WRITABLE};
 use crate::hub::Hub;
 use crate::store::{Store, StoreError};
 
@@ -61,7 +66,9 @@ pub async fn run(
                 Err(_) => return Ok(()),
             },
         };
-        health.set(STORE_WRITABLE, Some(reason(&store, &cause))).await;
+        health
+            .set(STORE_WRITABLE, Some(reason(&store, &cause)))
+            .await;
         let mut stuck_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -92,7 +99,9 @@ pub async fn run(
                 },
                 Err(e) if e.is_damage() => {
                     error!(error = %e, data_dir = %store.dir().display(), "store: damaged; it cannot be reopened");
-                    health.set(STORE_WRITABLE, Some(reason(&store, &e.to_string()))).await;
+                    health
+                        .set(STORE_WRITABLE, Some(reason(&store, &e.to_string())))
+                        .await;
                     return Err(e);
                 }
                 Err(e) => {
@@ -108,9 +117,53 @@ pub async fn run(
                     } else {
                         stuck_since = None;
                     }
-                    health.set(STORE_WRITABLE, Some(reason(&store, &e.to_string()))).await;
+                    health
+                        .set(STORE_WRITABLE, Some(reason(&store, &e.to_string())))
+                        .await;
                 }
             }
+        }
+    }
+}
+
+/// Reads the history once, then reports damage found by any store call as
+/// the `store_intact` condition, until `stop`.
+pub async fn report_damage(store: Store, health: Arc<Health>, stop: CancellationToken) {
+    health.set(STORE_INTACT, None).await;
+    metrics::gauge!("portwatch_store_history_verified").set(0.0);
+    let mut states = store.subscribe();
+    let check = store.verify_history();
+    tokio::pin!(check);
+    let mut checking = true;
+    loop {
+        let damage = states.borrow_and_update().damage.clone();
+        if !damage.is_empty() {
+            health
+                .set(
+                    STORE_INTACT,
+                    Some(format!(
+                        "the store in {} is damaged ({damage}); restore it from a backup \
+                         (portwatch-coordinator restore)",
+                        store.dir().display()
+                    )),
+                )
+                .await;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = &mut check, if checking => {
+                checking = false;
+                match r {
+                    Ok(rows) => {
+                        metrics::gauge!("portwatch_store_history_verified").set(1.0);
+                        info!(rows, "store: every history row read back intact");
+                    }
+                    // A damage is in the state already; anything else is logged.
+                    Err(e) if e.is_damage() => {}
+                    Err(e) => warn!(error = %e, "store: reading the history back failed"),
+                }
+            }
+            r = states.changed() => if r.is_err() { return },
         }
     }
 }

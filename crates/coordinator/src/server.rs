@@ -139,6 +139,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let maintenance = tokio::spawn(maintain(hub.clone(), config.clone(), shutdown.clone()));
     // A store that stops taking writes (a full disk) comes back on its own.
     let recovery_stop = CancellationToken::new();
+    let damage_report = tokio::spawn(recovery::report_damage(
+        store.clone(),
+        health.clone(),
+        recovery_stop.clone(),
+    ));
     let mut recovery = tokio::spawn(recovery::run(
         store.clone(),
         hub.clone(),
@@ -194,6 +199,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             });
         }
     }
+    // Whatever ended the run, the stop is now bounded (main's signal thread).
+    shutdown.cancel();
     info!("shutting down: draining agents");
     hub.drain_all("coordinator shutting down");
     let deadline = Instant::now() + DRAIN_WAIT;
@@ -206,11 +213,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     maintenance.abort();
     recovery_stop.cancel();
+    damage_report.abort();
     outbox_stop.cancel();
     if let Err(e) = outbox.await {
         warn!(error = %e, "the outbox worker ended abnormally");
     }
     if let Some(e) = store_lost {
+        store.close_detached();
         return Err(anyhow::Error::new(e).context(format!(
             "data_dir: the store in {}",
             config.data_dir.display()
@@ -219,11 +228,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Everything acknowledged is durable already; the seal lets the next
     // start check that the files still hold it. A store that cannot write now
     // (a full disk) is left as it is: nothing waits for it.
-    if store.is_writable() {
-        store.seal().await.context("final flush")?;
+    let sealed = if store.is_writable() {
+        store.seal().await.context("final flush")
     } else {
         warn!(cause = %store.state().cause, "stopping with a store that takes no writes; nothing acknowledged is lost");
-    }
+        Ok(())
+    };
+    // The process ends without waiting for sled to let go of its files.
+    store.close_detached();
+    sealed?;
     info!("coordinator stopped");
     Ok(())
 }

@@ -76,10 +76,7 @@ impl StoreError {
     /// panic inside sled): the store stops taking writes and reopens itself.
     pub fn is_store_failure(&self) -> bool {
         match self {
-            StoreError::Sled(e) => matches!(
-                e,
-                sled::Error::Io(_) | sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)
-            ),
+            StoreError::Sled(e) => matches!(e, sled::Error::Io(_) | sled::Error::ReportableBug(_)),
             StoreError::Unavailable(_) | StoreError::Panicked { .. } => true,
             StoreError::Corrupt { .. } | StoreError::Damaged(_) => false,
         }
@@ -97,11 +94,16 @@ impl StoreError {
         }
     }
 
-    /// The gRPC status a caller of the API gets: UNAVAILABLE while the store
-    /// cannot write (retry later: nothing acknowledged is lost), INTERNAL
-    /// otherwise.
+    /// The gRPC status a caller of the API gets: DATA_LOSS for damaged files
+    /// (waiting will not help), UNAVAILABLE while the store cannot write
+    /// (retry later: nothing acknowledged is lost), INTERNAL otherwise.
     pub fn into_status(self) -> tonic::Status {
-        if self.is_store_failure() {
+        if self.is_damage() {
+            tonic::Status::data_loss(format!(
+                "{self}; the coordinator's store is damaged: its operator must restore it \
+                 from a backup"
+            ))
+        } else if self.is_store_failure() {
             tonic::Status::unavailable(format!(
                 "{self}; the coordinator reopens its store on its own once the disk \
                  can be written again: retry later"
@@ -457,6 +459,72 @@ impl Trees {
         self.meta.insert(TENANT_INDEX_KEY, &[1])?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Reads and decodes every record of every tree the coordinator runs on
+    /// (all but `history`, the bulk, which `verify_history` reads): at open,
+    /// so that damage there stops the start instead of surfacing as odd
+    /// behaviour later. Costs one read of the state, not of the history.
+    fn verify_state(&self) -> Result<()> {
+        fn all<M: Message + Default>(tree: &Tree, name: &'static str) -> Result<()> {
+            for kv in tree.iter() {
+                let (_, v) = kv?;
+                decode::<M>(name, &v)?;
+            }
+            Ok(())
+        }
+        fn sized(tree: &Tree, name: &'static str, len: Option<usize>) -> Result<()> {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if std::str::from_utf8(&k).is_err() {
+                    return Err(StoreError::Corrupt {
+                        tree: name,
+                        reason: "a key that is not UTF-8".into(),
+                    });
+                }
+                if len.is_some_and(|n| v.len() != n) {
+                    return Err(StoreError::Corrupt {
+                        tree: name,
+                        reason: format!("a value of {} bytes", v.len()),
+                    });
+                }
+            }
+            Ok(())
+        }
+        all::<v1::Tenant>(&self.tenants, "tenants")?;
+        for kv in self.tokens.iter() {
+            Self::decode_token(&kv?.1)?;
+        }
+        sized(&self.token_ids, "token_ids", None)?;
+        all::<v1::Region>(&self.regions, "regions")?;
+        all::<v1::Agent>(&self.agents, "agents")?;
+        sized(&self.agent_seq, "agent_seq", Some(8))?;
+        all::<v1::Monitor>(&self.monitors, "monitors")?;
+        sized(&self.tenant_monitors, "tenant_monitors", Some(0))?;
+        sized(
+            &self.tenant_monitor_counts,
+            "tenant_monitor_counts",
+            Some(8),
+        )?;
+        sized(&self.meta, "meta", None)?;
+        all::<v1::CheckResult>(&self.latest, "latest")?;
+        all::<v1::Incident>(&self.incidents, "incidents")?;
+        sized(&self.open_incidents, "open_incidents", None)?;
+        all::<v1::Channel>(&self.channels, "channels")?;
+        all::<OutboxRecord>(&self.outbox, "outbox")?;
+        sized(&self.outbox_pending, "outbox_pending", Some(8))?;
+        all::<RegionOutage>(&self.region_outages, "region_outages")?;
+        Ok(())
+    }
+
+    /// Reads and decodes every history row; returns how many.
+    fn verify_history(&self) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.history.iter() {
+            decode::<v1::CheckResult>("history", &kv?.1)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Makes everything written so far durable.

@@ -46,21 +46,24 @@ const PROBE_BYTES: usize = 2 * 1024 * 1024;
 /// The probe file, in the data directory (sled ignores other files there).
 const PROBE_FILE: &str = ".portwatch-space-probe";
 
-/// Whether the store takes writes, and if not, why and since when.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Whether the store takes writes (and if not, why and since when), and
+/// whether damage was found in its files.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct StoreState {
     pub writable: bool,
     /// Why it does not (empty while writable).
     pub cause: String,
     pub since: Option<SystemTime>,
+    /// The first damage a call ran into (empty: none found). It stays until
+    /// the coordinator restarts on restored files: damage does not heal.
+    pub damage: String,
 }
 
 impl StoreState {
     fn writable() -> StoreState {
         StoreState {
             writable: true,
-            cause: String::new(),
-            since: None,
+            ..StoreState::default()
         }
     }
 }
@@ -92,7 +95,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs `f`, turning a panic into an error. Sound because a database that
 /// panicked is never written again: the caller marks the store failed, and
 /// only a fresh open (which re-reads the files) makes it writable.
-fn guarded<T>(call: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(super) fn guarded<T>(call: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         Err(StoreError::Panicked {
             call,
@@ -103,7 +106,7 @@ fn guarded<T>(call: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Opens the sled files of `dir`, with sled's panics (some damaged files make
 /// it panic while recovering) turned into errors.
-fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees> {
+pub(super) fn open_trees(dir: &Path, cache_bytes: u64) -> Result<Trees> {
     guarded("open", || Trees::open(dir, cache_bytes))
 }
 
@@ -135,6 +138,7 @@ impl Store {
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
         let trees = open_trees(dir, cache_bytes)?;
         let epoch = guarded("open", || seal::check(&trees, dir))?;
+        guarded("open", || trees.verify_state())?;
         let store = Store {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -171,17 +175,29 @@ impl Store {
         self.shared.state.subscribe()
     }
 
+    /// Records damage a call ran into (the first one; it is sticky).
+    fn damaged(&self, e: &StoreError) {
+        let changed = self.shared.state.send_if_modified(|s| {
+            if !s.damage.is_empty() {
+                return false;
+            }
+            s.damage = e.to_string();
+            true
+        });
+        if changed {
+            error!(data_dir = %self.shared.dir.display(), error = %e, "store: damaged; restore it from a backup");
+        }
+    }
+
     /// Marks the store not writable (once; later causes are logged only).
     fn fail(&self, cause: String) {
         let changed = self.shared.state.send_if_modified(|s| {
             if !s.writable {
                 return false;
             }
-            *s = StoreState {
-                writable: false,
-                cause: cause.clone(),
-                since: Some(SystemTime::now()),
-            };
+            s.writable = false;
+            s.cause = cause.clone();
+            s.since = Some(SystemTime::now());
             true
         });
         if changed {
@@ -200,12 +216,30 @@ impl Store {
 
     /// Notes a failure the call ran into.
     fn observe<T>(&self, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r
-            && e.is_store_failure()
-        {
-            self.fail(e.to_string());
+        if let Err(e) = &r {
+            if e.is_damage() {
+                self.damaged(e);
+            }
+            if e.is_store_failure() {
+                self.fail(e.to_string());
+            }
         }
         r
+    }
+
+    /// Reads every history row (the trees the coordinator runs on were read at
+    /// open). Run once after a start, off the runtime: damage in the history
+    /// is then reported (`StoreState::damage`) before anyone stumbles on it.
+    pub async fn verify_history(&self) -> Result<u64> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read("verify_history", |t| t.verify_history()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Panicked {
+                    call: "verify_history",
+                    message: e.to_string(),
+                })
+            })
     }
 
     /// A read: served even while not writable (from the failed database,
@@ -247,6 +281,11 @@ impl Store {
 
     /// Stores a batch from one agent (see `Trees::ingest`) and flushes it:
     /// what this returns is durable and may be acknowledged.
+    ///
+    /// The transaction runs on a blocking thread and is given [`FLUSH_TIMEOUT`]
+    /// too: results are what agents send, the bulk of all writes, and a sled
+    /// write that never returns must neither hold a runtime thread nor leave
+    /// the store looking healthy.
     pub async fn ingest(
         &self,
         agent_id: &str,
@@ -254,7 +293,38 @@ impl Store {
         batch: &[Ingest<'_>],
         up_to: u64,
     ) -> Result<Ingested> {
-        let out = self.write("ingest", |t| t.ingest(agent_id, region, batch, up_to))?;
+        let state = self.state();
+        if !state.writable {
+            return Err(StoreError::Unavailable(state.cause));
+        }
+        let trees = self.trees()?;
+        let owned: Vec<(u64, v1::CheckResult)> =
+            batch.iter().map(|i| (i.seq, i.result.clone())).collect();
+        let (agent_id, region) = (agent_id.to_string(), region.to_string());
+        let job = tokio::task::spawn_blocking(move || {
+            guarded("ingest", || {
+                let items: Vec<Ingest> = owned
+                    .iter()
+                    .map(|(seq, result)| Ingest { seq: *seq, result })
+                    .collect();
+                trees.ingest(&agent_id, &region, &items, up_to)
+            })
+        });
+        let out = match tokio::time::timeout(FLUSH_TIMEOUT, job).await {
+            Ok(Ok(r)) => self.observe(r)?,
+            Ok(Err(e)) => self.observe(Err(StoreError::Panicked {
+                call: "ingest",
+                message: e.to_string(),
+            }))?,
+            Err(_) => {
+                let e = StoreError::Unavailable(format!(
+                    "sled did not finish a write within {} s",
+                    FLUSH_TIMEOUT.as_secs()
+                ));
+                self.fail(e.to_string());
+                return Err(e);
+            }
+        };
         // Ack only after flush: the agent deletes what we acknowledge.
         self.flush().await?;
         Ok(out)
@@ -263,7 +333,7 @@ impl Store {
     /// A clean stop: records a new seal epoch and flushes, so a later open can
     /// tell whether the files still hold everything written before it.
     pub async fn seal(&self) -> Result<()> {
-        let epoch = self.read("seal", |t| seal::stored_epoch(t))?;
+        let epoch = self.read("seal", seal::stored_epoch)?;
         self.write("seal", |t| seal::record(t, epoch + 1))?;
         self.flush().await?;
         seal::write_sidecar(&self.shared.dir, epoch + 1)
@@ -299,14 +369,46 @@ impl Store {
         }
         let trees = open_trees(&self.shared.dir, self.shared.cache_bytes)?;
         let epoch = guarded("reopen", || seal::check(&trees, &self.shared.dir))?;
+        guarded("reopen", || trees.verify_state())?;
         *self
             .shared
             .current
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(trees));
-        let was = self.shared.state.send_replace(StoreState::writable());
+        let mut was = StoreState::default();
+        self.shared.state.send_modify(|s| {
+            was = s.clone();
+            s.writable = true;
+            s.cause.clear();
+            s.since = None;
+        });
         info!(data_dir = %self.shared.dir.display(), epoch, down_since = ?was.since, "store: reopened; writable again");
         Ok(())
+    }
+
+    /// Lets go of the open database on a thread of its own, which the caller
+    /// does not wait for: sled's drop waits for its flusher thread, which a
+    /// database that failed under a full disk may never finish. For the end of
+    /// the process, after the last flush; every later call fails.
+    pub fn close_detached(&self) {
+        let old = self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared.state.send_if_modified(|s| {
+            let was = s.writable;
+            s.writable = false;
+            s.cause = "the store is closed".into();
+            s.since = Some(SystemTime::now());
+            was
+        });
+        if let Some(old) = old {
+            let _ = std::thread::Builder::new()
+                .name("portwatch-store-close".into())
+                .spawn(move || drop(old));
+        }
     }
 
     /// Bytes on disk.
@@ -323,8 +425,7 @@ impl Store {
 
     /// Number of deliveries stored (every state).
     pub fn outbox_len(&self) -> usize {
-        self.read("outbox_len", |t| Ok(t.outbox_len()))
-            .unwrap_or(0)
+        self.read("outbox_len", |t| Ok(t.outbox_len())).unwrap_or(0)
     }
 }
 
@@ -398,3 +499,6 @@ impl std::fmt::Debug for Store {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests;
