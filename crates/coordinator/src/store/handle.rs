@@ -20,7 +20,11 @@
 //!   exactly what was flushed: what was acknowledged is there, what failed may
 //!   or may not be (so the hub reloads its view from it, `Hub::reload`);
 //! - `ingest` returns only after the batch is flushed, so its caller may
-//!   acknowledge what it returns.
+//!   acknowledge what it returns;
+//! - damage a call runs into (a record that does not decode, sled reporting
+//!   corruption or panicking) is kept in [`StoreState::damage`] until restart;
+//! - an open refuses files that lost durable writes (`seal`) or whose state
+//!   does not decode (`Trees::verify_state`).
 
 use std::fs::File;
 use std::io::Write;
