@@ -293,12 +293,15 @@ pub struct Coordinator {
     pub metrics: Option<SocketAddr>,
     pub extra: String,
     pub proc: Proc,
+    /// The data dir is a tmpfs of this many MiB in a mount namespace of the
+    /// coordinator's own (see [`Coordinator::start_in_tmpfs`]).
+    pub tmpfs_mib: Option<u64>,
 }
 
 impl Coordinator {
     /// Starts a coordinator; `extra` is appended to its TOML config.
     pub fn start(bin: &Path, dir: &Path, extra: &str) -> Coordinator {
-        Self::start_inner(bin, dir, extra, None)
+        Self::start_inner(bin, dir, extra, None, None)
     }
 
     /// Like [`Coordinator::start`], with RLIMIT_NOFILE set to `limit` (soft
@@ -311,10 +314,24 @@ impl Coordinator {
         extra: &str,
         limit: u64,
     ) -> Coordinator {
-        Self::start_inner(bin, dir, extra, Some(limit))
+        Self::start_inner(bin, dir, extra, Some(limit), None)
     }
 
-    fn start_inner(bin: &Path, dir: &Path, extra: &str, limit: Option<u64>) -> Coordinator {
+    /// Starts a coordinator whose data dir is a small tmpfs (`size_mib`),
+    /// mounted in a private mount namespace (`unshare -m`, root) that lives as
+    /// long as the process: a disk the test can fill and free through
+    /// [`Coordinator::data_view`]. The store is gone when the process is.
+    pub fn start_in_tmpfs(bin: &Path, dir: &Path, extra: &str, size_mib: u64) -> Coordinator {
+        Self::start_inner(bin, dir, extra, None, Some(size_mib))
+    }
+
+    fn start_inner(
+        bin: &Path,
+        dir: &Path,
+        extra: &str,
+        limit: Option<u64>,
+        tmpfs_mib: Option<u64>,
+    ) -> Coordinator {
         let cert = TestCert::generate(dir);
         let (proc, addr, metrics) = Self::launch(
             bin,
@@ -323,6 +340,7 @@ impl Coordinator {
             extra,
             "127.0.0.1:0".parse().expect("addr"),
             limit,
+            tmpfs_mib,
         );
         Coordinator {
             bin: bin.to_path_buf(),
@@ -332,6 +350,18 @@ impl Coordinator {
             metrics,
             extra: extra.to_string(),
             proc,
+            tmpfs_mib,
+        }
+    }
+
+    /// The data dir as the running coordinator sees it (through its mount
+    /// namespace when it has a tmpfs of its own).
+    pub fn data_view(&self) -> PathBuf {
+        let data = self.dir.join("data");
+        match self.tmpfs_mib {
+            Some(_) => PathBuf::from(format!("/proc/{}/root", self.proc.child.id()))
+                .join(data.strip_prefix("/").unwrap_or(&data)),
+            None => data,
         }
     }
 
@@ -342,6 +372,7 @@ impl Coordinator {
         extra: &str,
         listen: SocketAddr,
         open_file_limit: Option<u64>,
+        tmpfs_mib: Option<u64>,
     ) -> (Proc, SocketAddr, Option<SocketAddr>) {
         let config = dir.join("coordinator.toml");
         let text = format!(
@@ -352,7 +383,23 @@ impl Coordinator {
             fast_timings(extra),
         );
         std::fs::write(&config, text).expect("write config");
-        let mut cmd = Command::new(bin);
+        let mut cmd = match tmpfs_mib {
+            None => Command::new(bin),
+            Some(mib) => {
+                let data = dir.join("data");
+                std::fs::create_dir_all(&data).expect("data dir");
+                // `exec`: the coordinator keeps this process's id.
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "mount -t tmpfs -o size={mib}m portwatch-test \"$1\" && exec \"$2\" \"$3\" \"$4\""
+                    ))
+                    .arg("sh")
+                    .arg(&data)
+                    .arg(bin);
+                c
+            }
+        };
         cmd.arg("--config")
             .arg(&config)
             .env("PORTWATCH_LOG", "info");
@@ -396,6 +443,7 @@ impl Coordinator {
             &self.extra,
             self.addr,
             None,
+            self.tmpfs_mib,
         );
         self.proc = proc;
         self.addr = addr;

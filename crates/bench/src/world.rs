@@ -183,5 +183,6 @@ pub fn launch(
         metrics,
         extra: PLANS.to_string(),
         proc,
+        tmpfs_mib: None,
     })
 }

@@ -57,8 +57,10 @@ pub struct AdminApi {
     writes: Mutex<()>,
 }
 
+/// A store error as the caller sees it: UNAVAILABLE while the store takes no
+/// writes (a full disk; retry later), INTERNAL otherwise.
 fn internal(e: StoreError) -> Status {
-    Status::internal(e.to_string())
+    e.into_status()
 }
 
 fn now_ts() -> prost_types::Timestamp {

@@ -10,7 +10,8 @@
 //! - a sequence number beyond what the agent can have issued is refused, never
 //!   acknowledged;
 //! - a batch is acknowledged only after it is durable (the store flushes before
-//!   `ingest` returns), so an agent never deletes a result we could lose;
+//!   `ingest` returns), and so is the sequence number a `Welcome` carries (a
+//!   flush after reading it), so an agent never deletes a result we could lose;
 //! - replays are dropped by (agent, sequence number);
 //! - results for monitors not checked from this region, results stamped in the
 //!   future (beyond the clock-skew allowance) or from before their monitor
@@ -19,6 +20,8 @@
 //! - a protocol error ends the stream with its status and a message saying why;
 //!   a revoked token ends it within a second; a bug in handling one agent ends
 //!   that agent's stream (INTERNAL), never the coordinator.
+//! - while the store takes no writes, nothing is acknowledged: the agent is
+//!   asked to drain and come back in a few seconds, keeping its results.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +42,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::auth::{AgentGrant, Auth};
 use crate::hub::Hub;
-use crate::store::Ingest;
+use crate::store::{Ingest, Store, StoreError};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,6 +93,40 @@ pub fn valid_agent_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// How soon an agent sent away while the store takes no writes comes back.
+const STORE_DOWN_RECONNECT_MS: u32 = 2_000;
+
+/// After a drain, reads (and drops) what the agent still sends until it goes
+/// quiet, at most [`LINGER_MAX`]: an agent that drains first sends what it has
+/// and then waits for the stream to end; ending it under its feet would be an
+/// error to it, and its reconnect backoff would grow.
+async fn linger(inbound: &mut Streaming<v1::AgentMessage>) {
+    let deadline = tokio::time::Instant::now() + LINGER_MAX;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(LINGER_QUIET, inbound.message()).await {
+            Ok(Ok(Some(_))) => {}
+            _ => return,
+        }
+    }
+}
+
+/// How long a drained agent is given to send what it has.
+const LINGER_MAX: Duration = Duration::from_secs(3);
+/// Silence that shows a drained agent has sent everything.
+const LINGER_QUIET: Duration = Duration::from_millis(300);
+
+/// The drain that sends an agent away while the store takes no writes.
+fn store_down(store: &Store) -> v1::Drain {
+    v1::Drain {
+        reason: format!(
+            "the coordinator's store takes no writes ({}); keep results in the spool and \
+             reconnect",
+            store.state().cause
+        ),
+        reconnect_after_ms: STORE_DOWN_RECONNECT_MS,
+    }
+}
+
 fn msg(m: CoordMsg) -> v1::CoordinatorMessage {
     v1::CoordinatorMessage { msg: Some(m) }
 }
@@ -124,7 +161,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
         let store = self.hub.store();
         let reg = store
             .get_region(&region)
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(StoreError::into_status)?
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "region {region:?} of this token no longer exists"
@@ -162,7 +199,14 @@ impl v1::agent_service_server::AgentService for AgentApi {
         }
         let acked_seq = store
             .acked_seq(&agent_id)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(StoreError::into_status)?;
+        // The agent deletes what the Welcome acknowledges, so it must be
+        // durable: what was read before a flush is durable once it returns. A
+        // store that cannot flush acknowledges nothing (and drains it below).
+        let acked_seq = match store.flush().await {
+            Ok(()) => acked_seq,
+            Err(_) => 0,
+        };
 
         let (tx, rx) = mpsc::unbounded_channel();
         let settings = self.hub.settings();
@@ -175,6 +219,18 @@ impl v1::agent_service_server::AgentService for AgentApi {
                 .unwrap_or(u32::MAX),
             allow_private_targets: !reg.owner_tenant_id.is_empty(),
         })));
+        if !store.is_writable() {
+            // Nothing it sends could be stored: it keeps its results and its
+            // cached assignments, and comes back soon (a drain, not an error,
+            // so its reconnect backoff does not grow while the disk is full).
+            let _ = tx.send(msg(CoordMsg::Drain(store_down(store))));
+            tokio::spawn(async move {
+                linger(&mut inbound).await;
+                drop(tx);
+            });
+            let out = UnboundedReceiverStream::new(rx).map(Ok::<_, Status>);
+            return Ok(Response::new(Box::pin(out)));
+        }
         let now = to_timestamp(SystemTime::now());
         let info = v1::Agent {
             agent_id: agent_id.clone(),
@@ -188,9 +244,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             token_id: grant.token_id.clone(),
             ..Default::default()
         };
-        store
-            .put_agent(&info)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        store.put_agent(&info).map_err(StoreError::into_status)?;
         let session = self.hub.agent_connected(&region, info, tx.clone());
         info!(%region, agent_id, session, version = %hello.version, "agent connected");
         metrics::counter!("portwatch_agent_connections_total", "region" => region.clone())
@@ -289,7 +343,16 @@ async fn serve_session(
         hub.agent_seen(region, session, None);
         match message.msg {
             Some(AgentMsg::Results(batch)) => {
-                let ack = ingest_batch(hub, region, agent_id, session, &limit, batch).await?;
+                let ack = match ingest_batch(hub, region, agent_id, session, &limit, batch).await {
+                    Ok(ack) => ack,
+                    Err(_) if !hub.store().is_writable() => {
+                        // Not acknowledged: the batch stays in the agent's spool.
+                        let _ = tx.send(msg(CoordMsg::Drain(store_down(hub.store()))));
+                        linger(inbound).await;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 if tx.send(msg(CoordMsg::Ack(ack))).is_err() {
                     return Ok(());
                 }
@@ -429,7 +492,7 @@ async fn ingest_batch(
         .store()
         .ingest(agent_id, region, &items, up_to)
         .await
-        .map_err(|e| Status::unavailable(format!("storing results: {e}")))?;
+        .map_err(StoreError::into_status)?;
     metrics::histogram!("portwatch_store_flush_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("portwatch_results_ingested_total", "region" => region.to_string())
         .increment(out.stored as u64);
@@ -442,7 +505,7 @@ async fn ingest_batch(
     hub.batch_stored(region, session, out.acked_seq, u64::from(refused));
     hub.results_stored(latest)
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(StoreError::into_status)?;
     Ok(v1::Ack {
         up_to_seq: out.acked_seq,
         refused,

@@ -120,6 +120,39 @@ pub struct Args {
     /// Log filter, e.g. "info" or "portwatch_coordinator=debug".
     #[arg(long, env = "PORTWATCH_LOG")]
     pub log: Option<String>,
+    /// Store maintenance instead of running the coordinator.
+    #[command(subcommand)]
+    pub command: Option<StoreCommand>,
+}
+
+/// `portwatch-coordinator backup|restore`: the store as one file (the
+/// coordinator must be stopped; see `store::backup`).
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum StoreCommand {
+    /// Write the whole store in DATA_DIR to FILE (a new file, mode 0600).
+    Backup {
+        /// The stopped coordinator's data directory.
+        #[arg(long, env = "PORTWATCH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a backup file, then restore it into DATA_DIR (new or empty).
+    Restore {
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// The data directory to create (move a damaged one aside first).
+        #[arg(long, env = "PORTWATCH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Check a backup file without restoring it.
+    Verify {
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
 }
 
 /// The file form: every key optional; unknown keys are errors.

@@ -1239,6 +1239,121 @@ impl Hub {
     pub fn open_incident_count(&self) -> usize {
         self.lock().open.len()
     }
+
+    /// Re-reads what this view mirrors from the store, after the store was
+    /// reopened (`Store::try_reopen`): a write that failed may have reached the
+    /// disk after all, and one the view already holds is there only if it was
+    /// flushed. The store is the truth: monitors, regions, open incidents and
+    /// region outages are taken from it; its latest results are merged in (the
+    /// view only ever held flushed ones). Agents get what changed for them, and
+    /// every monitor is evaluated at the next tick. Sessions are kept.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        // No incident or outage transition runs half on the old view.
+        let _transition = self.transitions.lock().await;
+        let monitors: HashMap<String, v1::Monitor> = self
+            .store
+            .list_monitors()?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let regions: HashMap<String, v1::Region> = self
+            .store
+            .list_regions()?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        let latest = self.store.all_latest()?;
+        let mut open = HashMap::new();
+        for id in monitors.keys() {
+            if let Some(i) = self.store.open_incident(id)? {
+                open.insert(id.clone(), i);
+            }
+        }
+        let outages: HashMap<String, RegionOutage> = self
+            .store
+            .region_outages()?
+            .into_iter()
+            .map(|o| (o.region.clone(), o))
+            .collect();
+
+        let mut st = self.lock();
+        let changed_monitors: Vec<(String, HashSet<String>)> = monitors
+            .keys()
+            .chain(st.monitors.keys())
+            .filter(|id| monitors.get(*id) != st.monitors.get(*id))
+            .map(|id| {
+                let regions = [monitors.get(id), st.monitors.get(id)]
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|m| m.regions.iter().cloned())
+                    .collect();
+                (id.clone(), regions)
+            })
+            .collect();
+        let changed_regions: Vec<String> = regions
+            .keys()
+            .chain(st.regions.keys())
+            .filter(|r| regions.get(*r) != st.regions.get(*r))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        st.monitors = monitors;
+        for r in regions.keys() {
+            st.offline_since.entry(r.clone()).or_insert_with(now);
+        }
+        st.offline_since.retain(|r, _| regions.contains_key(r));
+        st.regions = regions;
+        for r in latest {
+            let key = (r.monitor_id.clone(), r.region.clone());
+            if let (Some(o), Some(at)) = (
+                outcome_of(&r),
+                r.checked_at.as_ref().and_then(from_timestamp),
+            ) && (o == Outcome::Ok || o.is_target_failure())
+            {
+                let e = st.last_decisive.entry(key.clone()).or_insert(at);
+                if at > *e {
+                    *e = at;
+                }
+            }
+            // Only forward: an ingest that finished meanwhile may be newer.
+            let at = |r: &v1::CheckResult| r.checked_at.as_ref().and_then(from_timestamp);
+            if st.latest.get(&key).is_none_or(|held| at(held) <= at(&r)) {
+                st.latest.insert(key, r);
+            }
+        }
+        let State {
+            monitors,
+            latest,
+            last_decisive,
+            region_state,
+            ..
+        } = &mut *st;
+        latest.retain(|(m, _), _| monitors.contains_key(m));
+        last_decisive.retain(|(m, _), _| monitors.contains_key(m));
+        region_state.retain(|(m, _), _| monitors.contains_key(m));
+        st.open = open;
+        st.outages = outages;
+        for (id, regions) in &changed_monitors {
+            for r in regions {
+                Self::sync_monitor(&mut st, r, id);
+            }
+        }
+        for r in &changed_regions {
+            Self::sync_region(&mut st, r);
+        }
+        st.recheck.clear();
+        // Deliveries that waited for the store are due.
+        self.outbox_wake.notify_one();
+        info!(
+            monitors = st.monitors.len(),
+            changed_monitors = changed_monitors.len(),
+            changed_regions = changed_regions.len(),
+            open_incidents = st.open.len(),
+            "reloaded the live view from the reopened store"
+        );
+        Ok(())
+    }
 }
 
 fn update(
@@ -1699,5 +1814,77 @@ mod confirm_tests {
             assert_eq!(hub.open_incident_count(), 1, "2 of 3 down opens (on: {on})");
             assert_eq!(check_nows(&mut rxs), vec![], "no check-now once open");
         }
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::assignment_tests::monitor;
+    use super::*;
+
+    /// The assignment updates queued for one agent: (upserts, removals).
+    fn updates(
+        rx: &mut mpsc::UnboundedReceiver<v1::CoordinatorMessage>,
+    ) -> Vec<(Vec<String>, Vec<String>)> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Some(v1::coordinator_message::Msg::Update(u)) = m.msg {
+                out.push((
+                    u.upserts.into_iter().map(|a| a.monitor_id).collect(),
+                    u.removals,
+                ));
+            }
+        }
+        out
+    }
+
+    fn region(name: &str) -> v1::Region {
+        v1::Region {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn reload_takes_the_reopened_stores_monitors_and_incidents_and_tells_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_region(&region("eu")).unwrap();
+        let kept = monitor("kept", &["eu"], "acme");
+        store.put_monitor(&kept).unwrap();
+        store
+            .put_monitor(&monitor("gone", &["eu"], "acme"))
+            .unwrap();
+        let hub = Hub::load(store.clone(), HubSettings::default()).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let info = v1::Agent {
+            agent_id: "a".into(),
+            ..Default::default()
+        };
+        hub.agent_connected("eu", info, tx);
+        updates(&mut rx);
+
+        // What a reopened store may hold that the view does not: writes whose
+        // flush reported a failure but which reached the disk after all.
+        store
+            .put_monitor(&monitor("arrived", &["eu"], "acme"))
+            .unwrap();
+        store.delete_monitor("gone").unwrap();
+        store
+            .put_incident(&v1::Incident {
+                id: "inc-1".into(),
+                monitor_id: "kept".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(hub.open_incident_count(), 0);
+
+        hub.reload().await.unwrap();
+        assert_eq!(hub.open_incident_count(), 1, "the store's open incident");
+        assert_eq!(hub.status(&kept).open_incident_id, "inc-1");
+        let (ups, rems): (Vec<_>, Vec<_>) = updates(&mut rx).into_iter().unzip();
+        assert_eq!(ups.concat(), ["arrived"], "the new monitor is assigned");
+        assert_eq!(rems.concat(), ["gone"], "the deleted one is taken away");
+        assert!(hub.monitored_in("arrived", "eu") && !hub.monitored_in("gone", "eu"));
     }
 }

@@ -1,12 +1,32 @@
 //! `portwatch-coordinator`: holds the monitors, ingests results from probe
 //! agents, decides with the multi-region consensus rule whether a port is down,
-//! opens and closes incidents, and serves the admin API.
+//! opens and closes incidents, and serves the admin API. `backup`, `restore`
+//! and `verify` work on a stopped coordinator's store.
+//!
+//! Exit status: 0 done; 1 failed (the message says why); 2 bad configuration;
+//! 3 the store is damaged (restore it from a backup). A stop (SIGTERM, Ctrl-C)
+//! always ends within [`SHUTDOWN_BOUND`], even if the store stopped responding:
+//! signals are handled on a thread of their own, outside the runtime whose
+//! threads a stuck store call could hold.
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use portwatch_coordinator::config::{Args, Config, LogFormat};
+use portwatch_coordinator::config::{Args, Config, LogFormat, StoreCommand};
+use portwatch_coordinator::store::StoreError;
+use portwatch_coordinator::store::backup::{self, BackupError};
 use tokio_util::sync::CancellationToken;
+
+/// Longest a stop may take before the process exits without waiting further
+/// (systemd's `TimeoutStopSec` is 30 s). Nothing acknowledged is at risk: a
+/// result is acknowledged only after it was flushed.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(25);
+/// How long the runtime waits for its tasks once `run` returned.
+const RUNTIME_WAIT: Duration = Duration::from_secs(3);
+/// Exit status for a damaged store.
+const DAMAGED: u8 = 3;
 
 /// The command line: the configuration flags, and `--man`.
 #[derive(Parser, Debug)]
@@ -47,6 +67,10 @@ const MAN: portwatch_manpage::Extras<'static> = portwatch_manpage::Extras {
             "2",
             "bad configuration: the message names the key and the reason",
         ),
+        (
+            "3",
+            "the store is damaged: restore it from a backup (portwatch-coordinator restore)",
+        ),
     ],
     environment: &[(
         "NO_COLOR",
@@ -77,7 +101,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(cli.args) {
+    let args = cli.args;
+    if let Some(command) = args.command.clone() {
+        return store_command(command);
+    }
+    let config = match Config::load(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("portwatch-coordinator: {e}");
@@ -106,15 +134,100 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(portwatch_telemetry::cancel_on_signal(shutdown.clone()));
+    let shutdown = CancellationToken::new();
+    if let Err(e) = watch_signals(shutdown.clone()) {
+        eprintln!("portwatch-coordinator: starting the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
+    let data_dir = config.data_dir.clone();
+    let code = runtime.block_on(async {
         match portwatch_coordinator::server::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("portwatch-coordinator: {e:#}");
+            Err(e) => failed(&e, &data_dir),
+        }
+    });
+    runtime.shutdown_timeout(RUNTIME_WAIT);
+    code
+}
+
+/// The message and status for a failed run: a damaged store says what to do.
+fn failed(e: &anyhow::Error, data_dir: &Path) -> ExitCode {
+    let damaged = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<StoreError>())
+        .any(StoreError::is_damage);
+    eprintln!("portwatch-coordinator: {e:#}");
+    if !damaged {
+        return ExitCode::FAILURE;
+    }
+    let d = data_dir.display();
+    eprintln!(
+        "portwatch-coordinator: the store in {d} is damaged and was not used. Restore it from \
+         a backup:\n  mv {d} {d}.damaged\n  portwatch-coordinator restore --in BACKUP_FILE \
+         --data-dir {d}\nthen start the coordinator again (README: \"Backup and restore\"). \
+         Agents keep their results in their spools meanwhile."
+    );
+    ExitCode::from(DAMAGED)
+}
+
+/// SIGTERM or Ctrl-C cancels `shutdown`, as does the coordinator itself when
+/// it stops on its own; from then on the process has [`SHUTDOWN_BOUND`] to
+/// finish. Runs on a thread with a runtime of its own, so that a store call
+/// stuck on every worker of the main runtime cannot keep a stop from working.
+fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("portwatch-signals".into())
+        .spawn(move || {
+            signals.block_on(async {
+                tokio::select! {
+                    () = portwatch_telemetry::cancel_on_signal(shutdown.clone()) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            });
+            std::thread::sleep(SHUTDOWN_BOUND);
+            eprintln!(
+                "portwatch-coordinator: the stop did not finish within {} s (the store is not \
+                 responding); exiting without waiting for it. Nothing acknowledged is lost: \
+                 results are acknowledged only once flushed",
+                SHUTDOWN_BOUND.as_secs()
+            );
+            std::process::exit(1);
+        })?;
+    Ok(())
+}
+
+/// `backup`, `restore`, `verify`.
+fn store_command(command: StoreCommand) -> ExitCode {
+    let result = match &command {
+        StoreCommand::Backup { data_dir, out } => backup::backup(data_dir, out)
+            .map(|s| format!("backup: {} -> {}: {s}", data_dir.display(), out.display())),
+        StoreCommand::Restore { input, data_dir } => backup::restore(input, data_dir).map(|s| {
+            format!(
+                "restore: {} -> {}: {s}",
+                input.display(),
+                data_dir.display()
+            )
+        }),
+        StoreCommand::Verify { input } => {
+            backup::verify(input).map(|s| format!("verify: {} is intact: {s}", input.display()))
+        }
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portwatch-coordinator: {e}");
+            let damaged = matches!(&e, BackupError::Store { source, .. } if source.is_damage());
+            if damaged {
+                ExitCode::from(DAMAGED)
+            } else {
                 ExitCode::FAILURE
             }
         }
-    })
+    }
 }

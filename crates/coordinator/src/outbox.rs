@@ -257,8 +257,16 @@ impl Worker {
             beat.tick();
             let now_us = unix_micros(SystemTime::now());
             let mut next_due: Option<u64> = None;
-            match me.store.pending_deliveries() {
-                Ok(pending) => {
+            // Nothing is sent while the store cannot record an attempt: an
+            // unrecorded send would be repeated every round until it can.
+            let pending = if me.store.is_writable() {
+                me.store.pending_deliveries().map(Some)
+            } else {
+                Ok(None)
+            };
+            match pending {
+                Ok(None) => {}
+                Ok(Some(pending)) => {
                     metrics::gauge!("portwatch_deliveries_pending").set(pending.len() as f64);
                     for (id, at) in pending {
                         if in_flight.contains(&id) {

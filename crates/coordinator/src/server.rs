@@ -1,7 +1,7 @@
 //! Wires the coordinator together: store, hub, gRPC services (agent stream,
 //! admin API, health, reflection) on the guarded listener (TLS, connection
 //! caps and deadlines: `listener`), metrics, the notification outbox worker,
-//! the maintenance loop, and graceful shutdown.
+//! the maintenance loop, the store's recovery loop, and graceful shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +12,6 @@ use portwatch_proto::v1::agent_service_server::AgentServiceServer;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic_health::server::HealthReporter;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminApi;
@@ -20,11 +19,13 @@ use crate::agents::AgentApi;
 use crate::auth::{Api, Auth};
 use crate::channels::Senders;
 use crate::config::Config;
+use crate::health::Health;
 use crate::hub::{Hub, HubSettings};
 use crate::listener::{self, Listener};
 use crate::loops::{self, Beat, Loops, supervise};
 use crate::outbox::{OutboxSettings, Worker};
-use crate::store::Store;
+use crate::recovery;
+use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for agents to drain their streams.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
@@ -92,9 +93,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         info!(%bound, "metrics listening");
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
     // Both reflection versions: grpcurl speaks v1, many shipped clients (Python's
     // grpcio-reflection among them) still speak only v1alpha.
     let reflection_builder = || {
@@ -161,6 +161,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             move |beat| maintain(hub.clone(), config.clone(), shutdown.clone(), beat)
         },
     ));
+    // A store that stops taking writes (a full disk) comes back on its own.
+    let recovery_stop = CancellationToken::new();
+    let damage_report = tokio::spawn(recovery::report_damage(
+        store.clone(),
+        health.clone(),
+        recovery_stop.clone(),
+    ));
+    let mut recovery = tokio::spawn(recovery::run(
+        store.clone(),
+        hub.clone(),
+        health.clone(),
+        recovery_stop.clone(),
+    ));
     // Pending deliveries left by a previous run (even a crash) are sent from here on.
     let outbox_stop = CancellationToken::new();
     let outbox = tokio::spawn(supervise(
@@ -211,37 +224,69 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         router.serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
     tokio::pin!(serve);
 
+    // Set when the store cannot come back inside this process: the coordinator
+    // stops (after the same drain) and says why.
+    let mut store_lost: Option<StoreError> = None;
     tokio::select! {
         r = &mut serve => r.context("serving gRPC")?,
-        () = shutdown.cancelled() => {
-            info!("shutting down: draining agents");
-            hub.drain_all("coordinator shutting down");
-            let deadline = Instant::now() + DRAIN_WAIT;
-            while Instant::now() < deadline && hub.agents_per_region().iter().any(|(_, n)| *n > 0) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            server_stop.cancel();
-            if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
-                warn!("some streams did not close in time");
-            }
+        () = shutdown.cancelled() => {}
+        r = &mut recovery => {
+            store_lost = Some(match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => StoreError::Unavailable("the store's recovery loop ended".into()),
+                Err(e) => StoreError::Panicked { call: "recovery", message: e.to_string() },
+            });
         }
+    }
+    // Whatever ended the run, the stop is now bounded (main's signal thread).
+    shutdown.cancel();
+    info!("shutting down: draining agents");
+    hub.drain_all("coordinator shutting down");
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while Instant::now() < deadline && hub.agents_per_region().iter().any(|(_, n)| *n > 0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server_stop.cancel();
+    if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
+        warn!("some streams did not close in time");
     }
     maintenance.abort();
     watchdog.abort();
+    recovery_stop.cancel();
+    damage_report.abort();
     outbox_stop.cancel();
     if let Err(e) = outbox.await {
         warn!(error = %e, "the outbox worker ended abnormally");
     }
-    store.flush().await.context("final flush")?;
+    if let Some(e) = store_lost {
+        store.close_detached();
+        return Err(anyhow::Error::new(e).context(format!(
+            "data_dir: the store in {}",
+            config.data_dir.display()
+        )));
+    }
+    // Everything acknowledged is durable already; the seal lets the next
+    // start check that the files still hold it. A store that cannot write now
+    // (a full disk) is left as it is: nothing waits for it.
+    let sealed = if store.is_writable() {
+        store.seal().await.context("final flush")
+    } else {
+        warn!(cause = %store.state().cause, "stopping with a store that takes no writes; nothing acknowledged is lost");
+        Ok(())
+    };
+    // The process ends without waiting for sled to let go of its files.
+    store.close_detached();
+    sealed?;
     info!("coordinator stopped");
     Ok(())
 }
 
-/// Sets gRPC health from the background loops: NOT_SERVING while any of them
-/// is stalled (not running, or no completed round for too long).
-async fn watch_loops(loops: Loops, health: HealthReporter, shutdown: CancellationToken) {
+/// Sets the health condition `loops_running` from the background loops: bad
+/// (NOT_SERVING) while any of them is stalled (not running, or no completed
+/// round for too long).
+async fn watch_loops(loops: Loops, health: Arc<Health>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut reported: Vec<&'static str> = Vec::new();
+    let mut reported: Option<Vec<&'static str>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -249,23 +294,16 @@ async fn watch_loops(loops: Loops, health: HealthReporter, shutdown: Cancellatio
         }
         let stalled = loops.stalled();
         metrics::gauge!("portwatch_loops_stalled").set(stalled.len() as f64);
-        if stalled == reported {
+        if reported.as_ref() == Some(&stalled) {
             continue;
         }
-        if stalled.is_empty() {
-            info!("every background loop is running again; health SERVING");
-            health.set_serving::<AdminServiceServer<AdminApi>>().await;
-            health.set_serving::<AgentServiceServer<AgentApi>>().await;
-        } else {
+        let problem = (!stalled.is_empty())
+            .then(|| format!("background loops stalled: {}", stalled.join(", ")));
+        if problem.is_some() {
             error!(loops = ?stalled, "background loops stalled; health NOT_SERVING");
-            health
-                .set_not_serving::<AdminServiceServer<AdminApi>>()
-                .await;
-            health
-                .set_not_serving::<AgentServiceServer<AgentApi>>()
-                .await;
         }
-        reported = stalled;
+        health.set(crate::health::LOOPS_RUNNING, problem).await;
+        reported = Some(stalled);
     }
 }
 

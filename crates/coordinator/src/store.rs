@@ -24,7 +24,13 @@
 //!   monitor, its index entry and the count change in one transaction. So a
 //!   tenant's monitors are listed, and counted for its plan quota, without
 //!   reading any other tenant's. A store written before the index existed gets
-//!   it built when opened (see `Store::open`).
+//!   it built when opened (see `Trees::open`).
+//!
+//! The coordinator holds a [`Store`] (`handle`), which guards every call into
+//! these trees: writes wait out a failed disk, a panic inside sled becomes an
+//! error, and a database that failed is replaced by a fresh open of its files.
+//! An open refuses files that lost durable writes (`seal`). `backup` writes and
+//! restores the whole store as one file.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -37,6 +43,13 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
+pub mod backup;
+mod handle;
+mod seal;
+
+pub use handle::{FLUSH_TIMEOUT, Store, StoreState};
+pub use seal::SEAL_FILE;
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +57,61 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("storage: corrupt record in {tree}: {reason}")]
     Corrupt { tree: &'static str, reason: String },
+    /// The store cannot take writes now (its disk failed or is full, or it is
+    /// being reopened); the coordinator retries on its own.
+    #[error("store: not writable: {0}")]
+    Unavailable(String),
+    /// sled panicked inside a call (a damaged file, or a sled bug).
+    #[error("storage: sled failed inside {call}: {message}")]
+    Panicked { call: &'static str, message: String },
+    /// The files in the data directory do not hold a store this coordinator
+    /// can trust (see `seal`).
+    #[error("storage: damaged: {0}")]
+    Damaged(String),
+}
+
+impl StoreError {
+    /// Whether this error means the open database can no longer be trusted to
+    /// write (an I/O error, which sled keeps for the life of the handle, or a
+    /// panic inside sled): the store stops taking writes and reopens itself.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            StoreError::Sled(e) => matches!(e, sled::Error::Io(_) | sled::Error::ReportableBug(_)),
+            StoreError::Unavailable(_) | StoreError::Panicked { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::Damaged(_) => false,
+        }
+    }
+
+    /// Whether the files themselves are damaged, so that only a restore from a
+    /// backup helps (as opposed to a full disk, which heals when freed).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Sled(e) => matches!(e, sled::Error::Corruption { .. }),
+            StoreError::Corrupt { .. } | StoreError::Damaged(_) | StoreError::Panicked { .. } => {
+                true
+            }
+            StoreError::Unavailable(_) => false,
+        }
+    }
+
+    /// The gRPC status a caller of the API gets: DATA_LOSS for damaged files
+    /// (waiting will not help), UNAVAILABLE while the store cannot write
+    /// (retry later: nothing acknowledged is lost), INTERNAL otherwise.
+    pub fn into_status(self) -> tonic::Status {
+        if self.is_damage() {
+            tonic::Status::data_loss(format!(
+                "{self}; the coordinator's store is damaged: its operator must restore it \
+                 from a backup"
+            ))
+        } else if self.is_store_failure() {
+            tonic::Status::unavailable(format!(
+                "{self}; the coordinator reopens its store on its own once the disk \
+                 can be written again: retry later"
+            ))
+        } else {
+            tonic::Status::internal(self.to_string())
+        }
+    }
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -153,9 +221,11 @@ pub struct RegionOutage {
     pub channel_ids: Vec<String>,
 }
 
-/// The sled-backed store.
-#[derive(Clone)]
-pub struct Store {
+/// One open sled database and its trees: the typed API itself. The rest of
+/// the coordinator reaches it only through [`Store`], which decides whether a
+/// call may run (writes wait out a failed disk), turns a panic inside sled into
+/// an error, and swaps in a freshly opened `Trees` after an I/O failure.
+pub(crate) struct Trees {
     db: Db,
     tenants: Tree,
     tokens: Tree,
@@ -310,12 +380,7 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
 /// default is 1 GiB, and its resident memory is a few times its setting.
 pub const DEFAULT_CACHE_MIB: u64 = 256;
 
-impl Store {
-    /// Opens (or creates) the store in `dir` with the default cache.
-    pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with_cache(dir, DEFAULT_CACHE_MIB * 1024 * 1024)
-    }
-
+impl Trees {
     /// Opens (or creates) the store in `dir`, giving sled a page cache of
     /// `cache_bytes`. sled releases its file lock a little after a previous
     /// handle is dropped, so a reopen retries for a bounded time.
@@ -325,7 +390,7 @@ impl Store {
     /// full read of every monitor, at start only. Going back to an older
     /// coordinator afterwards is not supported: it would write monitors without
     /// index entries, and the marker would keep this from noticing.
-    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<Trees> {
         let mut attempt = 0;
         let db = loop {
             match sled::Config::new()
@@ -343,7 +408,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
-        let store = Store {
+        let store = Trees {
             tenants: db.open_tree("tenants")?,
             tokens: db.open_tree("tokens")?,
             token_ids: db.open_tree("token_ids")?,
@@ -394,6 +459,72 @@ impl Store {
         self.meta.insert(TENANT_INDEX_KEY, &[1])?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Reads and decodes every record of every tree the coordinator runs on
+    /// (all but `history`, the bulk, which `verify_history` reads): at open,
+    /// so that damage there stops the start instead of surfacing as odd
+    /// behaviour later. Costs one read of the state, not of the history.
+    fn verify_state(&self) -> Result<()> {
+        fn all<M: Message + Default>(tree: &Tree, name: &'static str) -> Result<()> {
+            for kv in tree.iter() {
+                let (_, v) = kv?;
+                decode::<M>(name, &v)?;
+            }
+            Ok(())
+        }
+        fn sized(tree: &Tree, name: &'static str, len: Option<usize>) -> Result<()> {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if std::str::from_utf8(&k).is_err() {
+                    return Err(StoreError::Corrupt {
+                        tree: name,
+                        reason: "a key that is not UTF-8".into(),
+                    });
+                }
+                if len.is_some_and(|n| v.len() != n) {
+                    return Err(StoreError::Corrupt {
+                        tree: name,
+                        reason: format!("a value of {} bytes", v.len()),
+                    });
+                }
+            }
+            Ok(())
+        }
+        all::<v1::Tenant>(&self.tenants, "tenants")?;
+        for kv in self.tokens.iter() {
+            Self::decode_token(&kv?.1)?;
+        }
+        sized(&self.token_ids, "token_ids", None)?;
+        all::<v1::Region>(&self.regions, "regions")?;
+        all::<v1::Agent>(&self.agents, "agents")?;
+        sized(&self.agent_seq, "agent_seq", Some(8))?;
+        all::<v1::Monitor>(&self.monitors, "monitors")?;
+        sized(&self.tenant_monitors, "tenant_monitors", Some(0))?;
+        sized(
+            &self.tenant_monitor_counts,
+            "tenant_monitor_counts",
+            Some(8),
+        )?;
+        sized(&self.meta, "meta", None)?;
+        all::<v1::CheckResult>(&self.latest, "latest")?;
+        all::<v1::Incident>(&self.incidents, "incidents")?;
+        sized(&self.open_incidents, "open_incidents", None)?;
+        all::<v1::Channel>(&self.channels, "channels")?;
+        all::<OutboxRecord>(&self.outbox, "outbox")?;
+        sized(&self.outbox_pending, "outbox_pending", Some(8))?;
+        all::<RegionOutage>(&self.region_outages, "region_outages")?;
+        Ok(())
+    }
+
+    /// Reads and decodes every history row; returns how many.
+    fn verify_history(&self) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.history.iter() {
+            decode::<v1::CheckResult>("history", &kv?.1)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Makes everything written so far durable.
@@ -708,12 +839,13 @@ impl Store {
 
     // ------------------------------------------------------------ results
 
-    /// Stores a batch from one agent in one transaction and flushes it; the
-    /// agent's acknowledged sequence becomes at least `up_to`.
+    /// Stores a batch from one agent in one transaction (not yet flushed:
+    /// `Store::ingest` flushes before it returns); the agent's acknowledged
+    /// sequence becomes at least `up_to`.
     /// Results with `seq <= acked` are duplicates of a replay and are skipped.
     /// `region` is the agent's region from its token; it overwrites whatever the
     /// result says.
-    pub async fn ingest(
+    fn ingest(
         &self,
         agent_id: &str,
         region: &str,
@@ -767,8 +899,6 @@ impl Store {
                 Ok(out)
             },
         )?;
-        // Ack only after flush: the agent deletes what we acknowledge.
-        self.flush().await?;
         Ok(out)
     }
 

@@ -1373,6 +1373,11 @@ mod tests {
                 "channel.email.smtp_host",
                 "non-public",
             ),
+            (
+                email(|e| e.smtp_host = format!("{}.example.com", "a".repeat(100_000))),
+                "channel.email.smtp_host",
+                "characters long; at most",
+            ),
             (email(|e| e.from.clear()), "channel.email.from", "required"),
             (
                 email(|e| e.from = "not an address".into()),
