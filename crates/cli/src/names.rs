@@ -107,6 +107,25 @@ impl CloseMode {
     }
 }
 
+/// Whether a monitor detects flapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlapDetection {
+    /// One "flapping" notice, the incident held open until stable (the default).
+    On,
+    /// Every state change that meets the consensus rule opens or closes an incident.
+    Off,
+}
+
+impl FlapDetection {
+    pub fn wire(self) -> i32 {
+        match self {
+            FlapDetection::On => v1::FlapDetection::On as i32,
+            FlapDetection::Off => v1::FlapDetection::Off as i32,
+        }
+    }
+}
+
 /// How an email channel secures SMTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SmtpTls {
@@ -168,6 +187,14 @@ pub fn close_mode(v: i32) -> String {
     match v1::CloseMode::try_from(v) {
         Ok(v1::CloseMode::Unspecified | v1::CloseMode::Fin) => "fin".into(),
         Ok(v1::CloseMode::Rst) => "rst".into(),
+        Err(_) => unknown(v),
+    }
+}
+
+pub fn flap_detection(v: i32) -> String {
+    match v1::FlapDetection::try_from(v) {
+        Ok(v1::FlapDetection::Unspecified | v1::FlapDetection::On) => "on".into(),
+        Ok(v1::FlapDetection::Off) => "off".into(),
         Err(_) => unknown(v),
     }
 }

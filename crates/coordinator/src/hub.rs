@@ -14,6 +14,12 @@
 //! - an incident that opens or closes is written in one transaction with the
 //!   deliveries it causes (`outbox::plan_incident`), flushed, and only then is
 //!   the outbox worker woken: ingestion never waits on a notification send;
+//! - a flapping monitor (`flapping`) gets one "flapping" notice per incident,
+//!   written with the incident's flap state in one transaction, and its
+//!   incident is held open until every region has been up for its stability
+//!   time; the flap state of open incidents survives a restart, and a restart
+//!   starts the stability clock again (the coordinator's downtime is not
+//!   stability anybody saw);
 //! - a probe region without a live agent for `region_offline_grace` gets one
 //!   offline notice (operator channels), recorded durably with it, and one
 //!   "back online" notice only after that offline notice.
@@ -29,8 +35,9 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{info, warn};
 
 use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
+use crate::flapping::{self, Action, Flap, Signal};
 use crate::outbox;
-use crate::store::{RegionOutage, Store, StoreError};
+use crate::store::{FlapTerms, RegionOutage, Store, StoreError};
 
 /// Messages queued for one agent's stream.
 pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
@@ -96,6 +103,9 @@ struct State {
     recheck: HashMap<String, SystemTime>,
     /// Regions whose operator was told they are offline (mirrors the store).
     outages: HashMap<String, RegionOutage>,
+    /// Flap state per monitor (absent = nothing recent); for monitors with an
+    /// open incident, mirrored into the incident when it is written.
+    flaps: HashMap<String, Flap>,
     next_session: u64,
     revision: u64,
 }
@@ -212,6 +222,33 @@ fn assignment(m: &v1::Monitor) -> v1::Assignment {
     }
 }
 
+/// The flap terms a "flapping" notice about `m` quotes.
+fn flap_terms(m: &v1::Monitor) -> FlapTerms {
+    let s = flapping::Settings::of(m);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    FlapTerms {
+        threshold: s.threshold,
+        window_ms: ms(s.window),
+        stable_for_ms: ms(s.stable_for),
+    }
+}
+
+/// The flap state an open incident recorded, as a restart finds it: its
+/// changes and flapping mark as written, and a stability clock that starts
+/// no earlier than this start (the downtime is not stability anybody saw).
+fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
+    let flapping_since = i.flapping_since.as_ref().and_then(from_timestamp);
+    let stable_since = flapping_since
+        .and(i.stable_since.as_ref().and_then(from_timestamp))
+        .map(|at| at.max(started));
+    Flap {
+        changes: i.state_changes.iter().filter_map(from_timestamp).collect(),
+        failing: stable_since.is_none(),
+        flapping_since,
+        stable_since,
+    }
+}
+
 /// A new id: a prefix, the creation time (so ids sort by age), and randomness.
 pub fn new_id(prefix: &str) -> String {
     let micros = portwatch_proto::time::unix_micros(now());
@@ -248,6 +285,12 @@ impl Hub {
         for m in state.monitors.keys() {
             if let Some(i) = store.open_incident(m)? {
                 state.open.insert(m.clone(), i);
+            }
+        }
+        for (m, i) in &state.open {
+            let flap = restored_flap(i, started);
+            if flap != Flap::default() {
+                state.flaps.insert(m.clone(), flap);
             }
         }
         for o in store.region_outages()? {
@@ -352,6 +395,7 @@ impl Hub {
         st.last_decisive.retain(|(m, _), _| m != id);
         st.region_state.retain(|(m, _), _| m != id);
         st.open.remove(id);
+        st.flaps.remove(id);
     }
 
     /// A region was created or deleted (already in the store).
@@ -887,6 +931,13 @@ impl Hub {
                 consider(since.checked_add(rules.offline_grace + tick));
             }
         }
+        // A held incident closes once its stability time ends, result or not.
+        if open && let Some(f) = st.flaps.get(&m.id) {
+            consider(
+                flapping::stable_at(f, &flapping::Settings::of(m))
+                    .and_then(|at| at.checked_add(tick)),
+            );
+        }
         // Nothing pending: look again in a minute anyway (cheap, and a safety net).
         next.unwrap_or(now + Duration::from_secs(60))
     }
@@ -895,7 +946,7 @@ impl Hub {
     pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
         self.count(|c| c.evaluations += 1);
         let t = now();
-        let (monitor, eval, open, changes, confirm) = {
+        let (monitor, eval, open, changes, confirm, action) = {
             let mut st = self.lock();
             let Some(m) = st.monitors.get(monitor_id).cloned() else {
                 return Ok(());
@@ -908,6 +959,18 @@ impl Hub {
             }
             let open = st.open.get(monitor_id).cloned();
             let (eval, _) = self.consensus_for(&st, &m, t);
+            // The flap state moves here, under the state lock, so evaluations
+            // racing on one monitor each see the other's step; what must be
+            // written is written below under the transitions lock.
+            let prev = st.flaps.get(monitor_id).cloned().unwrap_or_default();
+            let settings = flapping::Settings::of(&m);
+            let (flap, action) =
+                flapping::step(&prev, &settings, Signal::of(&eval), open.is_some(), t);
+            if flap == Flap::default() {
+                st.flaps.remove(monitor_id);
+            } else {
+                st.flaps.insert(m.id.clone(), flap);
+            }
             let recheck = self.recheck_at(&st, &m, &eval, t);
             st.recheck.insert(m.id.clone(), recheck);
             // Region state changes, for the event stream and fast confirmation.
@@ -951,7 +1014,7 @@ impl Hub {
                     }
                 }
             }
-            (m, eval, open, changes, confirm)
+            (m, eval, open, changes, confirm, action)
         };
         for (region, prev, to) in changes {
             let latest = self
@@ -981,90 +1044,234 @@ impl Hub {
                 });
             }
         }
-        match &eval.decision {
-            Decision::Open { reason, .. } if open.is_none() => {
-                let _transition = self.transitions.lock().await;
-                {
-                    let st = self.lock();
-                    if st.open.contains_key(&monitor.id) || !st.monitors.contains_key(&monitor.id) {
-                        // Another evaluation opened it meanwhile, or it was deleted.
-                        return Ok(());
-                    }
-                }
-                let reason = *reason;
-                let evidence = self.evidence(&monitor, &eval);
-                let incident = v1::Incident {
-                    id: new_id("inc"),
-                    tenant_id: monitor.tenant_id.clone(),
-                    monitor_id: monitor.id.clone(),
-                    monitor_name: monitor.name.clone(),
-                    host: monitor.host.clone(),
-                    port: monitor.port,
-                    opened_at: Some(to_timestamp(t)),
-                    closed_at: None,
-                    reason: v1::Outcome::from(reason) as i32,
-                    reason_text: reason.text().to_string(),
-                    open_evidence: evidence,
-                    close_evidence: Vec::new(),
-                    severity: "critical".into(),
-                };
-                // The incident and its deliveries in one transaction, durable
-                // before announced and before the outbox may send them.
-                let deliveries = outbox::plan_incident(
-                    &monitor,
-                    &self.store.list_channels()?,
-                    &[],
-                    &incident,
-                    v1::DeliveryKind::Opened,
-                    t,
-                );
-                self.store
-                    .put_incident_with_deliveries(&incident, &deliveries)?;
-                self.store.flush().await?;
-                outbox::count_planned(deliveries.len());
-                self.outbox_wake.notify_one();
-                info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, deliveries = deliveries.len(), "incident opened");
-                self.lock()
-                    .open
-                    .insert(monitor.id.clone(), incident.clone());
-                self.emit(event(v1::event::Kind::IncidentOpened(incident)));
+        match (action, &eval.decision, open) {
+            (Action::Open { flapping }, Decision::Open { reason, .. }, None) => {
+                self.open_incident(&monitor, &eval, *reason, flapping, t)
+                    .await?;
             }
-            Decision::Close { ignored } => {
-                if let Some(mut incident) = open {
-                    let _transition = self.transitions.lock().await;
-                    if self.lock().open.get(&monitor.id).map(|i| &i.id) != Some(&incident.id) {
-                        // Another evaluation closed it meanwhile.
-                        return Ok(());
-                    }
-                    let mut evidence = self.evidence(&monitor, &eval);
-                    for e in &mut evidence {
-                        e.ignored_offline = ignored.contains(&e.region);
-                    }
-                    incident.closed_at = Some(to_timestamp(t));
-                    incident.close_evidence = evidence;
-                    // Whoever heard of the opening hears of the end.
-                    let earlier = self
-                        .store
-                        .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
-                    let deliveries = outbox::plan_incident(
-                        &monitor,
-                        &self.store.list_channels()?,
-                        &earlier,
-                        &incident,
-                        v1::DeliveryKind::Resolved,
-                        t,
-                    );
-                    self.store
-                        .put_incident_with_deliveries(&incident, &deliveries)?;
-                    self.store.flush().await?;
-                    outbox::count_planned(deliveries.len());
-                    self.outbox_wake.notify_one();
-                    info!(monitor_id = %monitor.id, incident_id = %incident.id, deliveries = deliveries.len(), "incident closed");
-                    self.lock().open.remove(&monitor.id);
-                    self.emit(event(v1::event::Kind::IncidentClosed(incident)));
-                }
+            (Action::Close, Decision::Close { ignored }, Some(open)) => {
+                self.close_incident(&monitor, &eval, ignored, &open.id, t)
+                    .await?;
+            }
+            (Action::Hold { began }, _, Some(open)) => {
+                self.hold_incident(&monitor, &open.id, began, t).await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// The monitor's flap state as the incident records it.
+    fn flap_of(&self, monitor_id: &str) -> Flap {
+        self.lock()
+            .flaps
+            .get(monitor_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Opens an incident for `monitor` (none is open): the incident and the
+    /// "unreachable" deliveries (and, when it opens flapping, the "flapping"
+    /// ones to the same channels) in one transaction, flushed before it is
+    /// announced and before the outbox may send them.
+    async fn open_incident(
+        &self,
+        monitor: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        reason: Outcome,
+        flapping: bool,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        {
+            let st = self.lock();
+            if st.open.contains_key(&monitor.id) || !st.monitors.contains_key(&monitor.id) {
+                // Another evaluation opened it meanwhile, or it was deleted.
+                return Ok(());
+            }
+        }
+        let evidence = self.evidence(monitor, eval);
+        let flap = self.flap_of(&monitor.id);
+        let incident = v1::Incident {
+            id: new_id("inc"),
+            tenant_id: monitor.tenant_id.clone(),
+            monitor_id: monitor.id.clone(),
+            monitor_name: monitor.name.clone(),
+            host: monitor.host.clone(),
+            port: monitor.port,
+            opened_at: Some(to_timestamp(t)),
+            closed_at: None,
+            reason: v1::Outcome::from(reason) as i32,
+            reason_text: reason.text().to_string(),
+            open_evidence: evidence,
+            close_evidence: Vec::new(),
+            severity: "critical".into(),
+            flapping_since: flap
+                .flapping_since
+                .filter(|_| flapping)
+                .map(to_timestamp),
+            stable_since: None,
+            state_changes: flap.changes.iter().copied().map(to_timestamp).collect(),
+        };
+        let channels = self.store.list_channels()?;
+        let mut deliveries = outbox::plan_incident(
+            monitor,
+            &channels,
+            &[],
+            &incident,
+            v1::DeliveryKind::Opened,
+            t,
+        );
+        let flapping = incident.flapping_since.is_some();
+        if flapping {
+            let told: Vec<String> = deliveries
+                .iter()
+                .filter_map(|r| r.delivery.as_ref().map(|d| d.channel_id.clone()))
+                .collect();
+            deliveries.extend(outbox::plan_flapping(
+                monitor,
+                &channels,
+                &told,
+                &incident,
+                flap_terms(monitor),
+                t,
+            ));
+        }
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, flapping, deliveries = deliveries.len(), "incident opened");
+        self.lock()
+            .open
+            .insert(monitor.id.clone(), incident.clone());
+        if flapping {
+            self.emit(event(v1::event::Kind::IncidentOpened(incident.clone())));
+            self.emit(event(v1::event::Kind::IncidentFlapping(incident)));
+        } else {
+            self.emit(event(v1::event::Kind::IncidentOpened(incident)));
+        }
+        Ok(())
+    }
+
+    /// Closes the open incident `incident_id` of `monitor`: one "reachable
+    /// again" per channel told of the opening, in the incident's transaction.
+    async fn close_incident(
+        &self,
+        monitor: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        ignored: &[String],
+        incident_id: &str,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        // The incident as it is now (a hold may have written it since the
+        // evaluation began), unless another evaluation closed it meanwhile.
+        let Some(mut incident) = self
+            .lock()
+            .open
+            .get(&monitor.id)
+            .filter(|i| i.id == incident_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let mut evidence = self.evidence(monitor, eval);
+        for e in &mut evidence {
+            e.ignored_offline = ignored.contains(&e.region);
+        }
+        incident.closed_at = Some(to_timestamp(t));
+        incident.close_evidence = evidence;
+        incident.state_changes = self
+            .flap_of(&monitor.id)
+            .changes
+            .iter()
+            .copied()
+            .map(to_timestamp)
+            .collect();
+        // Whoever heard of the opening hears of the end.
+        let earlier = self
+            .store
+            .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+        let deliveries = outbox::plan_incident(
+            monitor,
+            &self.store.list_channels()?,
+            &earlier,
+            &incident,
+            v1::DeliveryKind::Resolved,
+            t,
+        );
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        let was_flapping = incident.flapping_since.is_some();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, was_flapping, deliveries = deliveries.len(), "incident closed");
+        self.lock().open.remove(&monitor.id);
+        self.emit(event(v1::event::Kind::IncidentClosed(incident)));
+        Ok(())
+    }
+
+    /// Writes the flap state of a held incident. The first time it is marked
+    /// flapping, its "flapping" deliveries (to the channels told of the
+    /// opening) go in the same transaction, flushed before the outbox is
+    /// woken: once per incident, across restarts, since the stored mark is
+    /// what is checked. A change of the stability clock alone is written
+    /// without a flush: a crash losing it only restarts the clock, as every
+    /// restart does.
+    async fn hold_incident(
+        &self,
+        monitor: &v1::Monitor,
+        incident_id: &str,
+        began: bool,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        let Some(stored) = self
+            .lock()
+            .open
+            .get(&monitor.id)
+            .filter(|i| i.id == incident_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let flap = self.flap_of(&monitor.id);
+        let mut incident = stored.clone();
+        incident.flapping_since = flap.flapping_since.map(to_timestamp);
+        incident.stable_since = flap.stable_since.map(to_timestamp);
+        incident.state_changes = flap.changes.iter().copied().map(to_timestamp).collect();
+        let notify = stored.flapping_since.is_none() && incident.flapping_since.is_some();
+        let deliveries = if notify {
+            let told = self
+                .store
+                .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+            outbox::plan_flapping(
+                monitor,
+                &self.store.list_channels()?,
+                &told,
+                &incident,
+                flap_terms(monitor),
+                t,
+            )
+        } else {
+            Vec::new()
+        };
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        if notify {
+            self.store.flush().await?;
+            outbox::count_planned(deliveries.len());
+            self.outbox_wake.notify_one();
+            info!(monitor_id = %monitor.id, incident_id = %incident.id, began, deliveries = deliveries.len(), "monitor flapping: incident held open until stable");
+        }
+        self.lock()
+            .open
+            .insert(monitor.id.clone(), incident.clone());
+        if notify {
+            self.emit(event(v1::event::Kind::IncidentFlapping(incident)));
         }
         Ok(())
     }

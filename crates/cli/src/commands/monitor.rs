@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use portwatch_proto::time::to_timestamp;
-use portwatch_proto::v1;
+use portwatch_proto::{flap, v1};
 use serde_json::{Value, json};
 
 use crate::cli::{MonitorAdd, MonitorCmd, MonitorUpdate, OutputFormat};
@@ -89,6 +89,10 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         close_mode: a.close_mode.map_or(0, |v| v.wire()),
         channel_ids: a.channels,
         paused: a.paused,
+        flap_detection: a.flap_detection.map_or(0, |v| v.wire()),
+        flap_threshold: a.flap_threshold.unwrap_or(0),
+        flap_window_ms: a.flap_window.unwrap_or(0),
+        flap_stable_for_ms: a.flap_stable_for.unwrap_or(0),
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -117,6 +121,10 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         close_mode: u.close_mode.map(|v| v.wire()),
         channel_ids,
         set_channel_ids,
+        flap_detection: u.flap_detection.map(|v| v.wire()),
+        flap_threshold: u.flap_threshold,
+        flap_window_ms: u.flap_window,
+        flap_stable_for_ms: u.flap_stable_for,
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -128,10 +136,14 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.family.is_none()
         && req.address_policy.is_none()
         && req.close_mode.is_none()
-        && !req.set_channel_ids;
+        && !req.set_channel_ids
+        && req.flap_detection.is_none()
+        && req.flap_threshold.is_none()
+        && req.flap_window_ms.is_none()
+        && req.flap_stable_for_ms.is_none();
     if nothing {
         return Err(CliError::usage(
-            "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels",
+            "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
         ));
     }
     let m = c.admin.update_monitor(req).await?.into_inner();
@@ -144,6 +156,31 @@ fn channels_text(ids: &[String]) -> String {
     } else {
         ids.join(",")
     }
+}
+
+/// A value and, when the monitor leaves it to the default, "(default)".
+fn defaulted(text: String, is_default: bool) -> String {
+    if is_default {
+        format!("{text} (default)")
+    } else {
+        text
+    }
+}
+
+/// The monitor's flap detection in one line: "on: 4 state changes within
+/// 20s (default), closes after 5s up (default)", or "off".
+pub fn flap_text(m: &v1::Monitor) -> String {
+    let s = flap::Settings::of(m);
+    if !s.enabled {
+        return "off".to_string();
+    }
+    let ms = |d: Duration| output::millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format!(
+        "on: {} within {}, closes after {} up",
+        defaulted(format!("{} state changes", s.threshold), m.flap_threshold == 0),
+        defaulted(ms(s.window), m.flap_window_ms == 0),
+        defaulted(ms(s.stable_for), m.flap_stable_for_ms == 0),
+    )
 }
 
 /// One monitor as "key  value" lines.
@@ -161,6 +198,7 @@ fn details(m: &v1::Monitor) -> Table {
         ("address policy", names::address_policy(m.address_policy)),
         ("close mode", names::close_mode(m.close_mode)),
         ("channels", channels_text(&m.channel_ids)),
+        ("flap detection", flap_text(m)),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
     ];
@@ -245,6 +283,20 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         .min(Duration::from_secs(86_400));
     let since = now.checked_sub(window).map(to_timestamp);
     let history = c.results(&m.id, since, None, "").await?;
+    // The open incident, for whether it is held open as flapping.
+    let incident = if status.open_incident_id.is_empty() {
+        None
+    } else {
+        Some(
+            c.admin
+                .get_incident(v1::GetIncidentRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: status.open_incident_id.clone(),
+                })
+                .await?
+                .into_inner(),
+        )
+    };
     let mut per_region: BTreeMap<String, Vec<&v1::CheckResult>> = BTreeMap::new();
     for r in &history {
         per_region.entry(r.region.clone()).or_default().push(r);
@@ -271,6 +323,7 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         return output::json(&json!({
             "monitor": views::monitor(&m),
             "status": views::status(&status),
+            "open_incident": incident.as_ref().map(views::incident),
             "recent": recent,
         }));
     }
@@ -291,7 +344,7 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         },
     );
     text.push_str(&format!(
-        "every {}, timeout {}, family {}, address policy {}, close {}, channels: {}\n\n",
+        "every {}, timeout {}, family {}, address policy {}, close {}, channels: {}\n",
         output::millis(m.interval_ms),
         output::millis(u64::from(m.timeout_ms)),
         names::family(m.family),
@@ -299,6 +352,21 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         names::close_mode(m.close_mode),
         channels_text(&m.channel_ids),
     ));
+    text.push_str(&format!("flap detection: {}\n", flap_text(&m)));
+    if let Some(i) = incident.as_ref().filter(|i| i.flapping_since.is_some()) {
+        let stable = match i.stable_since.as_ref() {
+            Some(at) => format!("every region up since {}", output::ts(Some(at))),
+            None => "not every region is up".to_string(),
+        };
+        text.push_str(&format!(
+            "FLAPPING since {}: incident held open until every region has been up for {} ({stable})\n",
+            output::ts(i.flapping_since.as_ref()),
+            output::millis(
+                u64::try_from(flap::Settings::of(&m).stable_for.as_millis()).unwrap_or(u64::MAX)
+            ),
+        ));
+    }
+    text.push('\n');
     let mut t = Table::new(&[
         "REGION",
         "STATE",
