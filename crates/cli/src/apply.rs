@@ -95,6 +95,9 @@ pub struct Diff {
 }
 
 /// What apply will do to one monitor.
+// One value per monitor in a file, built once: boxing the larger variant would
+// save nothing worth the indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     Create(Desired),

@@ -1106,10 +1106,7 @@ impl Hub {
             open_evidence: evidence,
             close_evidence: Vec::new(),
             severity: "critical".into(),
-            flapping_since: flap
-                .flapping_since
-                .filter(|_| flapping)
-                .map(to_timestamp),
+            flapping_since: flap.flapping_since.filter(|_| flapping).map(to_timestamp),
             stable_since: None,
             state_changes: flap.changes.iter().copied().map(to_timestamp).collect(),
         };
@@ -1731,6 +1728,9 @@ mod notice_tests {
         assert!(store.region_outages().unwrap().is_empty());
     }
 }
+
+#[cfg(test)]
+mod flap_tests;
 
 #[cfg(test)]
 mod recheck_tests {

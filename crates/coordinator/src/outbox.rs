@@ -589,6 +589,47 @@ mod tests {
     }
 
     #[test]
+    fn a_flapping_notice_goes_to_the_channels_told_of_the_opening_except_pagerduty() {
+        let pd = v1::Channel {
+            config: Some(v1::channel::Config::Pagerduty(
+                v1::PagerDutyConfig::default(),
+            )),
+            ..channel("pd", "acme", true)
+        };
+        let chans = vec![channel("a", "acme", true), channel("b", "acme", true), pd];
+        let m = v1::Monitor {
+            id: "m".into(),
+            tenant_id: "acme".into(),
+            ..Default::default()
+        };
+        let i = v1::Incident {
+            id: "inc-1".into(),
+            ..Default::default()
+        };
+        let terms = FlapTerms {
+            threshold: 4,
+            window_ms: 20_000,
+            stable_for_ms: 5_000,
+        };
+        let now = SystemTime::now();
+        let told = ["a".to_string(), "pd".to_string()];
+        let rs = plan_flapping(&m, &chans, &told, &i, terms, now);
+        assert_eq!(ids(&rs), ["a"], "only those told, and never PagerDuty");
+        let d = rs[0].delivery.as_ref().unwrap();
+        assert_eq!(d.idempotency_key, "inc-1:flapping:a");
+        assert_eq!(d.kind, v1::DeliveryKind::Flapping as i32);
+        assert_eq!(rs[0].flap, Some(terms));
+        assert!(matches!(
+            notification(&rs[0]).map(|n| n.notice),
+            Some(Notice::Flapping(..))
+        ));
+        assert!(
+            plan_flapping(&m, &chans, &[], &i, terms, now).is_empty(),
+            "nobody told of the opening, nobody told it flaps"
+        );
+    }
+
+    #[test]
     fn attempts_retry_until_the_horizon_or_a_refusal() {
         let s = OutboxSettings {
             retry_initial: Duration::from_secs(10),

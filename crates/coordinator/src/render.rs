@@ -930,7 +930,9 @@ mod tests {
     fn flapping() -> (v1::Incident, FlapTerms) {
         let mut i = incident();
         i.flapping_since = ts(1_700_000_030);
-        i.state_changes = (0..4).map(|k| ts(1_700_000_000 + 10 * k).unwrap()).collect();
+        i.state_changes = (0..4)
+            .map(|k| ts(1_700_000_000 + 10 * k).unwrap())
+            .collect();
         let terms = FlapTerms {
             threshold: 4,
             window_ms: 1_200_000,

@@ -520,7 +520,12 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         ));
     }
 
-    flap_span("flap_window_ms", d.flap_window_ms, interval_ms, flap::DEFAULT_WINDOW_INTERVALS)?;
+    flap_span(
+        "flap_window_ms",
+        d.flap_window_ms,
+        interval_ms,
+        flap::DEFAULT_WINDOW_INTERVALS,
+    )?;
     flap_span(
         "flap_stable_for_ms",
         d.flap_stable_for_ms,
@@ -596,7 +601,9 @@ fn flap_span(field: &'static str, ms: u64, interval_ms: u64, intervals: u32) -> 
     };
     Err(FieldError::invalid(
         field,
-        format!("{ms} ms {why}; must be 0 (the default, {intervals} intervals) or from one interval to 30 days"),
+        format!(
+            "{ms} ms {why}; must be 0 (the default, {intervals} intervals) or from one interval to 30 days"
+        ),
     ))
 }
 
@@ -1165,7 +1172,9 @@ mod tests {
             bad("unknown flap detection", "flap_detection", |d| {
                 d.flap_detection = 3
             }),
-            bad("flap threshold 1", "flap_threshold", |d| d.flap_threshold = 1),
+            bad("flap threshold 1", "flap_threshold", |d| {
+                d.flap_threshold = 1
+            }),
             bad("flap threshold 101", "flap_threshold", |d| {
                 d.flap_threshold = 101
             }),

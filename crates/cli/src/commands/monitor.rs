@@ -177,7 +177,10 @@ pub fn flap_text(m: &v1::Monitor) -> String {
     let ms = |d: Duration| output::millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     format!(
         "on: {} within {}, closes after {} up",
-        defaulted(format!("{} state changes", s.threshold), m.flap_threshold == 0),
+        defaulted(
+            format!("{} state changes", s.threshold),
+            m.flap_threshold == 0
+        ),
         defaulted(ms(s.window), m.flap_window_ms == 0),
         defaulted(ms(s.stable_for), m.flap_stable_for_ms == 0),
     )

@@ -57,7 +57,9 @@ fn run(s: &Settings, steps: &[(u64, Signal)]) -> (Vec<&'static str>, Flap) {
 /// A target flipping every 2 s, as every region sees it: down at even
 /// multiples of 4 s, up 2 s later, `cycles` times.
 fn flipping(cycles: u64) -> Vec<(u64, Signal)> {
-    (0..cycles).flat_map(|c| [(c * 4, F), (c * 4 + 2, R)]).collect()
+    (0..cycles)
+        .flat_map(|c| [(c * 4, F), (c * 4 + 2, R)])
+        .collect()
 }
 
 struct Case {
@@ -90,20 +92,12 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "held until stable for 5 s without a break, then one close",
-            [
-                flipping(2),
-                vec![(9, R), (10, R), (11, R), (12, R)],
-            ]
-            .concat(),
+            [flipping(2), vec![(9, R), (10, R), (11, R), (12, R)]].concat(),
             &["O", "C", "O", "Hb", ".", ".", "C", "."],
         ),
         case(
             "a region down again during the hold restarts the stability clock",
-            [
-                flipping(2),
-                vec![(8, N), (9, R), (13, R), (14, R), (15, R)],
-            ]
-            .concat(),
+            [flipping(2), vec![(8, N), (9, R), (13, R), (14, R), (15, R)]].concat(),
             &["O", "C", "O", "Hb", "H", "H", ".", "C", "."],
         ),
         case(
@@ -123,11 +117,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "after the recovery, a new flip within the window opens flapping",
-            [
-                flipping(2),
-                vec![(11, R), (12, F), (14, R), (19, R)],
-            ]
-            .concat(),
+            [flipping(2), vec![(11, R), (12, F), (14, R), (19, R)]].concat(),
             &["O", "C", "O", "Hb", "C", "Of", "H", "C"],
         ),
         case(
@@ -184,7 +174,11 @@ fn flipping_for_a_minute_costs_two_openings_one_close_one_flapping_notice_and_on
     let count = |w: &str| got.iter().filter(|g| **g == w).count();
     assert_eq!(count("O") + count("Of"), 2, "{got:?}");
     assert_eq!(count("Hb"), 1, "one flapping notice: {got:?}");
-    assert_eq!(count("C"), 2, "one close before, one recovery after: {got:?}");
+    assert_eq!(
+        count("C"),
+        2,
+        "one close before, one recovery after: {got:?}"
+    );
     assert_eq!(got.last(), Some(&"C"));
     assert!(!flap.failing && flap.flapping_since.is_none());
 
