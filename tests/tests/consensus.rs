@@ -14,7 +14,8 @@
 //! 4. a timeout in one region and a DNS failure in another open one incident
 //!    whose evidence names both reasons;
 //! 5. a target flapping faster than the interval pages at most once (one open,
-//!    one close per channel) per state change that meets the rule;
+//!    one close per channel) per state change that meets the rule (with flap
+//!    detection off; `flapping.rs` covers it on);
 //! 6. with a 60 s interval, fast confirmation pages within one timeout plus 2 s
 //!    of the port closing (the measured figure is printed as a JSON line).
 
