@@ -30,14 +30,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use portwatch_check::Host;
-use portwatch_proto::v1;
+use portwatch_proto::{flap, v1};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{ApplyArgs, ConnectArgs, OutputFormat, parse_millis};
+use crate::cli::{ApplyArgs, ConnectArgs, OutputFormat, parse_millis, parse_millis_or_default};
 use crate::client::Client;
 use crate::error::{CliError, Result};
-use crate::names::{self, AddressPolicy, CloseMode, Consensus, Family};
+use crate::names::{self, AddressPolicy, CloseMode, Consensus, Family, FlapDetection};
 use crate::output::{self, target};
 
 /// The file as written.
@@ -64,6 +64,10 @@ struct Entry {
     close_mode: Option<CloseMode>,
     channels: Option<Vec<String>>,
     paused: Option<bool>,
+    flap_detection: Option<FlapDetection>,
+    flap_threshold: Option<u32>,
+    flap_window: Option<String>,
+    flap_stable_for: Option<String>,
 }
 
 /// A monitor as the file wants it, checked and normalised. `None` = not managed.
@@ -81,6 +85,11 @@ pub struct Desired {
     pub close_mode: Option<i32>,
     pub channels: Option<Vec<String>>,
     pub paused: Option<bool>,
+    pub flap_detection: Option<i32>,
+    /// 0 = the coordinator's default.
+    pub flap_threshold: Option<u32>,
+    pub flap_window_ms: Option<u64>,
+    pub flap_stable_for_ms: Option<u64>,
 }
 
 /// One setting that differs.
@@ -92,6 +101,9 @@ pub struct Diff {
 }
 
 /// What apply will do to one monitor.
+// One value per monitor in a file, built once: boxing the larger variant would
+// save nothing worth the indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     Create(Desired),
@@ -163,6 +175,24 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             })
             .transpose()
             .map_err(|err| CliError::usage(format!("{at}: timeout: {err}")))?;
+        if let Some(n) = e.flap_threshold
+            && n != 0
+            && !(flap::MIN_THRESHOLD..=flap::MAX_THRESHOLD).contains(&n)
+        {
+            return Err(CliError::usage(format!(
+                "{at}: flap_threshold: {n} is out of range; 0 (the default) or {}-{}",
+                flap::MIN_THRESHOLD,
+                flap::MAX_THRESHOLD
+            )));
+        }
+        let span = |field: &str, v: Option<String>| {
+            v.as_deref()
+                .map(parse_millis_or_default)
+                .transpose()
+                .map_err(|err| CliError::usage(format!("{at}: {field}: {err}")))
+        };
+        let flap_window_ms = span("flap_window", e.flap_window)?;
+        let flap_stable_for_ms = span("flap_stable_for", e.flap_stable_for)?;
         out.push(Desired {
             name: e.name,
             host,
@@ -176,6 +206,10 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             close_mode: e.close_mode.map(CloseMode::wire),
             channels: e.channels,
             paused: e.paused,
+            flap_detection: e.flap_detection.map(FlapDetection::wire),
+            flap_threshold: e.flap_threshold,
+            flap_window_ms,
+            flap_stable_for_ms,
         });
     }
     Ok(out)
@@ -239,6 +273,44 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
     }
     if let Some(v) = d.paused {
         cmp("paused", current.paused.to_string(), v.to_string());
+    }
+    // Stored values are compared: "default" follows the interval, an explicit
+    // span does not, so the two differ even when they come to the same now.
+    if let Some(v) = d.flap_detection {
+        cmp(
+            "flap_detection",
+            names::flap_detection(current.flap_detection).to_string(),
+            names::flap_detection(v).to_string(),
+        );
+    }
+    let or_default = |v: u64, text: &dyn Fn(u64) -> String| {
+        if v == 0 {
+            "default".to_string()
+        } else {
+            text(v)
+        }
+    };
+    if let Some(v) = d.flap_threshold {
+        let n = |v: u64| v.to_string();
+        cmp(
+            "flap_threshold",
+            or_default(u64::from(current.flap_threshold), &n),
+            or_default(u64::from(v), &n),
+        );
+    }
+    if let Some(v) = d.flap_window_ms {
+        cmp(
+            "flap_window",
+            or_default(current.flap_window_ms, &output::millis),
+            or_default(v, &output::millis),
+        );
+    }
+    if let Some(v) = d.flap_stable_for_ms {
+        cmp(
+            "flap_stable_for",
+            or_default(current.flap_stable_for_ms, &output::millis),
+            or_default(v, &output::millis),
+        );
     }
     out
 }
@@ -453,6 +525,22 @@ fn update_request(
         req.channel_ids = d.channels.clone().unwrap_or_default();
         any = true;
     }
+    if changed("flap_detection") {
+        req.flap_detection = d.flap_detection;
+        any = true;
+    }
+    if changed("flap_threshold") {
+        req.flap_threshold = d.flap_threshold;
+        any = true;
+    }
+    if changed("flap_window") {
+        req.flap_window_ms = d.flap_window_ms;
+        any = true;
+    }
+    if changed("flap_stable_for") {
+        req.flap_stable_for_ms = d.flap_stable_for_ms;
+        any = true;
+    }
     if any {
         // The name is the identity; sent explicitly so a default name never
         // follows a new host or port and loses the monitor for the next apply.
@@ -533,6 +621,10 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
                     close_mode: d.close_mode.unwrap_or(0),
                     channel_ids: d.channels.clone().unwrap_or_default(),
                     paused: d.paused.unwrap_or(false),
+                    flap_detection: d.flap_detection.unwrap_or(0),
+                    flap_threshold: d.flap_threshold.unwrap_or(0),
+                    flap_window_ms: d.flap_window_ms.unwrap_or(0),
+                    flap_stable_for_ms: d.flap_stable_for_ms.unwrap_or(0),
                 })
                 .await
                 .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?

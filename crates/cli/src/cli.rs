@@ -216,6 +216,20 @@ pub struct MonitorAdd {
     /// Create the monitor paused.
     #[arg(long)]
     pub paused: bool,
+    /// Flap detection (default on): a monitor whose incident keeps opening and
+    /// closing sends one "flapping" notice and stays open until stable.
+    #[arg(long, value_enum)]
+    pub flap_detection: Option<names::FlapDetection>,
+    /// State changes within the flap window that make it flapping, 2-100 (0 = default, 4).
+    #[arg(long)]
+    pub flap_threshold: Option<u32>,
+    /// The window state changes are counted in, e.g. 20m; "default" = 20 intervals.
+    #[arg(long, value_parser = parse_millis_or_default)]
+    pub flap_window: Option<u64>,
+    /// While flapping, how long every region must stay up before the incident
+    /// closes, e.g. 5m; "default" = 5 intervals.
+    #[arg(long, value_parser = parse_millis_or_default)]
+    pub flap_stable_for: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +272,17 @@ pub struct MonitorUpdate {
     /// Notify the tenant's default channels again (clears --channels).
     #[arg(long)]
     pub default_channels: bool,
+    #[arg(long, value_enum)]
+    pub flap_detection: Option<names::FlapDetection>,
+    /// 0 = back to the default (4).
+    #[arg(long)]
+    pub flap_threshold: Option<u32>,
+    /// "default" = back to 20 intervals.
+    #[arg(long, value_parser = parse_millis_or_default)]
+    pub flap_window: Option<u64>,
+    /// "default" = back to 5 intervals.
+    #[arg(long, value_parser = parse_millis_or_default)]
+    pub flap_stable_for: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -578,6 +603,15 @@ pub fn parse_millis(s: &str) -> Result<u64, String> {
     u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
 }
 
+/// A duration in milliseconds, or `default` (0: the coordinator's default).
+pub fn parse_millis_or_default(s: &str) -> Result<u64, String> {
+    if s == "default" {
+        Ok(0)
+    } else {
+        parse_millis(s).map_err(|e| format!("{e}; or \"default\""))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,6 +661,9 @@ mod tests {
         assert_eq!(parse_millis("30s"), Ok(30_000));
         assert_eq!(parse_millis("1500ms"), Ok(1_500));
         assert!(parse_millis("30").is_err());
+        assert_eq!(parse_millis_or_default("default"), Ok(0));
+        assert_eq!(parse_millis_or_default("20m"), Ok(1_200_000));
+        assert!(parse_millis_or_default("sometimes").is_err());
         assert_eq!(parse_when("1h"), Ok(When::Ago(Duration::from_secs(3600))));
         assert!(matches!(
             parse_when("2026-01-02T03:04:05Z"),

@@ -110,6 +110,25 @@ impl CloseMode {
     }
 }
 
+/// Whether a monitor detects flapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlapDetection {
+    /// One "flapping" notice, the incident held open until stable (the default).
+    On,
+    /// Every state change that meets the consensus rule opens or closes an incident.
+    Off,
+}
+
+impl FlapDetection {
+    pub fn wire(self) -> i32 {
+        match self {
+            FlapDetection::On => v1::FlapDetection::On as i32,
+            FlapDetection::Off => v1::FlapDetection::Off as i32,
+        }
+    }
+}
+
 /// How an email channel secures SMTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SmtpTls {
@@ -170,6 +189,14 @@ pub fn close_mode(v: i32) -> &'static str {
     match v1::CloseMode::try_from(v) {
         Ok(v1::CloseMode::Unspecified | v1::CloseMode::Fin) => "fin",
         Ok(v1::CloseMode::Rst) => "rst",
+        Err(_) => UNRECOGNIZED,
+    }
+}
+
+pub fn flap_detection(v: i32) -> &'static str {
+    match v1::FlapDetection::try_from(v) {
+        Ok(v1::FlapDetection::Unspecified | v1::FlapDetection::On) => "on",
+        Ok(v1::FlapDetection::Off) => "off",
         Err(_) => UNRECOGNIZED,
     }
 }
@@ -264,6 +291,7 @@ pub fn delivery_kind(v: i32) -> Option<&'static str> {
         Ok(v1::DeliveryKind::Resolved) => Some("resolved"),
         Ok(v1::DeliveryKind::RegionOffline) => Some("region_offline"),
         Ok(v1::DeliveryKind::RegionOnline) => Some("region_online"),
+        Ok(v1::DeliveryKind::Flapping) => Some("flapping"),
         Err(_) => Some(UNRECOGNIZED),
     }
 }
@@ -314,6 +342,7 @@ mod tests {
         ("portwatch.v1.Plan", plan),
         ("portwatch.v1.OverallState", overall),
         ("portwatch.v1.SmtpTls", |v| Some(smtp_tls(v))),
+        ("portwatch.v1.FlapDetection", |v| Some(flap_detection(v))),
         ("portwatch.v1.DeliveryKind", delivery_kind),
         ("portwatch.v1.DeliveryState", delivery_state),
     ];

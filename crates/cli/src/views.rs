@@ -66,7 +66,10 @@ pub fn agent_token(t: &v1::AgentToken) -> Value {
     })
 }
 
+/// A monitor; its flap settings with the defaults filled in.
 pub fn monitor(m: &v1::Monitor) -> Value {
+    let flap = portwatch_proto::flap::Settings::of(m);
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     json!({
         "id": m.id,
         "tenant_id": m.tenant_id,
@@ -81,6 +84,10 @@ pub fn monitor(m: &v1::Monitor) -> Value {
         "address_policy": names::address_policy(m.address_policy),
         "close_mode": names::close_mode(m.close_mode),
         "channel_ids": m.channel_ids,
+        "flap_detection": names::flap_detection(m.flap_detection),
+        "flap_threshold": flap.threshold,
+        "flap_window_ms": ms(flap.window),
+        "flap_stable_for_ms": ms(flap.stable_for),
         "paused": m.paused,
         "created_at": ts_json(m.created_at.as_ref()),
         "updated_at": ts_json(m.updated_at.as_ref()),
@@ -158,6 +165,8 @@ pub fn incident(i: &v1::Incident) -> Value {
         "reason": names::outcome(i.reason),
         "reason_text": i.reason_text,
         "severity": i.severity,
+        "flapping_since": ts_json(i.flapping_since.as_ref()),
+        "stable_since": ts_json(i.stable_since.as_ref()),
         "open_evidence": i.open_evidence.iter().map(evidence).collect::<Vec<_>>(),
         "close_evidence": i.close_evidence.iter().map(evidence).collect::<Vec<_>>(),
     })
@@ -234,6 +243,9 @@ pub fn event(e: &v1::Event) -> Value {
         }
         Some(Kind::IncidentClosed(i)) => {
             json!({ "at": at, "type": "incident_closed", "incident": incident(i) })
+        }
+        Some(Kind::IncidentFlapping(i)) => {
+            json!({ "at": at, "type": "incident_flapping", "incident": incident(i) })
         }
         Some(Kind::RegionState(c)) => json!({
             "at": at,

@@ -127,7 +127,7 @@ impl EventFilter {
         let tenant_ok = |t: &str| self.tenant.as_deref().is_none_or(|want| want == t);
         let monitor_ok = |m: &str| self.monitor.as_deref().is_none_or(|want| want == m);
         let keep = match &e.kind {
-            Some(Kind::IncidentOpened(i) | Kind::IncidentClosed(i)) => {
+            Some(Kind::IncidentOpened(i) | Kind::IncidentClosed(i) | Kind::IncidentFlapping(i)) => {
                 tenant_ok(&i.tenant_id) && monitor_ok(&i.monitor_id)
             }
             Some(Kind::RegionState(c)) => {
@@ -824,6 +824,18 @@ impl AdminService for AdminApi {
         }
         if req.set_channel_ids {
             d.channel_ids = req.channel_ids;
+        }
+        if let Some(v) = req.flap_detection {
+            d.flap_detection = v;
+        }
+        if let Some(v) = req.flap_threshold {
+            d.flap_threshold = v;
+        }
+        if let Some(v) = req.flap_window_ms {
+            d.flap_window_ms = v;
+        }
+        if let Some(v) = req.flap_stable_for_ms {
+            d.flap_stable_for_ms = v;
         }
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(
@@ -2549,6 +2561,7 @@ mod tests {
                 v1::event::Kind::RegionState(_) => "region_state",
                 v1::event::Kind::IncidentOpened(_) => "incident_opened",
                 v1::event::Kind::IncidentClosed(_) => "incident_closed",
+                v1::event::Kind::IncidentFlapping(_) => "incident_flapping",
             });
         }
         assert_eq!(kinds, ["probe_region", "region_state", "incident_opened"]);

@@ -294,7 +294,13 @@ impl Senders {
                 self.post(guarded, &s.webhook_url, body, &[]).await
             }
             Some(Config::Pagerduty(p)) => {
-                let body = serde_json::to_vec(&render::pagerduty(n, &p.routing_key))
+                let event = render::pagerduty(n, &p.routing_key).ok_or_else(|| {
+                    Failure::permanent(format!(
+                        "PagerDuty takes no {} notice (its alert stays triggered until the recovery)",
+                        n.notice.event()
+                    ))
+                })?;
+                let body = serde_json::to_vec(&event)
                     .map_err(|e| Failure::permanent(format!("encoding the body: {e}")))?;
                 let base = if p.base_url.is_empty() {
                     PAGERDUTY_DEFAULT_URL

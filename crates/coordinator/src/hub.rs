@@ -14,6 +14,12 @@
 //! - an incident that opens or closes is written in one transaction with the
 //!   deliveries it causes (`outbox::plan_incident`), flushed, and only then is
 //!   the outbox worker woken: ingestion never waits on a notification send;
+//! - a flapping monitor (`flapping`) gets one "flapping" notice per incident,
+//!   written with the incident's flap state in one transaction, and its
+//!   incident is held open until every region has been up for its stability
+//!   time; the flap state of open incidents survives a restart, and a restart
+//!   starts the stability clock again (the coordinator's downtime is not
+//!   stability anybody saw);
 //! - a probe region without a live agent for `region_offline_grace` gets one
 //!   offline notice (operator channels), recorded durably with it, and one
 //!   "back online" notice only after that offline notice.
@@ -29,8 +35,10 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{info, warn};
 
 use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
+use crate::flapping::{self, Action, Flap, Signal};
 use crate::outbox;
 use crate::store::{RegionOutage, Store, StoreError};
+use incidents::restored_flap;
 
 /// Messages queued for one agent's stream.
 pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
@@ -96,6 +104,9 @@ struct State {
     recheck: HashMap<String, SystemTime>,
     /// Regions whose operator was told they are offline (mirrors the store).
     outages: HashMap<String, RegionOutage>,
+    /// Flap state per monitor (absent = nothing recent); for monitors with an
+    /// open incident, mirrored into the incident when it is written.
+    flaps: HashMap<String, Flap>,
     next_session: u64,
     revision: u64,
 }
@@ -250,6 +261,12 @@ impl Hub {
                 state.open.insert(m.clone(), i);
             }
         }
+        for (m, i) in &state.open {
+            let flap = restored_flap(i, started);
+            if flap != Flap::default() {
+                state.flaps.insert(m.clone(), flap);
+            }
+        }
         for o in store.region_outages()? {
             state.outages.insert(o.region.clone(), o);
         }
@@ -352,6 +369,7 @@ impl Hub {
         st.last_decisive.retain(|(m, _), _| m != id);
         st.region_state.retain(|(m, _), _| m != id);
         st.open.remove(id);
+        st.flaps.remove(id);
     }
 
     /// A region was created or deleted (already in the store).
@@ -891,6 +909,13 @@ impl Hub {
                 consider(since.checked_add(rules.offline_grace + tick));
             }
         }
+        // A held incident closes once its stability time ends, result or not.
+        if open && let Some(f) = st.flaps.get(&m.id) {
+            consider(
+                flapping::stable_at(f, &flapping::Settings::of(m))
+                    .and_then(|at| at.checked_add(tick)),
+            );
+        }
         // Nothing pending: look again in a minute anyway (cheap, and a safety net).
         next.unwrap_or(now + Duration::from_secs(60))
     }
@@ -899,7 +924,7 @@ impl Hub {
     pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
         self.count(|c| c.evaluations += 1);
         let t = now();
-        let (monitor, eval, open, changes, confirm) = {
+        let (monitor, eval, open, changes, confirm, action) = {
             let mut st = self.lock();
             let Some(m) = st.monitors.get(monitor_id).cloned() else {
                 return Ok(());
@@ -912,6 +937,18 @@ impl Hub {
             }
             let open = st.open.get(monitor_id).cloned();
             let (eval, _) = self.consensus_for(&st, &m, t);
+            // The flap state moves here, under the state lock, so evaluations
+            // racing on one monitor each see the other's step; what must be
+            // written is written below under the transitions lock.
+            let prev = st.flaps.get(monitor_id).cloned().unwrap_or_default();
+            let settings = flapping::Settings::of(&m);
+            let (flap, action) =
+                flapping::step(&prev, &settings, Signal::of(&eval), open.is_some(), t);
+            if flap == Flap::default() {
+                st.flaps.remove(monitor_id);
+            } else {
+                st.flaps.insert(m.id.clone(), flap);
+            }
             let recheck = self.recheck_at(&st, &m, &eval, t);
             st.recheck.insert(m.id.clone(), recheck);
             // Region state changes, for the event stream and fast confirmation.
@@ -955,7 +992,7 @@ impl Hub {
                     }
                 }
             }
-            (m, eval, open, changes, confirm)
+            (m, eval, open, changes, confirm, action)
         };
         for (region, prev, to) in changes {
             let latest = self
@@ -985,88 +1022,17 @@ impl Hub {
                 });
             }
         }
-        match &eval.decision {
-            Decision::Open { reason, .. } if open.is_none() => {
-                let _transition = self.transitions.lock().await;
-                {
-                    let st = self.lock();
-                    if st.open.contains_key(&monitor.id) || !st.monitors.contains_key(&monitor.id) {
-                        // Another evaluation opened it meanwhile, or it was deleted.
-                        return Ok(());
-                    }
-                }
-                let reason = *reason;
-                let evidence = self.evidence(&monitor, &eval);
-                let incident = v1::Incident {
-                    id: new_id("inc"),
-                    tenant_id: monitor.tenant_id.clone(),
-                    monitor_id: monitor.id.clone(),
-                    monitor_name: monitor.name.clone(),
-                    host: monitor.host.clone(),
-                    port: monitor.port,
-                    opened_at: Some(to_timestamp(t)),
-                    closed_at: None,
-                    reason: v1::Outcome::from(reason) as i32,
-                    reason_text: reason.text().to_string(),
-                    open_evidence: evidence,
-                    close_evidence: Vec::new(),
-                    severity: "critical".into(),
-                };
-                // The incident and its deliveries in one transaction, durable
-                // before announced and before the outbox may send them.
-                let deliveries = outbox::plan_incident(
-                    &monitor,
-                    &self.store.list_channels()?,
-                    &[],
-                    &incident,
-                    v1::DeliveryKind::Opened,
-                    t,
-                );
-                self.store
-                    .put_incident_with_deliveries(&incident, &deliveries)?;
-                self.store.flush().await?;
-                outbox::count_planned(deliveries.len());
-                self.outbox_wake.notify_one();
-                info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, deliveries = deliveries.len(), "incident opened");
-                self.lock()
-                    .open
-                    .insert(monitor.id.clone(), incident.clone());
-                self.emit(event(v1::event::Kind::IncidentOpened(incident)));
+        match (action, &eval.decision, open) {
+            (Action::Open { flapping }, Decision::Open { reason, .. }, None) => {
+                self.open_incident(&monitor, &eval, *reason, flapping, t)
+                    .await?;
             }
-            Decision::Close { ignored } => {
-                if let Some(mut incident) = open {
-                    let _transition = self.transitions.lock().await;
-                    if self.lock().open.get(&monitor.id).map(|i| &i.id) != Some(&incident.id) {
-                        // Another evaluation closed it meanwhile.
-                        return Ok(());
-                    }
-                    let mut evidence = self.evidence(&monitor, &eval);
-                    for e in &mut evidence {
-                        e.ignored_offline = ignored.contains(&e.region);
-                    }
-                    incident.closed_at = Some(to_timestamp(t));
-                    incident.close_evidence = evidence;
-                    // Whoever heard of the opening hears of the end.
-                    let earlier = self
-                        .store
-                        .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
-                    let deliveries = outbox::plan_incident(
-                        &monitor,
-                        &self.store.list_channels()?,
-                        &earlier,
-                        &incident,
-                        v1::DeliveryKind::Resolved,
-                        t,
-                    );
-                    self.store
-                        .put_incident_with_deliveries(&incident, &deliveries)?;
-                    self.store.flush().await?;
-                    outbox::count_planned(deliveries.len());
-                    self.outbox_wake.notify_one();
-                    info!(monitor_id = %monitor.id, incident_id = %incident.id, deliveries = deliveries.len(), "incident closed");
-                    self.lock().open.remove(&monitor.id);
-                    self.emit(event(v1::event::Kind::IncidentClosed(incident)));
-                }
+            (Action::Close, Decision::Close { ignored }, Some(open)) => {
+                self.close_incident(&monitor, &eval, ignored, &open.id, t)
+                    .await?;
+            }
+            (Action::Hold { began }, _, Some(open)) => {
+                self.hold_incident(&monitor, &open.id, began, t).await?;
             }
             _ => {}
         }
@@ -1643,6 +1609,11 @@ mod notice_tests {
         assert!(store.region_outages().unwrap().is_empty());
     }
 }
+
+mod incidents;
+
+#[cfg(test)]
+mod flap_tests;
 
 #[cfg(test)]
 mod recheck_tests {

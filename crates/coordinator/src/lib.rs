@@ -8,6 +8,7 @@ pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod consensus;
+pub mod flapping;
 pub mod health;
 pub mod hub;
 pub mod listener;

@@ -1,5 +1,5 @@
-//! The durable outbox: which deliveries an incident or a probe-region outage
-//! causes, and the worker that sends them.
+//! The durable outbox: which deliveries an incident (opened, flapping,
+//! resolved) or a probe-region outage causes, and the worker that sends them.
 //!
 //! Why it exists: a notification must survive a coordinator crash and a
 //! receiver that is down, without ever holding up result ingestion. So the hub
@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 use crate::channels::{self, Answer, Failure, Senders};
 use crate::hub::new_id;
 use crate::render::{Notice, Notification};
-use crate::store::{OutboxRecord, RegionOutage, Store};
+use crate::store::{FlapTerms, OutboxRecord, RegionOutage, Store};
 
 /// Attempts in flight at once.
 const CONCURRENCY: usize = 8;
@@ -85,11 +85,13 @@ pub fn kind_word(kind: v1::DeliveryKind) -> &'static str {
         v1::DeliveryKind::Resolved => "resolved",
         v1::DeliveryKind::RegionOffline => "offline",
         v1::DeliveryKind::RegionOnline => "online",
+        v1::DeliveryKind::Flapping => "flapping",
         v1::DeliveryKind::Unspecified => "unspecified",
     }
 }
 
-/// `{subject}:{opened|resolved|offline|online}:{channel id}`; receivers dedup on it.
+/// `{subject}:{opened|resolved|flapping|offline|online}:{channel id}`;
+/// receivers dedup on it.
 pub fn idempotency_key(subject: &str, kind: v1::DeliveryKind, channel_id: &str) -> String {
     format!("{subject}:{}:{channel_id}", kind_word(kind))
 }
@@ -118,6 +120,7 @@ fn record(
         tenant_id: channel.tenant_id.clone(),
         incident: None,
         outage: None,
+        flap: None,
     }
 }
 
@@ -172,6 +175,34 @@ pub fn plan_incident(
         .collect()
 }
 
+/// One "flapping" delivery for each channel told of the incident's opening
+/// (`told`), each carrying the incident and the flap terms it quotes. Nobody
+/// told, nobody notified: the notice qualifies a page, it is not one. PagerDuty
+/// channels get none: their alert (dedup key = incident id) is already
+/// triggered and stays so until the recovery resolves it; a second trigger
+/// would add nothing there, or page again if a responder had resolved it.
+pub fn plan_flapping(
+    monitor: &v1::Monitor,
+    channels: &[v1::Channel],
+    told: &[String],
+    incident: &v1::Incident,
+    terms: FlapTerms,
+    now: SystemTime,
+) -> Vec<OutboxRecord> {
+    if told.is_empty() {
+        return Vec::new();
+    }
+    incident_channels(monitor, channels, told)
+        .into_iter()
+        .filter(|c| !matches!(c.config, Some(v1::channel::Config::Pagerduty(_))))
+        .map(|c| OutboxRecord {
+            incident: Some(incident.clone()),
+            flap: Some(terms),
+            ..record(c, &incident.id, v1::DeliveryKind::Flapping, now)
+        })
+        .collect()
+}
+
 /// One delivery per operator channel for a probe region that went offline; for
 /// its return, one per channel that was told of the outage (`outage.channel_ids`),
 /// so "back online" is only ever sent after an offline notice.
@@ -214,6 +245,7 @@ pub fn notification(r: &OutboxRecord) -> Option<Notification<'_>> {
         v1::DeliveryKind::Resolved => Notice::Resolved(r.incident.as_ref()?),
         v1::DeliveryKind::RegionOffline => Notice::RegionOffline(r.outage.as_ref()?),
         v1::DeliveryKind::RegionOnline => Notice::RegionOnline(r.outage.as_ref()?),
+        v1::DeliveryKind::Flapping => Notice::Flapping(r.incident.as_ref()?, r.flap.as_ref()?),
         v1::DeliveryKind::Unspecified => return None,
     };
     Some(Notification {
@@ -561,6 +593,47 @@ mod tests {
         assert_eq!(
             rs[0].delivery.as_ref().unwrap().idempotency_key,
             "out-1:online:op"
+        );
+    }
+
+    #[test]
+    fn a_flapping_notice_goes_to_the_channels_told_of_the_opening_except_pagerduty() {
+        let pd = v1::Channel {
+            config: Some(v1::channel::Config::Pagerduty(
+                v1::PagerDutyConfig::default(),
+            )),
+            ..channel("pd", "acme", true)
+        };
+        let chans = vec![channel("a", "acme", true), channel("b", "acme", true), pd];
+        let m = v1::Monitor {
+            id: "m".into(),
+            tenant_id: "acme".into(),
+            ..Default::default()
+        };
+        let i = v1::Incident {
+            id: "inc-1".into(),
+            ..Default::default()
+        };
+        let terms = FlapTerms {
+            threshold: 4,
+            window_ms: 20_000,
+            stable_for_ms: 5_000,
+        };
+        let now = SystemTime::now();
+        let told = ["a".to_string(), "pd".to_string()];
+        let rs = plan_flapping(&m, &chans, &told, &i, terms, now);
+        assert_eq!(ids(&rs), ["a"], "only those told, and never PagerDuty");
+        let d = rs[0].delivery.as_ref().unwrap();
+        assert_eq!(d.idempotency_key, "inc-1:flapping:a");
+        assert_eq!(d.kind, v1::DeliveryKind::Flapping as i32);
+        assert_eq!(rs[0].flap, Some(terms));
+        assert!(matches!(
+            notification(&rs[0]).map(|n| n.notice),
+            Some(Notice::Flapping(..))
+        ));
+        assert!(
+            plan_flapping(&m, &chans, &[], &i, terms, now).is_empty(),
+            "nobody told of the opening, nobody told it flaps"
         );
     }
 

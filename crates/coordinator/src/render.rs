@@ -8,8 +8,10 @@
 //! below cover every kind.
 //!
 //! Guarantees:
-//! - subjects are `TCP Port Unreachable: {host}:{port}` (opened) and
-//!   `TCP Port Reachable Again: {host}:{port}` (resolved), IPv6 hosts bracketed;
+//! - subjects are `TCP Port Unreachable: {host}:{port}` (opened),
+//!   `TCP Port Flapping: {host}:{port}` (the monitor was found flapping; the
+//!   incident stays open) and `TCP Port Reachable Again: {host}:{port}`
+//!   (resolved), IPv6 hosts bracketed;
 //! - user-supplied text (monitor names, agent details) is stripped of control
 //!   characters everywhere and escaped for Slack's markup;
 //! - the email body is plain text without links.
@@ -22,7 +24,7 @@ use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 use serde_json::{Value, json};
 
-use crate::store::RegionOutage;
+use crate::store::{FlapTerms, RegionOutage};
 
 /// Version of the webhook JSON body; bumped only for incompatible changes.
 pub const WEBHOOK_VERSION: u32 = 1;
@@ -34,6 +36,8 @@ const PD_SUMMARY_MAX: usize = 1024;
 pub enum Notice<'a> {
     Opened(&'a v1::Incident),
     Resolved(&'a v1::Incident),
+    /// The incident's monitor was found flapping, with the terms that held it.
+    Flapping(&'a v1::Incident, &'a FlapTerms),
     RegionOffline(&'a RegionOutage),
     RegionOnline(&'a RegionOutage),
 }
@@ -53,6 +57,7 @@ impl Notice<'_> {
         match self {
             Notice::Opened(_) => "incident.opened",
             Notice::Resolved(_) => "incident.resolved",
+            Notice::Flapping(..) => "incident.flapping",
             Notice::RegionOffline(_) => "region.offline",
             Notice::RegionOnline(_) => "region.online",
         }
@@ -70,7 +75,8 @@ impl Notice<'_> {
                 }
             }
             Notice::Opened(_) | Notice::Resolved(_) => "critical",
-            Notice::RegionOffline(_) => "warning",
+            // Already paged by the opening: this one says why nothing follows.
+            Notice::Flapping(..) | Notice::RegionOffline(_) => "warning",
             Notice::RegionOnline(_) => "info",
         }
     }
@@ -177,10 +183,10 @@ fn region_reason(e: &v1::RegionEvidence) -> String {
     }
 }
 
-/// The evidence that goes with the notice: at open, or at close.
+/// The evidence that goes with the notice: at open (also for flapping), or at close.
 fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
     match n {
-        Notice::Opened(i) => &i.open_evidence,
+        Notice::Opened(i) | Notice::Flapping(i, _) => &i.open_evidence,
         Notice::Resolved(i) => &i.close_evidence,
         _ => &[],
     }
@@ -191,6 +197,7 @@ pub fn subject(n: &Notification<'_>) -> String {
     let s = match n.notice {
         Notice::Opened(i) => format!("TCP Port Unreachable: {}", target(&i.host, i.port)),
         Notice::Resolved(i) => format!("TCP Port Reachable Again: {}", target(&i.host, i.port)),
+        Notice::Flapping(i, _) => format!("TCP Port Flapping: {}", target(&i.host, i.port)),
         Notice::RegionOffline(o) => format!("Probe region offline: {}", clean(&o.region)),
         Notice::RegionOnline(o) => format!("Probe region back online: {}", clean(&o.region)),
     };
@@ -258,7 +265,7 @@ pub fn text(n: &Notification<'_>) -> String {
     }
     let mut fields: Vec<(&str, String)> = Vec::new();
     match n.notice {
-        Notice::Opened(i) | Notice::Resolved(i) => {
+        Notice::Opened(i) | Notice::Resolved(i) | Notice::Flapping(i, _) => {
             fields.push(("Monitor", clean(&i.monitor_name)));
             fields.push(("Host", clean(&i.host)));
             fields.push(("Port", i.port.to_string()));
@@ -268,6 +275,10 @@ pub fn text(n: &Notification<'_>) -> String {
             if let Notice::Resolved(_) = n.notice {
                 fields.push(("Resolved at", time(i.closed_at.as_ref())));
                 fields.push(("Down for", span(i.opened_at.as_ref(), i.closed_at.as_ref())));
+            }
+            if let Notice::Flapping(_, f) = n.notice {
+                fields.push(("Flapping since", time(i.flapping_since.as_ref())));
+                fields.push(("State changes", changes_text(i, f)));
             }
             fields.push(("Incident", clean(&i.id)));
         }
@@ -296,6 +307,9 @@ pub fn text(n: &Notification<'_>) -> String {
         Notice::Resolved(_) => {
             let _ = writeln!(out, "\nRegions when the incident resolved:\n");
             out.push_str(&region_table(&n.notice));
+        }
+        Notice::Flapping(i, f) => {
+            let _ = writeln!(out, "\n{}", hold_text(i, f));
         }
         Notice::RegionOffline(_) => {
             let _ = writeln!(
@@ -332,6 +346,33 @@ fn regions_json(n: &Notice<'_>) -> Value {
     )
 }
 
+/// How many state changes the incident quotes, and within what window.
+fn changes_text(i: &v1::Incident, f: &FlapTerms) -> String {
+    let n = if i.state_changes.is_empty() {
+        f.threshold as usize
+    } else {
+        i.state_changes.len()
+    };
+    format!("{n} within {}", millis_text(f.window_ms))
+}
+
+/// A duration in milliseconds as people read it ("20s", "1h 40m").
+fn millis_text(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+/// What a flapping notice means for the reader: nothing more until the end.
+fn hold_text(i: &v1::Incident, f: &FlapTerms) -> String {
+    format!(
+        "The port went down and came back again and again ({} state changes). \
+         The incident stays open and nothing more is sent while it keeps changing; \
+         once every region has been up for {} without a break, one \
+         \"TCP Port Reachable Again\" closes it.",
+        changes_text(i, f),
+        millis_text(f.stable_for_ms)
+    )
+}
+
 fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
     json!({
         "id": i.id,
@@ -345,6 +386,7 @@ fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
         "reason_text": reason_text(i),
         "opened_at": time_json(i.opened_at.as_ref()),
         "closed_at": time_json(i.closed_at.as_ref()),
+        "flapping_since": time_json(i.flapping_since.as_ref()),
         "regions": regions_json(n),
     })
 }
@@ -371,6 +413,16 @@ pub fn webhook(n: &Notification<'_>) -> Value {
     match n.notice {
         Notice::Opened(i) | Notice::Resolved(i) => {
             body["incident"] = incident_json(&n.notice, i);
+        }
+        Notice::Flapping(i, f) => {
+            body["incident"] = incident_json(&n.notice, i);
+            body["flapping"] = json!({
+                "since": time_json(i.flapping_since.as_ref()),
+                "state_changes": i.state_changes.len(),
+                "threshold": f.threshold,
+                "window_ms": f.window_ms,
+                "stable_for_ms": f.stable_for_ms,
+            });
         }
         Notice::RegionOffline(o) | Notice::RegionOnline(o) => {
             body["region"] = outage_json(o);
@@ -400,6 +452,9 @@ pub fn slack(n: &Notification<'_>) -> Value {
         }
         Notice::Resolved(_) | Notice::RegionOnline(_) => {
             format!(":large_green_circle: *{}*", slack_escape(&subject(n)))
+        }
+        Notice::Flapping(..) => {
+            format!(":large_orange_circle: *{}*", slack_escape(&subject(n)))
         }
     };
     let mut lines = vec![headline];
@@ -434,6 +489,21 @@ pub fn slack(n: &Notification<'_>) -> Value {
                 markup_escape(&region_table(&n.notice))
             ));
         }
+        Notice::Flapping(i, f) => {
+            lines.push(format!(
+                "*Monitor:* {}   *Failure reason:* {}",
+                slack_escape(&i.monitor_name),
+                slack_escape(&reason_text(i))
+            ));
+            lines.push(format!(
+                "*Opened:* {}   *Flapping since:* {}   *State changes:* {}",
+                time(i.opened_at.as_ref()),
+                time(i.flapping_since.as_ref()),
+                changes_text(i, f)
+            ));
+            lines.push(slack_escape(&hold_text(i, f)));
+            lines.push(format!("*Incident:* `{}`", slack_escape(&i.id)));
+        }
         Notice::RegionOffline(o) | Notice::RegionOnline(o) => {
             lines.push(format!(
                 "*Offline since:* {}",
@@ -460,7 +530,7 @@ pub fn slack(n: &Notification<'_>) -> Value {
 /// The PagerDuty dedup key: the incident id, or the region outage id.
 pub fn dedup_key(n: &Notice<'_>) -> String {
     match n {
-        Notice::Opened(i) | Notice::Resolved(i) => i.id.clone(),
+        Notice::Opened(i) | Notice::Resolved(i) | Notice::Flapping(i, _) => i.id.clone(),
         Notice::RegionOffline(o) | Notice::RegionOnline(o) => o.id.clone(),
     }
 }
@@ -476,10 +546,13 @@ fn truncate(s: String, max: usize) -> String {
 }
 
 /// The PagerDuty Events API v2 body: `trigger` on open/offline, `resolve` on
-/// resolved/online, one `dedup_key` for both.
-pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Value {
+/// resolved/online, one `dedup_key` for both. None for a flapping notice:
+/// PagerDuty's alert is already triggered and stays so until the recovery (the
+/// outbox plans no such delivery).
+pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Option<Value> {
     let dedup = dedup_key(&n.notice);
-    match n.notice {
+    let body = match n.notice {
+        Notice::Flapping(..) => return None,
         Notice::Resolved(_) | Notice::RegionOnline(_) => json!({
             "routing_key": routing_key,
             "event_action": "resolve",
@@ -527,7 +600,8 @@ pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Value {
                 },
             },
         }),
-    }
+    };
+    Some(body)
 }
 
 /// The incident a `TestChannel` call sends: plausible, clearly marked, and
@@ -580,6 +654,9 @@ pub fn sample_incident(id: &str, at: SystemTime) -> v1::Incident {
             ev("ap-south", v1::RegionState::Up, v1::Outcome::Ok, "", 12_345),
         ],
         severity: "critical".into(),
+        flapping_since: None,
+        stable_since: None,
+        state_changes: Vec::new(),
     }
 }
 
@@ -654,6 +731,9 @@ mod tests {
                 },
             ],
             severity: "critical".into(),
+            flapping_since: None,
+            stable_since: None,
+            state_changes: Vec::new(),
         }
     }
 
@@ -818,7 +898,7 @@ mod tests {
     #[test]
     fn pagerduty_trigger_and_resolve_share_the_dedup_key() {
         let i = incident();
-        let t = pagerduty(&note(Notice::Opened(&i)), "rk");
+        let t = pagerduty(&note(Notice::Opened(&i)), "rk").unwrap();
         assert_eq!(t["event_action"], "trigger");
         assert_eq!(t["dedup_key"], "inc-1");
         assert_eq!(t["routing_key"], "rk");
@@ -828,22 +908,89 @@ mod tests {
             t["payload"]["summary"],
             "TCP Port Unreachable: db.example.com:5432"
         );
-        let r = pagerduty(&note(Notice::Resolved(&i)), "rk");
+        let r = pagerduty(&note(Notice::Resolved(&i)), "rk").unwrap();
         assert_eq!(r["event_action"], "resolve");
         assert_eq!(r["dedup_key"], "inc-1");
         assert!(r.get("payload").is_none());
         let o = outage();
         assert_eq!(
-            pagerduty(&note(Notice::RegionOffline(&o)), "rk")["dedup_key"],
+            pagerduty(&note(Notice::RegionOffline(&o)), "rk").unwrap()["dedup_key"],
             "out-1"
         );
         assert_eq!(
-            pagerduty(&note(Notice::RegionOnline(&o)), "rk")["event_action"],
+            pagerduty(&note(Notice::RegionOnline(&o)), "rk").unwrap()["event_action"],
             "resolve"
         );
         assert_eq!(
             truncate("x".repeat(2000), PD_SUMMARY_MAX).chars().count(),
             PD_SUMMARY_MAX
         );
+    }
+
+    fn flapping() -> (v1::Incident, FlapTerms) {
+        let mut i = incident();
+        i.flapping_since = ts(1_700_000_030);
+        i.state_changes = (0..4)
+            .map(|k| ts(1_700_000_000 + 10 * k).unwrap())
+            .collect();
+        let terms = FlapTerms {
+            threshold: 4,
+            window_ms: 1_200_000,
+            stable_for_ms: 300_000,
+        };
+        (i, terms)
+    }
+
+    #[test]
+    fn a_flapping_notice_says_the_incident_is_held_and_what_ends_it() {
+        let (i, terms) = flapping();
+        let n = note(Notice::Flapping(&i, &terms));
+        assert_eq!(subject(&n), "TCP Port Flapping: db.example.com:5432");
+        assert_eq!(n.notice.event(), "incident.flapping");
+        assert_eq!(n.notice.severity(), "warning", "the opening already paged");
+
+        let body = text(&n);
+        for want in [
+            "Flapping since: 2023-11-14T22:13:50Z",
+            "State changes:  4 within 20m",
+            "Opened at:      2023-11-14T22:13:20Z",
+            "Incident:       inc-1",
+            "once every region has been up for 5m without a break",
+            "\"TCP Port Reachable Again\" closes it",
+        ] {
+            assert!(body.contains(want), "{want:?} missing from:\n{body}");
+        }
+
+        let v = webhook(&n);
+        assert_eq!(v["event"], "incident.flapping");
+        assert_eq!(v["subject"], "TCP Port Flapping: db.example.com:5432");
+        assert_eq!(v["severity"], "warning");
+        assert_eq!(v["incident"]["id"], "inc-1");
+        assert_eq!(v["incident"]["closed_at"], Value::Null);
+        assert_eq!(v["incident"]["flapping_since"], "2023-11-14T22:13:50Z");
+        assert_eq!(v["flapping"]["since"], "2023-11-14T22:13:50Z");
+        assert_eq!(v["flapping"]["state_changes"], 4);
+        assert_eq!(v["flapping"]["threshold"], 4);
+        assert_eq!(v["flapping"]["window_ms"], 1_200_000);
+        assert_eq!(v["flapping"]["stable_for_ms"], 300_000);
+        // Other incident events carry the field too, unset when not flapping.
+        let opened = webhook(&note(Notice::Opened(&incident())));
+        assert_eq!(opened["incident"]["flapping_since"], Value::Null);
+        assert!(opened.get("flapping").is_none());
+
+        let t = slack(&n)["text"].as_str().unwrap().to_string();
+        assert!(
+            t.starts_with(":large_orange_circle: *TCP Port Flapping: db.example.com:5432*"),
+            "{t}"
+        );
+        assert!(t.contains("*State changes:* 4 within 20m"), "{t}");
+        assert!(!t.contains("\nFAKE"), "{t}");
+
+        assert_eq!(
+            pagerduty(&n, "rk"),
+            None,
+            "PagerDuty's alert stays triggered: no event"
+        );
+        assert_eq!(dedup_key(&n.notice), "inc-1");
     }
 }

@@ -187,6 +187,22 @@ pub struct OutboxRecord {
     /// The probe region's outage (region offline/online deliveries).
     #[prost(message, optional, tag = "4")]
     pub outage: Option<RegionOutage>,
+    /// The monitor's flap detection when a "flapping" delivery was planned.
+    #[prost(message, optional, tag = "5")]
+    pub flap: Option<FlapTerms>,
+}
+
+/// The flap-detection settings a "flapping" notice quotes ("4 changes within
+/// 20s; closes after 5s up"), as they were when it was planned, so every retry
+/// says the same.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct FlapTerms {
+    #[prost(uint32, tag = "1")]
+    pub threshold: u32,
+    #[prost(uint64, tag = "2")]
+    pub window_ms: u64,
+    #[prost(uint64, tag = "3")]
+    pub stable_for_ms: u64,
 }
 
 impl OutboxRecord {
@@ -1383,6 +1399,7 @@ mod tests {
             tenant_id: "acme".into(),
             incident: None,
             outage: None,
+            flap: None,
         }
     }
 

@@ -19,7 +19,11 @@
 //!   INVALID_ARGUMENT); then the interval is measured against the plan
 //!   ([`Violation::PlanLimit`], FAILED_PRECONDITION); the timeout must be shorter
 //!   than the interval last, so an interval below the plan is reported as such
-//!   rather than as a default timeout that does not fit in it.
+//!   rather than as a default timeout that does not fit in it; an explicit
+//!   flap window or stability time shorter than the interval comes after it.
+//! - flap detection fields keep 0 for "the default" (`portwatch_proto::flap`,
+//!   counted in intervals, so it follows a changed interval); the detection
+//!   switch is stored ON or OFF, never UNSPECIFIED.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use portwatch_check::wire::{port_from_wire, timeout_from_wire};
 use portwatch_check::{AddressPolicy, CloseMode, Family, Host, WireError};
-use portwatch_proto::v1;
+use portwatch_proto::{flap, v1};
 use tonic::Status;
 
 use crate::plans::{PlanLimits, Plans, plan_name};
@@ -306,6 +310,10 @@ pub struct MonitorDraft {
     pub address_policy: i32,
     pub close_mode: i32,
     pub channel_ids: Vec<String>,
+    pub flap_detection: i32,
+    pub flap_threshold: u32,
+    pub flap_window_ms: u64,
+    pub flap_stable_for_ms: u64,
 }
 
 impl From<&v1::CreateMonitorRequest> for MonitorDraft {
@@ -322,6 +330,10 @@ impl From<&v1::CreateMonitorRequest> for MonitorDraft {
             address_policy: r.address_policy,
             close_mode: r.close_mode,
             channel_ids: r.channel_ids.clone(),
+            flap_detection: r.flap_detection,
+            flap_threshold: r.flap_threshold,
+            flap_window_ms: r.flap_window_ms,
+            flap_stable_for_ms: r.flap_stable_for_ms,
         }
     }
 }
@@ -340,6 +352,10 @@ impl From<&v1::Monitor> for MonitorDraft {
             address_policy: m.address_policy,
             close_mode: m.close_mode,
             channel_ids: m.channel_ids.clone(),
+            flap_detection: m.flap_detection,
+            flap_threshold: m.flap_threshold,
+            flap_window_ms: m.flap_window_ms,
+            flap_stable_for_ms: m.flap_stable_for_ms,
         }
     }
 }
@@ -369,6 +385,17 @@ pub struct MonitorSpec {
     pub address_policy: AddressPolicy,
     pub close_mode: CloseMode,
     pub channel_ids: Vec<String>,
+    pub flap: FlapSpec,
+}
+
+/// A monitor's flap detection, checked: the switch ON or OFF, the numbers as
+/// given (0 = the default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlapSpec {
+    pub detection: v1::FlapDetection,
+    pub threshold: u32,
+    pub window_ms: u64,
+    pub stable_for_ms: u64,
 }
 
 impl MonitorSpec {
@@ -386,6 +413,10 @@ impl MonitorSpec {
         m.address_policy = v1::AddressPolicy::from(self.address_policy) as i32;
         m.close_mode = v1::CloseMode::from(self.close_mode) as i32;
         m.channel_ids = self.channel_ids.clone();
+        m.flap_detection = self.flap.detection as i32;
+        m.flap_threshold = self.flap.threshold;
+        m.flap_window_ms = self.flap.window_ms;
+        m.flap_stable_for_ms = self.flap.stable_for_ms;
     }
 }
 
@@ -421,6 +452,8 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
     let address_policy = AddressPolicy::from_wire(d.address_policy)?;
     let close_mode = CloseMode::from_wire(d.close_mode)?;
     let channel_ids = channel_ids(&d.channel_ids)?;
+    let detection = flap_detection(d.flap_detection)?;
+    flap_threshold(d.flap_threshold)?;
 
     match (&host, family) {
         (Host::Ip(IpAddr::V6(ip)), Family::Ipv4) => {
@@ -487,6 +520,19 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         ));
     }
 
+    flap_span(
+        "flap_window_ms",
+        d.flap_window_ms,
+        interval_ms,
+        flap::DEFAULT_WINDOW_INTERVALS,
+    )?;
+    flap_span(
+        "flap_stable_for_ms",
+        d.flap_stable_for_ms,
+        interval_ms,
+        flap::DEFAULT_STABLE_INTERVALS,
+    )?;
+
     let name = if d.name.is_empty() {
         default_name(&host, port)
     } else {
@@ -504,7 +550,61 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         address_policy,
         close_mode,
         channel_ids,
+        flap: FlapSpec {
+            detection,
+            threshold: d.flap_threshold,
+            window_ms: d.flap_window_ms,
+            stable_for_ms: d.flap_stable_for_ms,
+        },
     })
+}
+
+/// The flap-detection switch; `UNSPECIFIED` is the default (on).
+fn flap_detection(value: i32) -> Result<v1::FlapDetection> {
+    match v1::FlapDetection::try_from(value) {
+        Ok(v1::FlapDetection::Unspecified) => Ok(v1::FlapDetection::On),
+        Ok(v) => Ok(v),
+        Err(_) => Err(FieldError::invalid(
+            "flap_detection",
+            format!("unknown value {value}; must be on or off"),
+        )),
+    }
+}
+
+/// 0 (the default) or a threshold that can tell flapping from an outage.
+fn flap_threshold(value: u32) -> Result<()> {
+    if value == 0 || (flap::MIN_THRESHOLD..=flap::MAX_THRESHOLD).contains(&value) {
+        return Ok(());
+    }
+    Err(FieldError::invalid(
+        "flap_threshold",
+        format!(
+            "{value} is out of range; must be 0 (the default, {}) or {}-{} state changes",
+            flap::DEFAULT_THRESHOLD,
+            flap::MIN_THRESHOLD,
+            flap::MAX_THRESHOLD
+        ),
+    ))
+}
+
+/// 0 (the default, `intervals` × the interval) or a span from one interval
+/// (results come no faster) to [`flap::MAX_SPAN`].
+fn flap_span(field: &'static str, ms: u64, interval_ms: u64, intervals: u32) -> Result<()> {
+    let max_ms = millis(flap::MAX_SPAN);
+    if ms == 0 || (interval_ms..=max_ms).contains(&ms) {
+        return Ok(());
+    }
+    let why = if ms < interval_ms {
+        format!("is shorter than the interval ({})", human_ms(interval_ms))
+    } else {
+        "is longer than 30 days".to_string()
+    };
+    Err(FieldError::invalid(
+        field,
+        format!(
+            "{ms} ms {why}; must be 0 (the default, {intervals} intervals) or from one interval to 30 days"
+        ),
+    ))
 }
 
 fn parse_host(input: &str) -> Result<Host> {
@@ -1068,7 +1168,90 @@ mod tests {
             bad("channel id too long", "channel_ids", |d| {
                 d.channel_ids = vec!["c".repeat(129)]
             }),
+            // flap detection
+            bad("unknown flap detection", "flap_detection", |d| {
+                d.flap_detection = 3
+            }),
+            bad("flap threshold 1", "flap_threshold", |d| {
+                d.flap_threshold = 1
+            }),
+            bad("flap threshold 101", "flap_threshold", |d| {
+                d.flap_threshold = 101
+            }),
+            bad("flap threshold u32::MAX", "flap_threshold", |d| {
+                d.flap_threshold = u32::MAX
+            }),
+            bad(
+                "flap window shorter than the interval",
+                "flap_window_ms",
+                |d| d.flap_window_ms = 59_999,
+            ),
+            bad("flap window of 1 ms", "flap_window_ms", |d| {
+                d.flap_window_ms = 1
+            }),
+            bad("flap window over 30 days", "flap_window_ms", |d| {
+                d.flap_window_ms = 30 * 86_400_000 + 1
+            }),
+            bad(
+                "flap stability shorter than the interval",
+                "flap_stable_for_ms",
+                |d| {
+                    d.interval_ms = 10_000;
+                    d.flap_stable_for_ms = 9_000;
+                },
+            ),
+            bad("flap stability u64::MAX", "flap_stable_for_ms", |d| {
+                d.flap_stable_for_ms = u64::MAX
+            }),
+            bad(
+                "flap settings are checked while detection is off",
+                "flap_threshold",
+                |d| {
+                    d.flap_detection = v1::FlapDetection::Off as i32;
+                    d.flap_threshold = 1;
+                },
+            ),
         ]
+    }
+
+    #[test]
+    fn flap_detection_is_on_by_default_and_keeps_zero_for_the_defaults() {
+        let spec = check(&good()).unwrap();
+        assert_eq!(
+            spec.flap,
+            FlapSpec {
+                detection: v1::FlapDetection::On,
+                threshold: 0,
+                window_ms: 0,
+                stable_for_ms: 0,
+            }
+        );
+        let mut d = good();
+        d.flap_detection = v1::FlapDetection::Off as i32;
+        d.flap_threshold = 2;
+        d.flap_window_ms = 60_000;
+        d.flap_stable_for_ms = 30 * 86_400_000;
+        let spec = check(&d).unwrap();
+        let mut m = v1::Monitor::default();
+        spec.write_to(&mut m);
+        assert_eq!(m.flap_detection, v1::FlapDetection::Off as i32);
+        assert_eq!(
+            (m.flap_threshold, m.flap_window_ms, m.flap_stable_for_ms),
+            (2, 60_000, 30 * 86_400_000)
+        );
+        assert_eq!(check(&MonitorDraft::from(&m)).unwrap(), spec);
+        // An explicit window that fitted the old interval no longer fits a longer one.
+        d.interval_ms = 120_000;
+        let e = check(&d).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "flap_window_ms: 60000 ms is shorter than the interval (120 s); must be 0 (the default, 20 intervals) or from one interval to 30 days"
+        );
+        d.flap_threshold = 1;
+        assert_eq!(
+            check(&d).unwrap_err().to_string(),
+            "flap_threshold: 1 is out of range; must be 0 (the default, 4) or 2-100 state changes"
+        );
     }
 
     #[test]

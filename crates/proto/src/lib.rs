@@ -94,3 +94,101 @@ pub mod time {
         }
     }
 }
+
+/// What a monitor's flap-detection fields mean, defaults included: the one
+/// place both the coordinator (which acts on them) and the CLI (which shows
+/// them) read them from. A field left at 0 (or `UNSPECIFIED`) means the
+/// default, and the defaults for the window and the stability time are counted
+/// in intervals, so they follow a changed interval.
+pub mod flap {
+    use std::time::Duration;
+
+    use crate::v1;
+
+    /// State changes within the window that make a monitor flapping.
+    pub const DEFAULT_THRESHOLD: u32 = 4;
+    /// The window, in intervals: 20 s at a 1 s interval, 20 min at 60 s.
+    pub const DEFAULT_WINDOW_INTERVALS: u32 = 20;
+    /// How long every region must stay up before a flapping incident closes,
+    /// in intervals.
+    pub const DEFAULT_STABLE_INTERVALS: u32 = 5;
+    /// Bounds of an explicit threshold: 1 would call every incident flapping.
+    pub const MIN_THRESHOLD: u32 = 2;
+    pub const MAX_THRESHOLD: u32 = 100;
+    /// The longest explicit window or stability time.
+    pub const MAX_SPAN: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// A monitor's flap detection with every default filled in.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Settings {
+        pub enabled: bool,
+        pub threshold: u32,
+        pub window: Duration,
+        pub stable_for: Duration,
+    }
+
+    impl Settings {
+        /// The settings `m` stands for.
+        pub fn of(m: &v1::Monitor) -> Settings {
+            let interval = Duration::from_millis(m.interval_ms.max(1));
+            let or_intervals = |ms: u64, n: u32| {
+                if ms == 0 {
+                    interval.saturating_mul(n)
+                } else {
+                    Duration::from_millis(ms)
+                }
+            };
+            Settings {
+                enabled: m.flap_detection != v1::FlapDetection::Off as i32,
+                threshold: if m.flap_threshold == 0 {
+                    DEFAULT_THRESHOLD
+                } else {
+                    m.flap_threshold
+                },
+                window: or_intervals(m.flap_window_ms, DEFAULT_WINDOW_INTERVALS),
+                stable_for: or_intervals(m.flap_stable_for_ms, DEFAULT_STABLE_INTERVALS),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn unset_fields_are_the_defaults_counted_in_intervals() {
+            let mut m = v1::Monitor {
+                interval_ms: 1_000,
+                ..Default::default()
+            };
+            let s = Settings::of(&m);
+            assert_eq!(
+                s,
+                Settings {
+                    enabled: true,
+                    threshold: 4,
+                    window: Duration::from_secs(20),
+                    stable_for: Duration::from_secs(5),
+                }
+            );
+            m.interval_ms = 60_000;
+            assert_eq!(Settings::of(&m).window, Duration::from_secs(20 * 60));
+            assert_eq!(Settings::of(&m).stable_for, Duration::from_secs(5 * 60));
+            m.flap_detection = v1::FlapDetection::Off as i32;
+            m.flap_threshold = 7;
+            m.flap_window_ms = 90_000;
+            m.flap_stable_for_ms = 30_000;
+            assert_eq!(
+                Settings::of(&m),
+                Settings {
+                    enabled: false,
+                    threshold: 7,
+                    window: Duration::from_secs(90),
+                    stable_for: Duration::from_secs(30),
+                }
+            );
+            m.flap_detection = v1::FlapDetection::On as i32;
+            assert!(Settings::of(&m).enabled);
+        }
+    }
+}

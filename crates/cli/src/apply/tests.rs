@@ -172,3 +172,60 @@ fn a_name_shared_on_the_coordinator_is_refused() {
     let e = plan(&d, &[a, b], false).unwrap_err();
     assert!(e.message.contains("mon_a, mon_b"), "{e}");
 }
+
+#[test]
+fn flap_keys_are_checked_compared_as_stored_and_sent_only_when_they_differ() {
+    let head =
+        "[[monitor]]\nname = \"db\"\nhost = \"db.example.com\"\nport = 5432\nregions = [\"eu\"]\n";
+    let d = parse(&format!(
+            "{head}flap_detection = \"off\"\nflap_threshold = 6\nflap_window = \"10m\"\nflap_stable_for = \"default\"\n"
+        ))
+        .unwrap();
+    assert_eq!(d[0].flap_detection, Some(v1::FlapDetection::Off as i32));
+    assert_eq!(d[0].flap_threshold, Some(6));
+    assert_eq!(d[0].flap_window_ms, Some(600_000));
+    assert_eq!(d[0].flap_stable_for_ms, Some(0));
+
+    // A monitor on the defaults, stored before flap detection existed.
+    let db = current("db", "db.example.com", 5432, &["eu"], 60_000);
+    let found = diffs(&db, &d[0]);
+    let fields: Vec<(&str, &str, &str)> = found
+        .iter()
+        .map(|x| (x.field, x.from.as_str(), x.to.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("flap_detection", "on", "off"),
+            ("flap_threshold", "default", "6"),
+            ("flap_window", "default", "10m"),
+        ]
+    );
+    let req = update_request("", &db, &d[0], &found).unwrap();
+    assert_eq!(req.flap_detection, Some(v1::FlapDetection::Off as i32));
+    assert_eq!(req.flap_threshold, Some(6));
+    assert_eq!(req.flap_window_ms, Some(600_000));
+    assert_eq!(req.flap_stable_for_ms, None, "unchanged: not sent");
+
+    // What the coordinator stored then matches: nothing more to do.
+    let mut stored = db.clone();
+    stored.flap_detection = v1::FlapDetection::Off as i32;
+    stored.flap_threshold = 6;
+    stored.flap_window_ms = 600_000;
+    assert!(diffs(&stored, &d[0]).is_empty());
+    // "on" matches a monitor stored without the field (on by default).
+    let on = parse(&format!("{head}flap_detection = \"on\"\n")).unwrap();
+    assert!(diffs(&db, &on[0]).is_empty());
+
+    for (key, needle) in [
+        ("flap_threshold = 1", "flap_threshold"),
+        ("flap_threshold = 101", "flap_threshold"),
+        ("flap_window = \"soon\"", "flap_window"),
+        ("flap_stable_for = \"-1s\"", "flap_stable_for"),
+        ("flap_detection = \"maybe\"", "flap_detection"),
+    ] {
+        let e = parse(&format!("{head}{key}\n")).unwrap_err();
+        assert_eq!(e.kind, crate::error::Failure::Usage);
+        assert!(e.message.contains(needle), "{needle}: {e}");
+    }
+}

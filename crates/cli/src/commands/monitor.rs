@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use portwatch_proto::time::to_timestamp;
-use portwatch_proto::v1;
+use portwatch_proto::{flap, v1};
 use serde_json::{Value, json};
 
 use crate::cli::{MonitorAdd, MonitorCmd, MonitorUpdate, OutputFormat};
@@ -90,6 +90,10 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         close_mode: a.close_mode.map_or(0, |v| v.wire()),
         channel_ids: a.channels,
         paused: a.paused,
+        flap_detection: a.flap_detection.map_or(0, |v| v.wire()),
+        flap_threshold: a.flap_threshold.unwrap_or(0),
+        flap_window_ms: a.flap_window.unwrap_or(0),
+        flap_stable_for_ms: a.flap_stable_for.unwrap_or(0),
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -118,6 +122,10 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         close_mode: u.close_mode.map(|v| v.wire()),
         channel_ids,
         set_channel_ids,
+        flap_detection: u.flap_detection.map(|v| v.wire()),
+        flap_threshold: u.flap_threshold,
+        flap_window_ms: u.flap_window,
+        flap_stable_for_ms: u.flap_stable_for,
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -129,10 +137,14 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.family.is_none()
         && req.address_policy.is_none()
         && req.close_mode.is_none()
-        && !req.set_channel_ids;
+        && !req.set_channel_ids
+        && req.flap_detection.is_none()
+        && req.flap_threshold.is_none()
+        && req.flap_window_ms.is_none()
+        && req.flap_stable_for_ms.is_none();
     if nothing {
         return Err(CliError::usage(
-            "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels",
+            "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
         ));
     }
     let m = c.admin.update_monitor(req).await?.into_inner();
@@ -145,6 +157,34 @@ fn channels_text(ids: &[String]) -> String {
     } else {
         ids.join(",")
     }
+}
+
+/// A value and, when the monitor leaves it to the default, "(default)".
+fn defaulted(text: String, is_default: bool) -> String {
+    if is_default {
+        format!("{text} (default)")
+    } else {
+        text
+    }
+}
+
+/// The monitor's flap detection in one line: "on: 4 state changes within
+/// 20s (default), closes after 5s up (default)", or "off".
+pub fn flap_text(m: &v1::Monitor) -> String {
+    let s = flap::Settings::of(m);
+    if !s.enabled {
+        return "off".to_string();
+    }
+    let ms = |d: Duration| output::millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format!(
+        "on: {} within {}, closes after {} up",
+        defaulted(
+            format!("{} state changes", s.threshold),
+            m.flap_threshold == 0
+        ),
+        defaulted(ms(s.window), m.flap_window_ms == 0),
+        defaulted(ms(s.stable_for), m.flap_stable_for_ms == 0),
+    )
 }
 
 /// One monitor as "key  value" lines.
@@ -165,6 +205,7 @@ pub fn details(m: &v1::Monitor) -> Table {
         ),
         ("close mode", names::close_mode(m.close_mode).to_string()),
         ("channels", channels_text(&m.channel_ids)),
+        ("flap detection", flap_text(m)),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
     ];
@@ -272,9 +313,25 @@ async fn show(c: &mut Client, key: &str, out: OutputFormat) -> Result<()> {
         .min(Duration::from_secs(86_400));
     let since = now.checked_sub(window).map(to_timestamp);
     let history = c.results(&m.id, since, None, "").await?;
+    // The open incident, for whether it is held open as flapping.
+    let incident = if status.open_incident_id.is_empty() {
+        None
+    } else {
+        Some(
+            c.admin
+                .get_incident(v1::GetIncidentRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: status.open_incident_id.clone(),
+                })
+                .await?
+                .into_inner(),
+        )
+    };
     match out {
-        OutputFormat::Json => output::json(&show_json(&m, &status, &history)),
-        OutputFormat::Table => output::print(&show_text(&m, &status, &history, now)),
+        OutputFormat::Json => output::json(&show_json(&m, &status, incident.as_ref(), &history)),
+        OutputFormat::Table => {
+            output::print(&show_text(&m, &status, incident.as_ref(), &history, now))
+        }
     }
 }
 
@@ -296,6 +353,7 @@ fn recent(history: &[v1::CheckResult]) -> BTreeMap<String, Vec<&v1::CheckResult>
 pub fn show_json(
     m: &v1::Monitor,
     status: &v1::MonitorStatus,
+    incident: Option<&v1::Incident>,
     history: &[v1::CheckResult],
 ) -> Value {
     let recent: serde_json::Map<String, Value> = recent(history)
@@ -314,6 +372,7 @@ pub fn show_json(
     json!({
         "monitor": views::monitor(m),
         "status": views::status(status),
+        "open_incident": incident.map(views::incident),
         "recent": recent,
     })
 }
@@ -322,6 +381,7 @@ pub fn show_json(
 pub fn show_text(
     m: &v1::Monitor,
     status: &v1::MonitorStatus,
+    incident: Option<&v1::Incident>,
     history: &[v1::CheckResult],
     now: SystemTime,
 ) -> String {
@@ -341,7 +401,7 @@ pub fn show_text(
         },
     );
     text.push_str(&format!(
-        "every {}, timeout {}, family {}, address policy {}, close {}, channels: {}\n\n",
+        "every {}, timeout {}, family {}, address policy {}, close {}, channels: {}\n",
         output::millis(m.interval_ms),
         output::millis(u64::from(m.timeout_ms)),
         names::family(m.family),
@@ -349,6 +409,21 @@ pub fn show_text(
         names::close_mode(m.close_mode),
         channels_text(&m.channel_ids),
     ));
+    text.push_str(&format!("flap detection: {}\n", flap_text(m)));
+    if let Some(i) = incident.filter(|i| i.flapping_since.is_some()) {
+        let stable = match i.stable_since.as_ref() {
+            Some(at) => format!("every region up since {}", output::ts(Some(at))),
+            None => "not every region is up".to_string(),
+        };
+        text.push_str(&format!(
+            "FLAPPING since {}: incident held open until every region has been up for {} ({stable})\n",
+            output::ts(i.flapping_since.as_ref()),
+            output::millis(
+                u64::try_from(flap::Settings::of(&m).stable_for.as_millis()).unwrap_or(u64::MAX)
+            ),
+        ));
+    }
+    text.push('\n');
     let mut t = Table::new(&[
         "REGION",
         "STATE",

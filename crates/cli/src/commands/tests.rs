@@ -178,8 +178,8 @@ fn render_everything(t: Option<Timestamp>, now: SystemTime) -> (String, Vec<Valu
     text += &results::table(&history).render();
     text += &incidents::table(&incidents, now).render();
     for s in &statuses {
-        text += &monitor::show_text(&m, s, &history, now);
-        json.push(monitor::show_json(&m, s, &history));
+        text += &monitor::show_text(&m, s, None, &history, now);
+        json.push(monitor::show_json(&m, s, None, &history));
         json.push(views::status(s));
     }
     for e in events(t) {
@@ -296,7 +296,7 @@ fn times_that_cannot_be_dates_print_as_invalid_time() {
             INVALID_TIME,
             "{why}"
         );
-        let shown = monitor::show_json(&monitor(None), &monitor_status(t, 1), &[]);
+        let shown = monitor::show_json(&monitor(None), &monitor_status(t, 1), None, &[]);
         assert_eq!(
             shown["status"]["regions"][0]["checked_at"], INVALID_TIME,
             "{why}"

@@ -1,4 +1,4 @@
-//! `portwatch watch`: the live event stream (incidents opened and closed,
+//! `portwatch watch`: the live event stream (incidents opened, flapping and closed,
 //! region state changes, probe regions going offline or online), one line per
 //! event, until Ctrl-C (exit 130) or until the coordinator ends the stream
 //! (exit 3, saying the coordinator went away).
@@ -110,6 +110,12 @@ pub fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String 
         }
         Some(Kind::IncidentClosed(i)) => format!(
             "{at}  INCIDENT CLOSED  {} ({})  reachable again  {}",
+            i.monitor_name,
+            target(&i.host, i.port),
+            i.id
+        ),
+        Some(Kind::IncidentFlapping(i)) => format!(
+            "{at}  INCIDENT FLAPPING  {} ({})  held open until stable  {}",
             i.monitor_name,
             target(&i.host, i.port),
             i.id

@@ -1,0 +1,265 @@
+//! Incident transitions of the hub: opening, closing, and holding a flapping
+//! incident open, each decided by `Hub::evaluate` and carried out here under
+//! the `transitions` lock.
+//!
+//! Guarantees: each transition re-checks, under the lock, that the incident is
+//! still the one evaluated (or that none is open, for an opening), so racing
+//! evaluations never open, close or mark one twice; an incident and the
+//! deliveries its change causes are written in one transaction and flushed
+//! before they are announced or the outbox is woken; a "flapping" notice is
+//! planned only in the write that first sets the stored incident's
+//! `flapping_since`, so it goes once per incident, across restarts.
+
+use std::time::{Duration, SystemTime};
+
+use portwatch_check::Outcome;
+use portwatch_proto::time::{from_timestamp, to_timestamp};
+use portwatch_proto::v1;
+use tracing::info;
+
+use super::{Hub, event, new_id};
+use crate::consensus;
+use crate::flapping::{self, Flap};
+use crate::outbox;
+use crate::store::{FlapTerms, StoreError};
+
+/// The flap terms a "flapping" notice about `m` quotes.
+fn flap_terms(m: &v1::Monitor) -> FlapTerms {
+    let s = flapping::Settings::of(m);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    FlapTerms {
+        threshold: s.threshold,
+        window_ms: ms(s.window),
+        stable_for_ms: ms(s.stable_for),
+    }
+}
+
+/// The flap state an open incident recorded, as a restart finds it: its
+/// changes and flapping mark as written, and a stability clock that starts
+/// no earlier than this start (the downtime is not stability anybody saw).
+pub(super) fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
+    let flapping_since = i.flapping_since.as_ref().and_then(from_timestamp);
+    let stable_since = flapping_since
+        .and(i.stable_since.as_ref().and_then(from_timestamp))
+        .map(|at| at.max(started));
+    Flap {
+        changes: i.state_changes.iter().filter_map(from_timestamp).collect(),
+        failing: stable_since.is_none(),
+        flapping_since,
+        stable_since,
+    }
+}
+
+impl Hub {
+    /// The monitor's flap state as the incident records it.
+    fn flap_of(&self, monitor_id: &str) -> Flap {
+        self.lock()
+            .flaps
+            .get(monitor_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Opens an incident for `monitor` (none is open): the incident and the
+    /// "unreachable" deliveries (and, when it opens flapping, the "flapping"
+    /// ones to the same channels) in one transaction, flushed before it is
+    /// announced and before the outbox may send them.
+    pub(super) async fn open_incident(
+        &self,
+        monitor: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        reason: Outcome,
+        flapping: bool,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        {
+            let st = self.lock();
+            if st.open.contains_key(&monitor.id) || !st.monitors.contains_key(&monitor.id) {
+                // Another evaluation opened it meanwhile, or it was deleted.
+                return Ok(());
+            }
+        }
+        let evidence = self.evidence(monitor, eval);
+        let flap = self.flap_of(&monitor.id);
+        let incident = v1::Incident {
+            id: new_id("inc"),
+            tenant_id: monitor.tenant_id.clone(),
+            monitor_id: monitor.id.clone(),
+            monitor_name: monitor.name.clone(),
+            host: monitor.host.clone(),
+            port: monitor.port,
+            opened_at: Some(to_timestamp(t)),
+            closed_at: None,
+            reason: v1::Outcome::from(reason) as i32,
+            reason_text: reason.text().to_string(),
+            open_evidence: evidence,
+            close_evidence: Vec::new(),
+            severity: "critical".into(),
+            flapping_since: flap.flapping_since.filter(|_| flapping).map(to_timestamp),
+            stable_since: None,
+            state_changes: flap.changes.iter().copied().map(to_timestamp).collect(),
+        };
+        let channels = self.store.list_channels()?;
+        let mut deliveries = outbox::plan_incident(
+            monitor,
+            &channels,
+            &[],
+            &incident,
+            v1::DeliveryKind::Opened,
+            t,
+        );
+        let flapping = incident.flapping_since.is_some();
+        if flapping {
+            let told: Vec<String> = deliveries
+                .iter()
+                .filter_map(|r| r.delivery.as_ref().map(|d| d.channel_id.clone()))
+                .collect();
+            deliveries.extend(outbox::plan_flapping(
+                monitor,
+                &channels,
+                &told,
+                &incident,
+                flap_terms(monitor),
+                t,
+            ));
+        }
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, flapping, deliveries = deliveries.len(), "incident opened");
+        self.lock()
+            .open
+            .insert(monitor.id.clone(), incident.clone());
+        if flapping {
+            self.emit(event(v1::event::Kind::IncidentOpened(incident.clone())));
+            self.emit(event(v1::event::Kind::IncidentFlapping(incident)));
+        } else {
+            self.emit(event(v1::event::Kind::IncidentOpened(incident)));
+        }
+        Ok(())
+    }
+
+    /// Closes the open incident `incident_id` of `monitor`: one "reachable
+    /// again" per channel told of the opening, in the incident's transaction.
+    pub(super) async fn close_incident(
+        &self,
+        monitor: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        ignored: &[String],
+        incident_id: &str,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        // The incident as it is now (a hold may have written it since the
+        // evaluation began), unless another evaluation closed it meanwhile.
+        let Some(mut incident) = self
+            .lock()
+            .open
+            .get(&monitor.id)
+            .filter(|i| i.id == incident_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let mut evidence = self.evidence(monitor, eval);
+        for e in &mut evidence {
+            e.ignored_offline = ignored.contains(&e.region);
+        }
+        incident.closed_at = Some(to_timestamp(t));
+        incident.close_evidence = evidence;
+        incident.state_changes = self
+            .flap_of(&monitor.id)
+            .changes
+            .iter()
+            .copied()
+            .map(to_timestamp)
+            .collect();
+        // Whoever heard of the opening hears of the end.
+        let earlier = self
+            .store
+            .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+        let deliveries = outbox::plan_incident(
+            monitor,
+            &self.store.list_channels()?,
+            &earlier,
+            &incident,
+            v1::DeliveryKind::Resolved,
+            t,
+        );
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        let was_flapping = incident.flapping_since.is_some();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, was_flapping, deliveries = deliveries.len(), "incident closed");
+        self.lock().open.remove(&monitor.id);
+        self.emit(event(v1::event::Kind::IncidentClosed(incident)));
+        Ok(())
+    }
+
+    /// Writes the flap state of a held incident. The first time it is marked
+    /// flapping, its "flapping" deliveries (to the channels told of the
+    /// opening) go in the same transaction, flushed before the outbox is
+    /// woken: once per incident, across restarts, since the stored mark is
+    /// what is checked. A change of the stability clock alone is written
+    /// without a flush: a crash losing it only restarts the clock, as every
+    /// restart does.
+    pub(super) async fn hold_incident(
+        &self,
+        monitor: &v1::Monitor,
+        incident_id: &str,
+        began: bool,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
+        let _transition = self.transitions.lock().await;
+        let Some(stored) = self
+            .lock()
+            .open
+            .get(&monitor.id)
+            .filter(|i| i.id == incident_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let flap = self.flap_of(&monitor.id);
+        let mut incident = stored.clone();
+        incident.flapping_since = flap.flapping_since.map(to_timestamp);
+        incident.stable_since = flap.stable_since.map(to_timestamp);
+        incident.state_changes = flap.changes.iter().copied().map(to_timestamp).collect();
+        let notify = stored.flapping_since.is_none() && incident.flapping_since.is_some();
+        let deliveries = if notify {
+            let told = self
+                .store
+                .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+            outbox::plan_flapping(
+                monitor,
+                &self.store.list_channels()?,
+                &told,
+                &incident,
+                flap_terms(monitor),
+                t,
+            )
+        } else {
+            Vec::new()
+        };
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        if notify {
+            self.store.flush().await?;
+            outbox::count_planned(deliveries.len());
+            self.outbox_wake.notify_one();
+            info!(monitor_id = %monitor.id, incident_id = %incident.id, began, deliveries = deliveries.len(), "monitor flapping: incident held open until stable");
+        }
+        self.lock()
+            .open
+            .insert(monitor.id.clone(), incident.clone());
+        if notify {
+            self.emit(event(v1::event::Kind::IncidentFlapping(incident)));
+        }
+        Ok(())
+    }
+}
