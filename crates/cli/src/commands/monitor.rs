@@ -419,7 +419,7 @@ pub fn show_text(
             "FLAPPING since {}: incident held open until every region has been up for {} ({stable})\n",
             output::ts(i.flapping_since.as_ref()),
             output::millis(
-                u64::try_from(flap::Settings::of(&m).stable_for.as_millis()).unwrap_or(u64::MAX)
+                u64::try_from(flap::Settings::of(m).stable_for.as_millis()).unwrap_or(u64::MAX)
             ),
         ));
     }
