@@ -272,15 +272,17 @@ pub struct MonitorUpdate {
     /// Notify the tenant's default channels again (clears --channels).
     #[arg(long)]
     pub default_channels: bool,
+    /// Turn flap detection on or off (a flapping incident is held open with one notice).
     #[arg(long, value_enum)]
     pub flap_detection: Option<names::FlapDetection>,
-    /// 0 = back to the default (4).
+    /// State changes within the window that make it flapping, 2-100; 0 = back to the default (4).
     #[arg(long)]
     pub flap_threshold: Option<u32>,
-    /// "default" = back to 20 intervals.
+    /// The window state changes are counted in, e.g. 20m; "default" = back to 20 intervals.
     #[arg(long, value_parser = parse_millis_or_default)]
     pub flap_window: Option<u64>,
-    /// "default" = back to 5 intervals.
+    /// While flapping, how long every region must stay up before the incident closes,
+    /// e.g. 5m; "default" = back to 5 intervals.
     #[arg(long, value_parser = parse_millis_or_default)]
     pub flap_stable_for: Option<u64>,
 }

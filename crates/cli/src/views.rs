@@ -53,6 +53,9 @@ pub fn agent(a: &v1::Agent) -> Value {
         "spool_error": a.spool_error,
         "unstored_total": a.unstored_total,
         "loop_errors_total": a.loop_errors_total,
+        "clock_offset_ms": a.clock_offset_ms,
+        "refused_results": a.refused_results,
+        "token_id": a.token_id,
     })
 }
 

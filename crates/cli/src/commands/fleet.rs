@@ -171,8 +171,12 @@ pub fn agents_table(agents: &[v1::Agent], now: SystemTime) -> Table {
         "VERSION",
         "MONITORS",
         "LAST SEEN",
+        "CLOCK",
         "SPOOL",
         "DROPPED",
+        "UNSTORED",
+        "REFUSED",
+        "SPOOL ERROR",
     ]);
     for a in agents {
         t.row(vec![
@@ -183,11 +187,36 @@ pub fn agents_table(agents: &[v1::Agent], now: SystemTime) -> Table {
             a.version.clone(),
             a.assignments.to_string(),
             output::ago(a.last_seen.as_ref(), now),
+            clock_offset(a.clock_offset_ms),
             a.spool_depth.to_string(),
             a.dropped_total.to_string(),
+            a.unstored_total.to_string(),
+            a.refused_results.to_string(),
+            if a.spool_error.is_empty() {
+                "-".to_string()
+            } else {
+                a.spool_error.clone()
+            },
         ]);
     }
     t
+}
+
+/// An agent's clock offset: "+1.250s" ahead, "-80ms" behind, "0ms".
+pub fn clock_offset(ms: i64) -> String {
+    let sign = if ms > 0 {
+        "+"
+    } else if ms < 0 {
+        "-"
+    } else {
+        ""
+    };
+    let abs = ms.unsigned_abs();
+    if abs < 1000 {
+        format!("{sign}{abs}ms")
+    } else {
+        format!("{sign}{}.{:03}s", abs / 1000, abs % 1000)
+    }
 }
 
 /// Agent tokens (never their secrets).

@@ -182,6 +182,12 @@ fn render_everything(t: Option<Timestamp>, now: SystemTime) -> (String, Vec<Valu
         json.push(monitor::show_json(&m, s, None, &history));
         json.push(views::status(s));
     }
+    // An incident held open as flapping, as `monitor show` prints it.
+    let mut held = incident(t, None);
+    held.flapping_since = t;
+    held.stable_since = t;
+    text += &monitor::show_text(&m, &statuses[0], Some(&held), &history, now);
+    json.push(monitor::show_json(&m, &statuses[0], Some(&held), &history));
     for e in events(t) {
         text += &watch::describe(&e, &Default::default());
         text.push('\n');
@@ -198,6 +204,8 @@ fn render_everything(t: Option<Timestamp>, now: SystemTime) -> (String, Vec<Valu
     };
     let agent = v1::Agent {
         agent_id: "a".into(),
+        clock_offset_ms: i64::MIN,
+        refused_results: u64::MAX,
         connected_at: t,
         last_seen: t,
         assignments: u32::MAX,
@@ -360,4 +368,15 @@ fn unset_values_are_null_or_none_and_nothing_connected_has_no_connect_time() {
     assert_eq!((&v["from"], &v["to"]), (&Value::Null, &Value::from("up")));
     let line = watch::describe(&first, &Default::default());
     assert!(line.contains("none -> up"), "{line}");
+}
+
+#[test]
+fn clock_offsets_read_as_ahead_or_behind_and_never_panic() {
+    assert_eq!(fleet::clock_offset(0), "0ms");
+    assert_eq!(fleet::clock_offset(80), "+80ms");
+    assert_eq!(fleet::clock_offset(-80), "-80ms");
+    assert_eq!(fleet::clock_offset(30_250), "+30.250s");
+    assert_eq!(fleet::clock_offset(-1_000), "-1.000s");
+    assert!(fleet::clock_offset(i64::MIN).starts_with('-'));
+    assert!(fleet::clock_offset(i64::MAX).starts_with('+'));
 }
