@@ -750,6 +750,7 @@ impl FakeAgent {
                 assignment_revision: 0,
                 last_seq: 0,
                 hostname: "test-host".into(),
+                status: None,
             })),
         })
         .await

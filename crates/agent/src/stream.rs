@@ -168,6 +168,7 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         assignment_revision: revision,
         last_seq: link.spool.last_seq(),
         hostname: hostname(),
+        status: Some(heartbeat_now(link)),
     };
     tx.send(v1::AgentMessage {
         msg: Some(AgentMsg::Hello(hello)),

@@ -66,6 +66,7 @@ impl Link {
                 assignment_revision: 0,
                 last_seq: 0,
                 hostname: "bench".into(),
+                status: None,
             })),
         })
         .await

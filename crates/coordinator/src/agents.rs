@@ -232,6 +232,7 @@ impl v1::agent_service_server::AgentService for AgentApi {
             return Ok(Response::new(Box::pin(out)));
         }
         let now = to_timestamp(SystemTime::now());
+        let status = hello.status.clone().unwrap_or_default();
         let info = v1::Agent {
             agent_id: agent_id.clone(),
             region: region.clone(),
@@ -242,10 +243,19 @@ impl v1::agent_service_server::AgentService for AgentApi {
             last_seen: Some(now),
             acked_seq,
             token_id: grant.token_id.clone(),
+            // As the agent reports itself on connecting; later heartbeats update it.
+            spool_depth: status.spool_depth,
+            dropped_total: status.dropped_total,
+            spool_error: status.spool_error.chars().take(512).collect(),
+            unstored_total: status.unstored_total,
+            loop_errors_total: status.loop_errors_total,
             ..Default::default()
         };
         store.put_agent(&info).map_err(StoreError::into_status)?;
         let session = self.hub.agent_connected(&region, info, tx.clone());
+        if let Some(status) = &hello.status {
+            self.hub.agent_seen(&region, session, Some(status));
+        }
         info!(%region, agent_id, session, version = %hello.version, "agent connected");
         metrics::counter!("portwatch_agent_connections_total", "region" => region.clone())
             .increment(1);
