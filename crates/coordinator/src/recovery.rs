@@ -44,7 +44,7 @@ fn reason(store: &Store, cause: &str) -> String {
     format!(
         "the store in {} takes no writes: {cause}; writes answer UNAVAILABLE and agents keep \
          their results until it is writable again (retried every {} s)",
-        store.dir().display(),
+        store.location(),
         RETRY_EVERY.as_secs()
     )
 }
@@ -98,7 +98,7 @@ pub async fn run(
                     Err(e) => return Err(e),
                 },
                 Err(e) if e.is_damage() => {
-                    error!(error = %e, data_dir = %store.dir().display(), "store: damaged; it cannot be reopened");
+                    error!(error = %e, data_dir = %store.location(), "store: damaged; it cannot be reopened");
                     health
                         .set(STORE_WRITABLE, Some(reason(&store, &e.to_string())))
                         .await;
@@ -144,7 +144,7 @@ pub async fn report_damage(store: Store, health: Arc<Health>, stop: Cancellation
                     Some(format!(
                         "the store in {} is damaged ({damage}); restore it from a backup \
                          (portwatch-coordinator restore)",
-                        store.dir().display()
+                        store.location()
                     )),
                 )
                 .await;

@@ -46,9 +46,11 @@ use sled::{Db, Tree};
 pub mod backup;
 mod handle;
 mod seal;
+mod storage;
 
-pub use handle::{FLUSH_TIMEOUT, Store, StoreState};
+pub use handle::{FLUSH_TIMEOUT, SledStore, StoreState};
 pub use seal::SEAL_FILE;
+pub use storage::{Storage, Store};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
-//! `Store`: the handle the rest of the coordinator holds. It wraps one open
-//! sled database (`Trees`) and keeps the coordinator going when that database
-//! fails under it.
+//! `SledStore`: the embedded backend of [`Storage`], the one the coordinator
+//! runs on by default. It wraps one open sled database (`Trees`) and keeps the
+//! coordinator going when that database fails under it.
 //!
 //! Why a handle: sled 0.34 keeps the first I/O error (a full disk, say) for
 //! the life of its `Db`, so every later write fails even after space is freed;
@@ -13,9 +13,9 @@
 //!   with [`StoreError::Unavailable`] and touches nothing;
 //! - an I/O error from sled, a flush that does not finish within
 //!   [`FLUSH_TIMEOUT`], or a panic inside sled marks the store not writable
-//!   (subscribers of [`Store::subscribe`] see it) and the caller gets an error:
+//!   (subscribers of [`SledStore::subscribe`] see it) and the caller gets an error:
 //!   a panic never unwinds out of a store call;
-//! - [`Store::try_reopen`] first proves the disk takes writes again (a probe
+//! - [`SledStore::try_reopen`] first proves the disk takes writes again (a probe
 //!   file), then drops the failed database and opens a new one, which sees
 //!   exactly what was flushed: what was acknowledged is there, what failed may
 //!   or may not be (so the hub reloads its view from it, `Hub::reload`);
@@ -37,6 +37,7 @@ use portwatch_proto::v1;
 use tokio::sync::watch;
 use tracing::{error, info};
 
+use super::storage::{Storage, storage_calls};
 use super::{
     DEFAULT_CACHE_MIB, HistoryPage, Ingest, Ingested, OutboxRecord, RegionOutage, Result,
     StoreError, TokenRecord, Trees, seal,
@@ -81,10 +82,10 @@ struct Shared {
     state: watch::Sender<StoreState>,
 }
 
-/// The coordinator's durable state: the typed API of `Trees`, guarded as the
-/// module docs describe. Clones share one database.
+/// The coordinator's durable state in sled: the typed API of `Trees`, guarded
+/// as the module docs describe. Clones share one database.
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     shared: Arc<Shared>,
 }
 
@@ -129,21 +130,21 @@ fn probe_space(dir: &Path) -> std::io::Result<()> {
     result
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store in `dir` with the default cache.
-    pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with_cache(dir, DEFAULT_CACHE_MIB * 1024 * 1024)
+    pub fn open(dir: &Path) -> Result<SledStore> {
+        SledStore::open_with_cache(dir, DEFAULT_CACHE_MIB * 1024 * 1024)
     }
 
     /// Opens (or creates) the store in `dir` with a page cache of
     /// `cache_bytes`, and checks its seal (`seal`): files that lost what they
     /// had made durable are refused as damaged. If the disk is full already,
     /// the store opens not writable (reads work; `try_reopen` heals it).
-    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store> {
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
         let trees = open_trees(dir, cache_bytes)?;
         let epoch = guarded("open", || seal::check(&trees, dir))?;
         guarded("open", || trees.verify_state())?;
-        let store = Store {
+        let store = SledStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 cache_bytes,
@@ -433,72 +434,68 @@ impl Store {
     }
 }
 
-/// The typed API of `Trees`, each call run as a read or a write (see
-/// `Store::read`, `Store::write`). Documented on `Trees`.
-macro_rules! delegate {
+/// The typed API of `Trees` as the [`Storage`] interface, each call run as a
+/// read or a write (see `SledStore::read`, `SledStore::write`). The list of
+/// calls is written once, in `store/storage.rs`, which hands it to this macro.
+macro_rules! sled_storage {
     ($( $kind:ident fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )*) => {
-        impl Store {
+        #[tonic::async_trait]
+        impl Storage for SledStore {
+            fn location(&self) -> String {
+                self.shared.dir.display().to_string()
+            }
+            fn state(&self) -> StoreState {
+                SledStore::state(self)
+            }
+            fn subscribe(&self) -> watch::Receiver<StoreState> {
+                SledStore::subscribe(self)
+            }
+            fn try_reopen(&self) -> Result<()> {
+                SledStore::try_reopen(self)
+            }
+            async fn verify_history(&self) -> Result<u64> {
+                SledStore::verify_history(self).await
+            }
+            async fn flush(&self) -> Result<()> {
+                SledStore::flush(self).await
+            }
+            async fn ingest(
+                &self,
+                agent_id: &str,
+                region: &str,
+                batch: &[Ingest<'_>],
+                up_to: u64,
+            ) -> Result<Ingested> {
+                SledStore::ingest(self, agent_id, region, batch, up_to).await
+            }
+            async fn seal(&self) -> Result<()> {
+                SledStore::seal(self).await
+            }
+            fn close_detached(&self) {
+                SledStore::close_detached(self)
+            }
+            fn size_on_disk(&self) -> u64 {
+                SledStore::size_on_disk(self)
+            }
+            fn history_len(&self) -> usize {
+                SledStore::history_len(self)
+            }
+            fn outbox_len(&self) -> usize {
+                SledStore::outbox_len(self)
+            }
             $(
-                #[allow(missing_docs)]
-                pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+                fn $name(&self $(, $arg: $ty)*) -> $ret {
                     self.$kind(stringify!($name), |tr| tr.$name($($arg),*))
                 }
             )*
         }
     };
 }
+storage_calls!(sled_storage);
 
-delegate! {
-    write fn put_tenant(&self, t: &v1::Tenant) -> Result<()>;
-    read fn get_tenant(&self, id: &str) -> Result<Option<v1::Tenant>>;
-    read fn list_tenants(&self) -> Result<Vec<v1::Tenant>>;
-    write fn put_token(&self, rec: &TokenRecord) -> Result<()>;
-    read fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
-    read fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
-    read fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
-    write fn put_region(&self, r: &v1::Region) -> Result<()>;
-    read fn get_region(&self, name: &str) -> Result<Option<v1::Region>>;
-    read fn list_regions(&self) -> Result<Vec<v1::Region>>;
-    write fn delete_region(&self, name: &str) -> Result<bool>;
-    write fn put_agent(&self, a: &v1::Agent) -> Result<()>;
-    read fn get_agent(&self, id: &str) -> Result<Option<v1::Agent>>;
-    read fn list_agents(&self) -> Result<Vec<v1::Agent>>;
-    read fn acked_seq(&self, agent_id: &str) -> Result<u64>;
-    write fn put_monitor(&self, m: &v1::Monitor) -> Result<()>;
-    write fn put_monitors(&self, ms: &[v1::Monitor]) -> Result<()>;
-    read fn get_monitor(&self, id: &str) -> Result<Option<v1::Monitor>>;
-    read fn list_monitors(&self) -> Result<Vec<v1::Monitor>>;
-    read fn tenant_monitor_count(&self, tenant_id: &str) -> Result<usize>;
-    read fn tenant_monitor_counts(&self) -> Result<std::collections::BTreeMap<String, usize>>;
-    read fn tenant_monitors(&self, tenant_id: &str, after: &str, limit: usize) -> Result<Vec<v1::Monitor>>;
-    write fn delete_monitor(&self, id: &str) -> Result<bool>;
-    write fn delete_monitor_closing(&self, id: &str, closing: Option<&v1::Incident>) -> Result<bool>;
-    read fn latest_for(&self, monitor_id: &str) -> Result<Vec<v1::CheckResult>>;
-    read fn all_latest(&self) -> Result<Vec<v1::CheckResult>>;
-    read fn history(&self, monitor_id: &str, since_us: u64, until_us: u64, region: Option<&str>, after: Option<&str>, limit: usize) -> Result<HistoryPage>;
-    write fn prune_history(&self, cutoff_us: u64) -> Result<usize>;
-    write fn put_incident(&self, i: &v1::Incident) -> Result<()>;
-    write fn put_incident_with_deliveries(&self, i: &v1::Incident, deliveries: &[OutboxRecord]) -> Result<()>;
-    read fn get_incident(&self, id: &str) -> Result<Option<v1::Incident>>;
-    read fn open_incident(&self, monitor_id: &str) -> Result<Option<v1::Incident>>;
-    read fn list_incidents(&self) -> Result<Vec<v1::Incident>>;
-    write fn put_channel(&self, c: &v1::Channel) -> Result<()>;
-    read fn get_channel(&self, id: &str) -> Result<Option<v1::Channel>>;
-    read fn list_channels(&self) -> Result<Vec<v1::Channel>>;
-    write fn delete_channel(&self, id: &str) -> Result<bool>;
-    read fn get_delivery(&self, id: &str) -> Result<Option<OutboxRecord>>;
-    write fn put_delivery(&self, r: &OutboxRecord) -> Result<()>;
-    read fn list_deliveries(&self) -> Result<Vec<OutboxRecord>>;
-    read fn delivery_channels(&self, subject_id: &str, kind: v1::DeliveryKind) -> Result<Vec<String>>;
-    read fn pending_deliveries(&self) -> Result<Vec<(String, u64)>>;
-    write fn prune_deliveries(&self, cutoff_us: u64) -> Result<usize>;
-    write fn put_outage_with_deliveries(&self, region: &str, outage: Option<&RegionOutage>, deliveries: &[OutboxRecord]) -> Result<()>;
-    read fn region_outages(&self) -> Result<Vec<RegionOutage>>;
-}
-
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("SledStore")
             .field("dir", &self.shared.dir)
             .field("state", &self.state())
             .finish()

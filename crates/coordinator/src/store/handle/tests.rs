@@ -3,7 +3,7 @@
 //! lost what it had made durable.
 
 use super::*;
-use crate::store::{Ingest, SEAL_FILE};
+use crate::store::{Ingest, SEAL_FILE, Store};
 use portwatch_proto::time::{from_unix_micros, to_timestamp};
 
 /// A sealed store of several sled segments: 40 monitors, 20,000 results.
