@@ -16,7 +16,7 @@ use portwatch_check::Outcome;
 use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 
-use super::{Hub, Key, State, event, now};
+use super::{AgentTx, Hub, Key, State, event, now};
 use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
 use crate::flapping::{self, Action, Flap, Signal};
 use crate::store::StoreError;
@@ -218,81 +218,72 @@ impl Hub {
         next.unwrap_or(now + Duration::from_secs(60))
     }
 
-    /// Evaluates one monitor and acts on the decision.
+    /// Evaluates one monitor and acts on the decision, in four steps: the
+    /// verdict on the live view (`judge`, under the state lock), the region
+    /// changes announced (`announce_region_changes`), the other regions asked
+    /// to confirm a region turning down (`ask_to_confirm`), and the incident
+    /// transition carried out (`carry_out`, under the transitions lock).
     pub async fn evaluate(&self, monitor_id: &str) -> Result<(), StoreError> {
         self.count(|c| c.evaluations += 1);
         let t = now();
-        let (monitor, eval, open, changes, confirm, action) = {
-            let mut st = self.lock();
-            let Some(m) = st.monitors.get(monitor_id).cloned() else {
-                return Ok(());
-            };
-            if m.paused {
-                // Resuming goes through `monitor_changed`, which makes it due again.
-                st.recheck
-                    .insert(m.id.clone(), t + Duration::from_secs(3600));
-                return Ok(());
-            }
-            let open = st.open.get(monitor_id).cloned();
-            let (eval, _) = self.consensus_for(&st, &m, t);
-            // The flap state moves here, under the state lock, so evaluations
-            // racing on one monitor each see the other's step; what must be
-            // written is written below under the transitions lock.
-            let prev = st.flaps.get(monitor_id).cloned().unwrap_or_default();
-            let settings = flapping::Settings::of(&m);
-            let (flap, action) =
-                flapping::step(&prev, &settings, Signal::of(&eval), open.is_some(), t);
-            if flap == Flap::default() {
-                st.flaps.remove(monitor_id);
-            } else {
-                st.flaps.insert(m.id.clone(), flap);
-            }
-            let recheck = self.recheck_at(&st, &m, &eval, t);
-            st.recheck.insert(m.id.clone(), recheck);
-            // Region state changes, for the event stream and fast confirmation.
-            let mut changes = Vec::new();
-            let mut newly_down = false;
-            for v in &eval.regions {
-                let key = (m.id.clone(), v.region.clone());
-                let prev = st.region_state.insert(key, v.state);
-                if prev.map(|p| wire_state(&p)) != Some(wire_state(&v.state)) {
-                    changes.push((v.region.clone(), prev, v.state));
-                    if matches!(v.state, RegionState::Down(_)) {
-                        newly_down = true;
-                    }
-                }
-            }
-            let mut confirm = Vec::new();
-            if self.settings.fast_confirmation
-                && newly_down
-                && open.is_none()
-                && eval.decision == Decision::Stay
-            {
-                let interval = Duration::from_millis(m.interval_ms);
-                let due = st
-                    .last_confirm
-                    .get(&m.id)
-                    .is_none_or(|at| at.elapsed() >= interval);
-                if due {
-                    st.last_confirm.insert(m.id.clone(), Instant::now());
-                    for v in eval
-                        .regions
-                        .iter()
-                        .filter(|v| !matches!(v.state, RegionState::Down(_)))
-                    {
-                        if let Some(s) = st
-                            .sessions
-                            .get(&v.region)
-                            .and_then(|ss| ss.iter().find(|s| s.assigned.contains(&m.id)))
-                        {
-                            confirm.push(s.tx.clone());
-                        }
-                    }
-                }
-            }
-            (m, eval, open, changes, confirm, action)
+        let Some(verdict) = self.judge(monitor_id, t) else {
+            return Ok(());
         };
-        for (region, prev, to) in changes {
+        let Verdict {
+            monitor,
+            eval,
+            open,
+            changes,
+            confirm,
+            action,
+        } = verdict;
+        self.announce_region_changes(&monitor, changes);
+        self.ask_to_confirm(&monitor, confirm);
+        self.carry_out(&monitor, &eval, open, action, t).await
+    }
+
+    /// The verdict on `monitor_id` as the live view stands, with everything
+    /// that must move with it under one hold of the state lock: the flap
+    /// state's step, the time of the next evaluation, each region's state,
+    /// and the agents asked to confirm. None for a monitor that is gone or
+    /// paused (a paused one is not due again for an hour: resuming goes
+    /// through `monitor_changed`, which makes it due).
+    fn judge(&self, monitor_id: &str, t: SystemTime) -> Option<Verdict> {
+        let mut st = self.lock();
+        let m = st.monitors.get(monitor_id).cloned()?;
+        if m.paused {
+            st.recheck
+                .insert(m.id.clone(), t + Duration::from_secs(3600));
+            return None;
+        }
+        let open = st.open.get(monitor_id).cloned();
+        let (eval, _) = self.consensus_for(&st, &m, t);
+        let action = step_flap(&mut st, &m, &eval, open.is_some(), t);
+        let recheck = self.recheck_at(&st, &m, &eval, t);
+        st.recheck.insert(m.id.clone(), recheck);
+        let (changes, newly_down) = record_region_states(&mut st, &m, &eval);
+        let confirm = if self.settings.fast_confirmation
+            && newly_down
+            && open.is_none()
+            && eval.decision == Decision::Stay
+        {
+            confirmers(&mut st, &m, &eval)
+        } else {
+            Vec::new()
+        };
+        Some(Verdict {
+            monitor: m,
+            eval,
+            open,
+            changes,
+            confirm,
+            action,
+        })
+    }
+
+    /// One event per region whose state changed, with its latest result.
+    fn announce_region_changes(&self, monitor: &v1::Monitor, changes: Vec<RegionChange>) {
+        for RegionChange { region, from, to } in changes {
             let latest = self
                 .lock()
                 .latest
@@ -302,35 +293,56 @@ impl Hub {
                 v1::RegionStateChanged {
                     monitor_id: monitor.id.clone(),
                     region,
-                    from: prev.map_or(v1::RegionState::Unspecified, |p| wire_state(&p)) as i32,
+                    from: from.map_or(v1::RegionState::Unspecified, |p| wire_state(&p)) as i32,
                     to: wire_state(&to) as i32,
                     outcome: latest.as_ref().map_or(0, |r| r.outcome),
                     detail: latest.map(|r| r.detail).unwrap_or_default(),
                 },
             )));
         }
-        if !confirm.is_empty() {
-            self.count(|c| c.confirmations += 1);
-            for tx in confirm {
-                let _ = tx.send(v1::CoordinatorMessage {
-                    msg: Some(v1::coordinator_message::Msg::CheckNow(v1::CheckNow {
-                        monitor_ids: vec![monitor.id.clone()],
-                        reason: "confirm: another region reports the port down".into(),
-                    })),
-                });
-            }
+    }
+
+    /// Asks the agents `judge` chose to check `monitor` now (counted as one
+    /// confirmation, however many regions are asked).
+    fn ask_to_confirm(&self, monitor: &v1::Monitor, confirm: Vec<AgentTx>) {
+        if confirm.is_empty() {
+            return;
         }
+        self.count(|c| c.confirmations += 1);
+        for tx in confirm {
+            let _ = tx.send(v1::CoordinatorMessage {
+                msg: Some(v1::coordinator_message::Msg::CheckNow(v1::CheckNow {
+                    monitor_ids: vec![monitor.id.clone()],
+                    reason: "confirm: another region reports the port down".into(),
+                })),
+            });
+        }
+    }
+
+    /// The incident transition the flap rule and the consensus rule agree on,
+    /// given the incident open when the verdict was taken: open one (none was
+    /// open), close it, or hold it open while it flaps. Anything else changes
+    /// no incident. Each transition re-checks under the transitions lock that
+    /// the incident is still the one judged.
+    async fn carry_out(
+        &self,
+        monitor: &v1::Monitor,
+        eval: &consensus::Evaluation,
+        open: Option<v1::Incident>,
+        action: Action,
+        t: SystemTime,
+    ) -> Result<(), StoreError> {
         match (action, &eval.decision, open) {
             (Action::Open { flapping }, Decision::Open { reason, .. }, None) => {
-                self.open_incident(&monitor, &eval, *reason, flapping, t)
+                self.open_incident(monitor, eval, *reason, flapping, t)
                     .await?;
             }
             (Action::Close, Decision::Close { ignored }, Some(open)) => {
-                self.close_incident(&monitor, &eval, ignored, &open.id, t)
+                self.close_incident(monitor, eval, ignored, &open.id, t)
                     .await?;
             }
             (Action::Hold { began }, _, Some(open)) => {
-                self.hold_incident(&monitor, &open.id, began, t).await?;
+                self.hold_incident(monitor, &open.id, began, t).await?;
             }
             _ => {}
         }
@@ -405,4 +417,101 @@ impl Hub {
             quorum: u32::try_from(eval.quorum).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// What one evaluation of a monitor decided under the state lock, to be acted
+/// on after it.
+struct Verdict {
+    monitor: v1::Monitor,
+    eval: consensus::Evaluation,
+    /// The incident open when the verdict was taken.
+    open: Option<v1::Incident>,
+    /// Regions whose state changed, for the event stream.
+    changes: Vec<RegionChange>,
+    /// The agents to ask to check the monitor now.
+    confirm: Vec<AgentTx>,
+    /// What the flap rule makes of the verdict.
+    action: Action,
+}
+
+/// One region of a monitor whose state changed (`from` is None the first
+/// time the region is evaluated).
+struct RegionChange {
+    region: String,
+    from: Option<RegionState>,
+    to: RegionState,
+}
+
+/// Moves the monitor's flap state one step on the verdict and returns what
+/// the flap rule makes of it. It moves here, under the state lock, so
+/// evaluations racing on one monitor each see the other's step; what must be
+/// written is written later, under the transitions lock.
+fn step_flap(
+    st: &mut State,
+    m: &v1::Monitor,
+    eval: &consensus::Evaluation,
+    open: bool,
+    t: SystemTime,
+) -> Action {
+    let prev = st.flaps.get(&m.id).cloned().unwrap_or_default();
+    let settings = flapping::Settings::of(m);
+    let (flap, action) = flapping::step(&prev, &settings, Signal::of(eval), open, t);
+    if flap == Flap::default() {
+        st.flaps.remove(&m.id);
+    } else {
+        st.flaps.insert(m.id.clone(), flap);
+    }
+    action
+}
+
+/// Records each region's state of the verdict and returns those that changed
+/// (as the wire tells them apart), and whether one of them turned down.
+fn record_region_states(
+    st: &mut State,
+    m: &v1::Monitor,
+    eval: &consensus::Evaluation,
+) -> (Vec<RegionChange>, bool) {
+    let mut changes = Vec::new();
+    let mut newly_down = false;
+    for v in &eval.regions {
+        let key = (m.id.clone(), v.region.clone());
+        let prev = st.region_state.insert(key, v.state);
+        if prev.map(|p| wire_state(&p)) != Some(wire_state(&v.state)) {
+            changes.push(RegionChange {
+                region: v.region.clone(),
+                from: prev,
+                to: v.state,
+            });
+            if matches!(v.state, RegionState::Down(_)) {
+                newly_down = true;
+            }
+        }
+    }
+    (changes, newly_down)
+}
+
+/// The agents that should confirm a region turning down: the monitor's
+/// owner in every region not down, at most once per check interval of the
+/// monitor, so a region that keeps turning down does not keep the others
+/// checking.
+fn confirmers(st: &mut State, m: &v1::Monitor, eval: &consensus::Evaluation) -> Vec<AgentTx> {
+    let interval = Duration::from_millis(m.interval_ms);
+    let due = st
+        .last_confirm
+        .get(&m.id)
+        .is_none_or(|at| at.elapsed() >= interval);
+    if !due {
+        return Vec::new();
+    }
+    st.last_confirm.insert(m.id.clone(), Instant::now());
+    eval.regions
+        .iter()
+        .filter(|v| !matches!(v.state, RegionState::Down(_)))
+        .filter_map(|v| {
+            st.sessions
+                .get(&v.region)
+                .and_then(|ss| ss.iter().find(|s| s.assigned.contains(&m.id)))
+                .map(|s| s.tx.clone())
+        })
+        .collect()
 }
