@@ -83,6 +83,8 @@ fn clock_offset_ms(sent: SystemTime, received: SystemTime) -> i64 {
 }
 
 impl Hub {
+    // ------------------------------------------------------------ monitors and regions
+
     /// A monitor was created or changed (already stored): push it to the agents.
     pub fn monitor_changed(&self, m: v1::Monitor) {
         let id = m.id.clone();
