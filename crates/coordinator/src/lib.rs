@@ -11,6 +11,7 @@ pub mod consensus;
 pub mod flapping;
 pub mod health;
 pub mod hub;
+pub mod ids;
 pub mod listener;
 pub mod loops;
 pub mod outbox;

@@ -5,6 +5,7 @@
 //! stability time.
 
 use super::*;
+use crate::outbox;
 
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 

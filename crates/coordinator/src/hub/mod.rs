@@ -1,0 +1,283 @@
+//! The coordinator's live state: monitors, connected agents, latest results,
+//! open incidents, and the decisions that tie them together.
+//!
+//! Everything durable goes through `Store` first; this is the in-memory view
+//! rebuilt from it at start. Invariants enforced here:
+//! - a monitor is assigned to exactly one live agent per monitored region
+//!   (rendezvous hashing on the monitor id), and a private region only ever gets
+//!   its owner tenant's monitors;
+//! - consensus runs on every result that becomes a region's latest, and on a
+//!   timer so that results going stale are noticed without new traffic;
+//! - at most one open incident per monitor, written and flushed before it is
+//!   announced; incident transitions are serialised, so two evaluations racing
+//!   cannot open (or close) the same incident twice;
+//! - an incident that opens or closes is written in one transaction with the
+//!   deliveries it causes (`outbox::plan_incident`), flushed, and only then is
+//!   the outbox worker woken: ingestion never waits on a notification send;
+//! - a flapping monitor (`flapping`) gets one "flapping" notice per incident,
+//!   written with the incident's flap state in one transaction, and its
+//!   incident is held open until every region has been up for its stability
+//!   time; the flap state of open incidents survives a restart, and a restart
+//!   starts the stability clock again (the coordinator's downtime is not
+//!   stability anybody saw);
+//! - a probe region without a live agent for `region_offline_grace` gets one
+//!   offline notice (operator channels), recorded durably with it, and one
+//!   "back online" notice only after that offline notice.
+//!
+//! The hub by job, each module adding its part of `impl Hub` on the one
+//! `State` behind the one state lock (and, for what writes incidents or
+//! outages, the one `transitions` lock), so the locking rules stay in this
+//! module while the decisions live apart:
+//! - `assignment`: agent sessions, which agent of a region checks which
+//!   monitor (rendezvous hashing), and keeping every agent's assignments in
+//!   step as monitors, regions and agents come and go;
+//! - `evaluation`: results becoming a region's latest, the consensus rule
+//!   applied on them (and on a timer), and the transition it decides;
+//! - `incidents`: carrying out an incident's opening, closing or hold, with
+//!   the deliveries each causes;
+//! - `outages`: probe regions left without a live agent, and their notices;
+//! - `reload`: the view taken again from a reopened store.
+//!
+//! This module holds the state, the constructor and the small accessors.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use portwatch_check::Outcome;
+use portwatch_proto::time::{from_timestamp, to_timestamp};
+use portwatch_proto::v1;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::consensus::{self, RegionState};
+use crate::flapping::Flap;
+use crate::store::{RegionOutage, Store, StoreError};
+use evaluation::outcome_of;
+use incidents::restored_flap;
+
+mod assignment;
+mod evaluation;
+mod incidents;
+mod outages;
+mod reload;
+
+pub use assignment::rendezvous;
+pub use evaluation::rules_for;
+// Ids have a module of their own (`crate::ids`); re-exported here for the
+// callers that still name them through the hub (the admin API).
+pub use crate::ids::new_id;
+
+/// Messages queued for one agent's stream.
+pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
+
+/// Settings the hub needs from the coordinator's config.
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub offline_grace: Duration,
+    /// A region with no live agent this long gets one "Probe region offline" notice.
+    pub region_offline_grace: Duration,
+    /// Ask the other regions to check now when one turns down (the config's
+    /// `fast_confirmation`). Off: they confirm at their next scheduled check.
+    pub fast_confirmation: bool,
+    /// How far ahead of our clock (or before its monitor existed) a result may
+    /// be stamped and still be accepted; also where an agent's clock offset
+    /// starts being warned about (at half of it).
+    pub clock_skew_allowance: Duration,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
+            offline_grace: consensus::Rules::DEFAULT_OFFLINE_GRACE,
+            region_offline_grace: Duration::from_secs(600),
+            fast_confirmation: true,
+            clock_skew_allowance: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One connected agent.
+struct Session {
+    agent_id: String,
+    session: u64,
+    tx: AgentTx,
+    assigned: HashSet<String>,
+    last_seen: Instant,
+    info: v1::Agent,
+    /// A warning about this agent's clock offset was logged and the offset has
+    /// stayed large since (one warning per episode, not one per heartbeat).
+    skew_warned: bool,
+}
+
+type Key = (String, String); // (monitor id, region)
+
+#[derive(Default)]
+struct State {
+    monitors: HashMap<String, v1::Monitor>,
+    regions: HashMap<String, v1::Region>,
+    sessions: HashMap<String, Vec<Session>>,
+    offline_since: HashMap<String, SystemTime>,
+    latest: HashMap<Key, v1::CheckResult>,
+    last_decisive: HashMap<Key, SystemTime>,
+    region_state: HashMap<Key, RegionState>,
+    open: HashMap<String, v1::Incident>,
+    last_confirm: HashMap<String, Instant>,
+    /// When each monitor's verdict may next change without a new result (a result
+    /// going stale, an offline grace ending). Absent = evaluate at the next tick.
+    recheck: HashMap<String, SystemTime>,
+    /// Regions whose operator was told they are offline (mirrors the store).
+    outages: HashMap<String, RegionOutage>,
+    /// Flap state per monitor (absent = nothing recent); for monitors with an
+    /// open incident, mirrored into the incident when it is written.
+    flaps: HashMap<String, Flap>,
+    next_session: u64,
+    revision: u64,
+}
+
+/// Counters for `/metrics` and tests.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct HubCounters {
+    pub refused_results: u64,
+    pub evaluations: u64,
+    pub confirmations: u64,
+}
+
+/// The shared coordinator state.
+pub struct Hub {
+    store: Store,
+    settings: HubSettings,
+    state: Mutex<State>,
+    events: broadcast::Sender<v1::Event>,
+    counters: Mutex<HubCounters>,
+    started: SystemTime,
+    /// Wakes the outbox worker after deliveries were made durable.
+    outbox_wake: Arc<Notify>,
+    /// Held across an incident's (or region outage's) decide-write-flush, so a
+    /// transition is decided against the state the previous one left.
+    transitions: tokio::sync::Mutex<()>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn event(kind: v1::event::Kind) -> v1::Event {
+    v1::Event {
+        at: Some(to_timestamp(now())),
+        kind: Some(kind),
+    }
+}
+
+impl Hub {
+    /// Loads the live state from the store.
+    pub fn load(store: Store, settings: HubSettings) -> Result<Arc<Hub>, StoreError> {
+        let mut state = State::default();
+        for m in store.list_monitors()? {
+            state.monitors.insert(m.id.clone(), m);
+        }
+        let started = now();
+        for r in store.list_regions()? {
+            // Every region starts with no live agent; the grace period counts from now.
+            state.offline_since.insert(r.name.clone(), started);
+            state.regions.insert(r.name.clone(), r);
+        }
+        for r in store.all_latest()? {
+            let key = (r.monitor_id.clone(), r.region.clone());
+            if let (Some(o), Some(at)) = (
+                outcome_of(&r),
+                r.checked_at.as_ref().and_then(from_timestamp),
+            ) && (o == Outcome::Ok || o.is_target_failure())
+            {
+                state.last_decisive.insert(key.clone(), at);
+            }
+            state.latest.insert(key, r);
+        }
+        for m in state.monitors.keys() {
+            if let Some(i) = store.open_incident(m)? {
+                state.open.insert(m.clone(), i);
+            }
+        }
+        for (m, i) in &state.open {
+            let flap = restored_flap(i, started);
+            if flap != Flap::default() {
+                state.flaps.insert(m.clone(), flap);
+            }
+        }
+        for o in store.region_outages()? {
+            state.outages.insert(o.region.clone(), o);
+        }
+        let (events, _) = broadcast::channel(4096);
+        Ok(Arc::new(Hub {
+            store,
+            settings,
+            state: Mutex::new(state),
+            events,
+            counters: Mutex::new(HubCounters::default()),
+            started,
+            outbox_wake: Arc::new(Notify::new()),
+            transitions: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// What the outbox worker waits on between rounds.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counters(&self) -> HubCounters {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut HubCounters)) {
+        f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Subscribes to the live event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, e: v1::Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(e);
+    }
+
+    /// When the coordinator started (regions count as offline from here).
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    pub fn open_incident_count(&self) -> usize {
+        self.lock().open.len()
+    }
+}
+
+#[cfg(test)]
+mod assignment_tests;
+#[cfg(test)]
+mod evaluation_tests;
+#[cfg(test)]
+mod flap_tests;
+#[cfg(test)]
+mod outage_tests;
+#[cfg(test)]
+mod reload_tests;
