@@ -1,0 +1,121 @@
+//! Probe regions (operator only to change; a tenant lists the public ones and
+//! its own private ones). A region shows its live agent count from the hub.
+//! Deleting a region that monitors still name is refused, so no monitor is
+//! ever left checked from a region that no longer exists.
+
+use portwatch_proto::time::to_timestamp;
+use portwatch_proto::v1;
+use tonic::{Request, Response, Status};
+
+use super::{AdminApi, internal, not_found, operator_only};
+use crate::auth::Caller;
+use crate::validate::{self, quote};
+
+impl AdminApi {
+    pub(super) fn region_view(&self, mut r: v1::Region) -> v1::Region {
+        let (online, since) = self.hub.region_liveness(&r.name);
+        r.agents_online = online;
+        r.offline_since = since.map(to_timestamp);
+        r
+    }
+
+    pub(super) async fn create_region(
+        &self,
+        request: Request<v1::CreateRegionRequest>,
+    ) -> Result<Response<v1::Region>, Status> {
+        operator_only(&self.caller(&request)?, "create regions")?;
+        let req = request.into_inner();
+        validate::slug("name", &req.name)?;
+        validate::text(
+            "description",
+            &req.description,
+            validate::MAX_DESCRIPTION,
+            false,
+        )?;
+        if !req.owner_tenant_id.is_empty() {
+            validate::slug("owner_tenant_id", &req.owner_tenant_id)?;
+        }
+        let _w = self.writes.lock().await;
+        if !req.owner_tenant_id.is_empty()
+            && self
+                .store()
+                .get_tenant(&req.owner_tenant_id)
+                .map_err(internal)?
+                .is_none()
+        {
+            return Err(not_found("owner_tenant_id", "tenant"));
+        }
+        if self
+            .store()
+            .get_region(&req.name)
+            .map_err(internal)?
+            .is_some()
+        {
+            return Err(Status::already_exists(format!(
+                "name: region {} already exists",
+                quote(&req.name)
+            )));
+        }
+        let region = v1::Region {
+            name: req.name,
+            description: req.description,
+            owner_tenant_id: req.owner_tenant_id,
+            agents_online: 0,
+            offline_since: None,
+        };
+        self.store().put_region(&region).map_err(internal)?;
+        self.flush().await?;
+        self.hub.region_changed(Some(region.clone()), &region.name);
+        Ok(Response::new(self.region_view(region)))
+    }
+
+    pub(super) async fn list_regions(
+        &self,
+        request: Request<v1::ListRegionsRequest>,
+    ) -> Result<Response<v1::ListRegionsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let mut regions: Vec<v1::Region> = self
+            .store()
+            .list_regions()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|r| match &caller {
+                Caller::Operator => true,
+                Caller::Tenant(t) => r.owner_tenant_id.is_empty() || &r.owner_tenant_id == t,
+            })
+            .map(|r| self.region_view(r))
+            .collect();
+        regions.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(v1::ListRegionsResponse { regions }))
+    }
+
+    pub(super) async fn delete_region(
+        &self,
+        request: Request<v1::DeleteRegionRequest>,
+    ) -> Result<Response<v1::DeleteRegionResponse>, Status> {
+        operator_only(&self.caller(&request)?, "delete regions")?;
+        let name = request.into_inner().name;
+        validate::slug("name", &name)?;
+        let _w = self.writes.lock().await;
+        if self.store().get_region(&name).map_err(internal)?.is_none() {
+            return Err(not_found("name", "region"));
+        }
+        let users = self
+            .store()
+            .list_monitors()
+            .map_err(internal)?
+            .iter()
+            .filter(|m| m.regions.contains(&name))
+            .count();
+        if users > 0 {
+            return Err(Status::failed_precondition(format!(
+                "name: region {} is still used by {users} monitor(s); remove it from them first",
+                quote(&name)
+            )));
+        }
+        self.store().delete_region(&name).map_err(internal)?;
+        self.flush().await?;
+        self.hub.region_changed(None, &name);
+        Ok(Response::new(v1::DeleteRegionResponse {}))
+    }
+}
