@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal, operator_only};
+use super::{AdminApi, Scope, internal};
 use crate::validate;
 
 impl AdminApi {
@@ -14,7 +14,7 @@ impl AdminApi {
         &self,
         request: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        operator_only(&self.caller(&request)?, "list agents")?;
+        self.begin(&request, Scope::Operator("list agents"))?;
         let region = request.into_inner().region;
         if !region.is_empty() {
             validate::slug("region", &region)?;

@@ -7,7 +7,7 @@
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, MAX_CHANNELS_PER_OWNER, internal, not_found, now_ts, page};
+use super::{AdminApi, MAX_CHANNELS_PER_OWNER, Scope, internal, not_found, now_ts, page};
 use crate::channels::{kind, redacted};
 use crate::hub::new_id;
 use crate::validate::{self, ChannelPolicy, quote};
@@ -26,9 +26,10 @@ impl AdminApi {
         &self,
         request: Request<v1::CreateChannelRequest>,
     ) -> Result<Response<v1::Channel>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Channels(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let owner = call.tenant.clone();
         let req = request.into_inner();
-        let owner = self.channel_owner(&caller, &req.tenant_id)?;
         let Some(draft) = req.channel else {
             return Err(Status::invalid_argument("channel: required"));
         };
@@ -39,7 +40,6 @@ impl AdminApi {
                 allow_private: self.senders.allow_private(),
             },
         )?;
-        let _w = self.writes.lock().await;
         let count = self
             .store()
             .list_channels()
@@ -64,8 +64,8 @@ impl AdminApi {
         &self,
         request: Request<v1::ListChannelsRequest>,
     ) -> Result<Response<v1::ListChannelsResponse>, Status> {
-        let caller = self.caller(&request)?;
-        let owner = self.channel_owner(&caller, &request.get_ref().tenant_id)?;
+        let scope = Scope::Channels(&request.get_ref().tenant_id);
+        let owner = self.begin(&request, scope)?.tenant;
         let channels = self
             .store()
             .list_channels()
@@ -81,10 +81,10 @@ impl AdminApi {
         &self,
         request: Request<v1::DeleteChannelRequest>,
     ) -> Result<Response<v1::DeleteChannelResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Channels(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let owner = call.tenant.clone();
         let req = request.get_ref();
-        let owner = self.channel_owner(&caller, &req.tenant_id)?;
-        let _w = self.writes.lock().await;
         let c = self.owned_channel(&owner, &req.id)?;
         let users = self
             .store()
@@ -109,9 +109,9 @@ impl AdminApi {
         &self,
         request: Request<v1::TestChannelRequest>,
     ) -> Result<Response<v1::TestChannelResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Channels(&request.get_ref().tenant_id);
+        let owner = self.begin(&request, scope)?.tenant;
         let req = request.get_ref();
-        let owner = self.channel_owner(&caller, &req.tenant_id)?;
         let c = self.owned_channel(&owner, &req.id)?;
         let (ok, detail) = match self.senders.test(&c).await {
             Ok(a) => (true, a.detail),
@@ -125,9 +125,9 @@ impl AdminApi {
         &self,
         request: Request<v1::ListDeliveriesRequest>,
     ) -> Result<Response<v1::ListDeliveriesResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Channels(&request.get_ref().tenant_id);
+        let owner = self.begin(&request, scope)?.tenant;
         let req = request.into_inner();
-        let owner = self.channel_owner(&caller, &req.tenant_id)?;
         validate::optional_id("incident_id", &req.incident_id)?;
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, EventStream, internal};
+use super::{AdminApi, Call, EventStream, Scope, internal};
 use crate::auth::Caller;
 use crate::store::Store;
 
@@ -54,7 +54,12 @@ impl AdminApi {
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let (caller, hash) = self.auth.admin_with_hash(request.metadata())?;
+        // Scoped below: the operator may watch every tenant at once.
+        let Call {
+            caller,
+            token_hash: hash,
+            ..
+        } = self.begin(&request, Scope::Anyone)?;
         let req = request.into_inner();
         let filter = if caller == Caller::Operator
             && req.tenant_id.is_empty()

@@ -4,7 +4,7 @@
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal, not_found, page};
+use super::{AdminApi, Scope, internal, not_found, page};
 use crate::validate;
 
 impl AdminApi {
@@ -12,9 +12,9 @@ impl AdminApi {
         &self,
         request: Request<v1::ListIncidentsRequest>,
     ) -> Result<Response<v1::ListIncidentsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         validate::optional_id("monitor_id", &req.monitor_id)?;
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
@@ -41,9 +41,9 @@ impl AdminApi {
         &self,
         request: Request<v1::GetIncidentRequest>,
     ) -> Result<Response<v1::Incident>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.get_ref();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         validate::id("id", &req.id)?;
         match self.store().get_incident(&req.id).map_err(internal)? {
             Some(i) if i.tenant_id == tenant_id => Ok(Response::new(i)),

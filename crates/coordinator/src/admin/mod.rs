@@ -11,7 +11,7 @@
 //! - operator-only calls answer PERMISSION_DENIED to tenants;
 //! - a request is checked whole (`validate`) before anything is written, so a
 //!   rejected request changes nothing; check-then-write sequences (duplicate ids,
-//!   plan quotas, a region still in use) run under one lock so two concurrent
+//!   plan quotas, a region still in use) run under one lock (`begin_write`) so two concurrent
 //!   requests cannot both pass the same check;
 //! - a monitor change is stored and flushed before the hub pushes it to agents;
 //! - channel secrets (webhook secret, SMTP password, PagerDuty routing key, the
@@ -41,7 +41,7 @@ use std::time::SystemTime;
 use portwatch_proto::time::to_timestamp;
 use portwatch_proto::v1;
 use portwatch_proto::v1::admin_service_server::AdminService;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -93,6 +93,33 @@ fn not_found(field: &str, what: &str) -> Status {
     Status::not_found(format!("{field}: no such {what}"))
 }
 
+/// Who a call may act for; `AdminApi::begin` checks it before anything else.
+#[derive(Clone, Copy)]
+enum Scope<'r> {
+    /// Anyone the admin API admits; the call decides the rest.
+    Anyone,
+    /// The operator only; the text completes "only the operator may …".
+    Operator(&'static str),
+    /// The operator only, acting on the tenant named (`tenant_scope`).
+    OperatorOn(&'static str, &'r str),
+    /// The tenant named, or the caller's own (`tenant_scope`).
+    Tenant(&'r str),
+    /// The owner of the channels named (`channel_owner`).
+    Channels(&'r str),
+}
+
+/// A call that passed its preamble.
+struct Call<'a> {
+    caller: Caller,
+    /// The tenant it acts on: empty for `Scope::Anyone` and `Scope::Operator`,
+    /// and for the operator's own channels.
+    tenant: String,
+    /// The hash of the caller's token (a stream ends when it is revoked).
+    token_hash: String,
+    /// The write lock, for calls begun with `begin_write`.
+    _writes: Option<MutexGuard<'a, ()>>,
+}
+
 impl AdminApi {
     pub fn new(hub: Arc<Hub>, auth: Auth, plans: Plans, senders: Arc<Senders>) -> AdminApi {
         AdminApi {
@@ -108,8 +135,45 @@ impl AdminApi {
         self.hub.store()
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        self.auth.admin(request.metadata())
+    /// The preamble of every RPC: who calls (from the bearer token), and
+    /// whether and for whom it may act (`scope`). Nothing is read from the
+    /// request's body here beyond what `scope` names, so the RPC validates
+    /// the rest itself, after this.
+    fn begin<T>(&self, request: &Request<T>, scope: Scope<'_>) -> Result<Call<'_>, Status> {
+        let (caller, token_hash) = self.auth.admin_with_hash(request.metadata())?;
+        let tenant = match scope {
+            Scope::Anyone => String::new(),
+            Scope::Operator(what) => {
+                operator_only(&caller, what)?;
+                String::new()
+            }
+            Scope::OperatorOn(what, requested) => {
+                operator_only(&caller, what)?;
+                self.tenant_scope(&caller, requested)?
+            }
+            Scope::Tenant(requested) => self.tenant_scope(&caller, requested)?,
+            Scope::Channels(requested) => self.channel_owner(&caller, requested)?,
+        };
+        Ok(Call {
+            caller,
+            tenant,
+            token_hash,
+            _writes: None,
+        })
+    }
+
+    /// `begin` for a call that writes: after the preamble, takes the write
+    /// lock, held until the call returns. Its checks (duplicates, quotas, a
+    /// region or channel still in use) and its write then see no other
+    /// request's write in between.
+    async fn begin_write<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope<'_>,
+    ) -> Result<Call<'_>, Status> {
+        let mut call = self.begin(request, scope)?;
+        call._writes = Some(self.writes.lock().await);
+        Ok(call)
     }
 
     async fn flush(&self) -> Result<(), Status> {

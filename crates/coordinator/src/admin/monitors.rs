@@ -9,8 +9,7 @@ use portwatch_check::Host;
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal, now_ts, page};
-use crate::auth::Caller;
+use super::{AdminApi, Call, Scope, internal, now_ts, page};
 use crate::hub::new_id;
 use crate::plans::PlanLimits;
 use crate::validate::{self, MonitorDraft, Tenancy, quote};
@@ -29,19 +28,19 @@ impl AdminApi {
         Ok(())
     }
 
+    /// Pauses or resumes a monitor of the call's tenant (begun with
+    /// `begin_write`).
     pub(super) async fn set_paused(
         &self,
-        caller: &Caller,
-        tenant_id: &str,
+        call: &Call<'_>,
         id: &str,
         paused: bool,
     ) -> Result<v1::Monitor, Status> {
-        let tenant_id = self.tenant_scope(caller, tenant_id)?;
-        let _w = self.writes.lock().await;
-        let mut m = self.owned_monitor(&tenant_id, "id", id)?;
+        let tenant_id = &call.tenant;
+        let mut m = self.owned_monitor(tenant_id, "id", id)?;
         if !paused {
             // Resuming starts port checks again, which the plan must include.
-            self.port_plan(&self.tenant(&tenant_id)?)?;
+            self.port_plan(&self.tenant(tenant_id)?)?;
         }
         if m.paused == paused {
             return Ok(m);
@@ -77,10 +76,10 @@ impl AdminApi {
         &self,
         request: Request<v1::CreateMonitorRequest>,
     ) -> Result<Response<v1::Monitor>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let tenant_id = call.tenant.clone();
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
-        let _w = self.writes.lock().await;
         let tenant = self.tenant(&tenant_id)?;
         let limits = self.port_plan(&tenant)?;
         let count = self.monitor_count(&tenant_id)?;
@@ -115,9 +114,9 @@ impl AdminApi {
         &self,
         request: Request<v1::GetMonitorRequest>,
     ) -> Result<Response<v1::Monitor>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.get_ref();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         Ok(Response::new(
             self.owned_monitor(&tenant_id, "id", &req.id)?,
         ))
@@ -127,9 +126,9 @@ impl AdminApi {
         &self,
         request: Request<v1::ListMonitorsRequest>,
     ) -> Result<Response<v1::ListMonitorsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
         // Ids in order, after the page token: one more than a page says whether
@@ -152,10 +151,10 @@ impl AdminApi {
         &self,
         request: Request<v1::UpdateMonitorRequest>,
     ) -> Result<Response<v1::Monitor>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let tenant_id = call.tenant.clone();
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
-        let _w = self.writes.lock().await;
         let mut m = self.owned_monitor(&tenant_id, "id", &req.id)?;
         let tenant = self.tenant(&tenant_id)?;
         let limits = self.port_plan(&tenant)?;
@@ -238,10 +237,10 @@ impl AdminApi {
         &self,
         request: Request<v1::DeleteMonitorRequest>,
     ) -> Result<Response<v1::DeleteMonitorResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let tenant_id = call.tenant.clone();
         let req = request.get_ref();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
-        let _w = self.writes.lock().await;
         let m = self.owned_monitor(&tenant_id, "id", &req.id)?;
         self.hub.delete_monitor(&m.id).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteMonitorResponse {}))
@@ -251,11 +250,9 @@ impl AdminApi {
         &self,
         request: Request<v1::PauseMonitorRequest>,
     ) -> Result<Response<v1::Monitor>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.get_ref();
-        let m = self
-            .set_paused(&caller, &req.tenant_id, &req.id, true)
-            .await?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let m = self.set_paused(&call, &request.get_ref().id, true).await?;
         Ok(Response::new(m))
     }
 
@@ -263,11 +260,9 @@ impl AdminApi {
         &self,
         request: Request<v1::ResumeMonitorRequest>,
     ) -> Result<Response<v1::Monitor>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.get_ref();
-        let m = self
-            .set_paused(&caller, &req.tenant_id, &req.id, false)
-            .await?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let m = self.set_paused(&call, &request.get_ref().id, false).await?;
         Ok(Response::new(m))
     }
 
@@ -275,9 +270,9 @@ impl AdminApi {
         &self,
         request: Request<v1::GetMonitorStatusRequest>,
     ) -> Result<Response<v1::MonitorStatus>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.get_ref();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let m = self.owned_monitor(&tenant_id, "id", &req.id)?;
         Ok(Response::new(self.hub.status(&m)))
     }

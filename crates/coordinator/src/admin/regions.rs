@@ -7,7 +7,7 @@ use portwatch_proto::time::to_timestamp;
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal, not_found, operator_only};
+use super::{AdminApi, Scope, internal, not_found};
 use crate::auth::Caller;
 use crate::validate::{self, quote};
 
@@ -23,7 +23,9 @@ impl AdminApi {
         &self,
         request: Request<v1::CreateRegionRequest>,
     ) -> Result<Response<v1::Region>, Status> {
-        operator_only(&self.caller(&request)?, "create regions")?;
+        let _call = self
+            .begin_write(&request, Scope::Operator("create regions"))
+            .await?;
         let req = request.into_inner();
         validate::slug("name", &req.name)?;
         validate::text(
@@ -35,7 +37,6 @@ impl AdminApi {
         if !req.owner_tenant_id.is_empty() {
             validate::slug("owner_tenant_id", &req.owner_tenant_id)?;
         }
-        let _w = self.writes.lock().await;
         if !req.owner_tenant_id.is_empty()
             && self
                 .store()
@@ -73,7 +74,7 @@ impl AdminApi {
         &self,
         request: Request<v1::ListRegionsRequest>,
     ) -> Result<Response<v1::ListRegionsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.begin(&request, Scope::Anyone)?.caller;
         let mut regions: Vec<v1::Region> = self
             .store()
             .list_regions()
@@ -93,10 +94,11 @@ impl AdminApi {
         &self,
         request: Request<v1::DeleteRegionRequest>,
     ) -> Result<Response<v1::DeleteRegionResponse>, Status> {
-        operator_only(&self.caller(&request)?, "delete regions")?;
+        let _call = self
+            .begin_write(&request, Scope::Operator("delete regions"))
+            .await?;
         let name = request.into_inner().name;
         validate::slug("name", &name)?;
-        let _w = self.writes.lock().await;
         if self.store().get_region(&name).map_err(internal)?.is_none() {
             return Err(not_found("name", "region"));
         }

@@ -8,7 +8,7 @@ use portwatch_proto::time::{from_timestamp, unix_micros};
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal};
+use super::{AdminApi, Scope, internal};
 use crate::validate;
 
 /// A history page token: the hex of the last key returned, which starts with the
@@ -35,9 +35,9 @@ impl AdminApi {
         &self,
         request: Request<v1::ListResultsRequest>,
     ) -> Result<Response<v1::ListResultsResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let tenant_id = self.begin(&request, scope)?.tenant;
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         let m = self.owned_monitor(&tenant_id, "monitor_id", &req.monitor_id)?;
         let micros = |field: &str, ts: Option<prost_types::Timestamp>, default: u64| match ts {
             None => Ok(default),

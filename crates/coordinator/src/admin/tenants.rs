@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use portwatch_proto::v1;
 
-use super::{AdminApi, internal, now_ts, operator_only};
+use super::{AdminApi, Scope, internal, now_ts};
 use crate::auth::Caller;
 use crate::hub::new_id;
 use crate::store::TokenScope;
@@ -29,25 +29,29 @@ impl AdminApi {
         request: Request<v1::WhoAmIRequest>,
     ) -> Result<Response<v1::WhoAmIResponse>, Status> {
         let coordinator_version = env!("CARGO_PKG_VERSION").to_string();
-        Ok(Response::new(match self.caller(&request)? {
-            Caller::Operator => v1::WhoAmIResponse {
-                operator: true,
-                tenant_id: String::new(),
-                coordinator_version,
+        Ok(Response::new(
+            match self.begin(&request, Scope::Anyone)?.caller {
+                Caller::Operator => v1::WhoAmIResponse {
+                    operator: true,
+                    tenant_id: String::new(),
+                    coordinator_version,
+                },
+                Caller::Tenant(id) => v1::WhoAmIResponse {
+                    operator: false,
+                    tenant_id: id,
+                    coordinator_version,
+                },
             },
-            Caller::Tenant(id) => v1::WhoAmIResponse {
-                operator: false,
-                tenant_id: id,
-                coordinator_version,
-            },
-        }))
+        ))
     }
 
     pub(super) async fn create_tenant(
         &self,
         request: Request<v1::CreateTenantRequest>,
     ) -> Result<Response<v1::CreateTenantResponse>, Status> {
-        operator_only(&self.caller(&request)?, "create tenants")?;
+        let _call = self
+            .begin_write(&request, Scope::Operator("create tenants"))
+            .await?;
         let req = request.into_inner();
         let id = if req.id.is_empty() {
             new_id("t")
@@ -57,8 +61,6 @@ impl AdminApi {
         };
         validate::text("name", &req.name, validate::MAX_TENANT_NAME, true)?;
         let plan = validate::plan(req.plan)?;
-
-        let _w = self.writes.lock().await;
         if self.store().get_tenant(&id).map_err(internal)?.is_some() {
             return Err(Status::already_exists(format!(
                 "id: tenant {} already exists",
@@ -87,7 +89,7 @@ impl AdminApi {
         &self,
         request: Request<v1::ListTenantsRequest>,
     ) -> Result<Response<v1::ListTenantsResponse>, Status> {
-        operator_only(&self.caller(&request)?, "list tenants")?;
+        self.begin(&request, Scope::Operator("list tenants"))?;
         let counts = self.store().tenant_monitor_counts().map_err(internal)?;
         let mut tenants: Vec<v1::Tenant> = self
             .store()
@@ -107,8 +109,9 @@ impl AdminApi {
         &self,
         request: Request<v1::GetTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        let caller = self.caller(&request)?;
-        let id = self.tenant_scope(&caller, &request.get_ref().tenant_id)?;
+        let id = self
+            .begin(&request, Scope::Tenant(&request.get_ref().tenant_id))?
+            .tenant;
         let tenant = self.tenant(&id)?;
         let count = self.monitor_count(&id)?;
         Ok(Response::new(self.tenant_view(tenant, count)))
@@ -118,12 +121,10 @@ impl AdminApi {
         &self,
         request: Request<v1::SetTenantPlanRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        let caller = self.caller(&request)?;
-        operator_only(&caller, "change plans")?;
-        let req = request.into_inner();
-        let id = self.tenant_scope(&caller, &req.tenant_id)?;
-        let plan = validate::plan(req.plan)?;
-        let _w = self.writes.lock().await;
+        let scope = Scope::OperatorOn("change plans", &request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let id = call.tenant.clone();
+        let plan = validate::plan(request.get_ref().plan)?;
         let mut tenant = self.tenant(&id)?;
         tenant.plan = plan as i32;
         self.store().put_tenant(&tenant).map_err(internal)?;

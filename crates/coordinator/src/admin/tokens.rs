@@ -10,7 +10,7 @@ use portwatch_proto::time::{from_unix_micros, to_timestamp, unix_micros};
 use portwatch_proto::v1;
 use tonic::{Request, Response, Status};
 
-use super::{AdminApi, internal, not_found, operator_only};
+use super::{AdminApi, Scope, internal, not_found};
 use crate::auth::{Caller, hash_token, new_secret};
 use crate::hub::new_id;
 use crate::store::{TokenRecord, TokenScope};
@@ -54,9 +54,10 @@ impl AdminApi {
         &self,
         request: Request<v1::CreateTenantTokenRequest>,
     ) -> Result<Response<v1::CreateTenantTokenResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let scope = Scope::Tenant(&request.get_ref().tenant_id);
+        let call = self.begin_write(&request, scope).await?;
+        let tenant_id = call.tenant.clone();
         let req = request.into_inner();
-        let tenant_id = self.tenant_scope(&caller, &req.tenant_id)?;
         validate::text(
             "description",
             &req.description,
@@ -76,12 +77,11 @@ impl AdminApi {
         &self,
         request: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let call = self.begin_write(&request, Scope::Anyone).await?;
         let id = &request.get_ref().token_id;
         validate::id("token_id", id)?;
-        let _w = self.writes.lock().await;
         let mut rec = match self.store().token_by_id(id).map_err(internal)? {
-            Some(rec) => match (&rec.scope, &caller) {
+            Some(rec) => match (&rec.scope, &call.caller) {
                 (TokenScope::Tenant { .. }, Caller::Operator) => rec,
                 (TokenScope::Tenant { tenant_id }, Caller::Tenant(own)) if tenant_id == own => rec,
                 _ => return Err(not_found("token_id", "tenant token")),
@@ -102,7 +102,9 @@ impl AdminApi {
         &self,
         request: Request<v1::CreateAgentTokenRequest>,
     ) -> Result<Response<v1::CreateAgentTokenResponse>, Status> {
-        operator_only(&self.caller(&request)?, "create agent tokens")?;
+        let _call = self
+            .begin_write(&request, Scope::Operator("create agent tokens"))
+            .await?;
         let req = request.into_inner();
         validate::slug("region", &req.region)?;
         validate::text(
@@ -135,7 +137,7 @@ impl AdminApi {
         &self,
         request: Request<v1::ListAgentTokensRequest>,
     ) -> Result<Response<v1::ListAgentTokensResponse>, Status> {
-        operator_only(&self.caller(&request)?, "list agent tokens")?;
+        self.begin(&request, Scope::Operator("list agent tokens"))?;
         let region = request.into_inner().region;
         if !region.is_empty() {
             validate::slug("region", &region)?;
@@ -159,10 +161,11 @@ impl AdminApi {
         &self,
         request: Request<v1::RevokeTokenRequest>,
     ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
-        operator_only(&self.caller(&request)?, "revoke agent tokens")?;
+        let _call = self
+            .begin_write(&request, Scope::Operator("revoke agent tokens"))
+            .await?;
         let id = &request.get_ref().token_id;
         validate::id("token_id", id)?;
-        let _w = self.writes.lock().await;
         let mut rec = match self.store().token_by_id(id).map_err(internal)? {
             Some(rec) if matches!(rec.scope, TokenScope::Agent { .. }) => rec,
             _ => return Err(not_found("token_id", "agent token")),
