@@ -1320,6 +1320,18 @@ impl Hub {
         );
         Ok(())
     }
+
+    /// Holds off incident transitions: while the guard lives, no evaluation
+    /// opens or closes an incident. `changes` takes it to write a change that
+    /// closes an incident (deleting a monitor).
+    pub async fn hold_transitions(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.transitions.lock().await
+    }
+
+    /// The open incident of a monitor, as the live view holds it.
+    pub fn open_incident_of(&self, monitor_id: &str) -> Option<v1::Incident> {
+        self.lock().open.get(monitor_id).cloned()
+    }
 }
 
 fn update(

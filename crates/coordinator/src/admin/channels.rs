@@ -55,8 +55,7 @@ impl AdminApi {
         channel.id = new_id("ch");
         channel.tenant_id = owner;
         channel.created_at = Some(now_ts());
-        self.store().put_channel(&channel).map_err(internal)?;
-        self.flush().await?;
+        self.changes.put_channel(&channel).await.map_err(internal)?;
         Ok(Response::new(redacted(&channel)))
     }
 
@@ -100,8 +99,7 @@ impl AdminApi {
             )));
         }
         // Its pending deliveries fail at their next attempt ("the channel was deleted").
-        self.store().delete_channel(&c.id).map_err(internal)?;
-        self.flush().await?;
+        self.changes.delete_channel(&c.id).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteChannelResponse {}))
     }
 

@@ -11,9 +11,12 @@
 //! - operator-only calls answer PERMISSION_DENIED to tenants;
 //! - a request is checked whole (`validate`) before anything is written, so a
 //!   rejected request changes nothing; check-then-write sequences (duplicate ids,
-//!   plan quotas, a region still in use) run under one lock (`begin_write`) so two concurrent
-//!   requests cannot both pass the same check;
-//! - a monitor change is stored and flushed before the hub pushes it to agents;
+//!   plan quotas, a region still in use) run under one lock (`begin_write`) so
+//!   two concurrent requests cannot both pass the same check;
+//! - every write goes through `changes` (the change and its consequences in
+//!   one transaction, flushed, and only then the live state: a monitor change
+//!   reaches agents only once it is durable); this module writes nothing
+//!   itself, it authenticates, validates and calls `Changes`;
 //! - channel secrets (webhook secret, SMTP password, PagerDuty routing key, the
 //!   Slack URL's path) are write-only: every answer carries
 //!   `channels::redacted`; the operator's own channels have an empty tenant id.
@@ -46,6 +49,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Auth, Caller};
+use crate::changes::Changes;
 use crate::channels::Senders;
 use crate::hub::Hub;
 use crate::plans::Plans;
@@ -68,6 +72,9 @@ pub struct AdminApi {
     senders: Arc<Senders>,
     /// Held from the first check of a writing request to its last write.
     writes: Mutex<()>,
+    /// Where every write goes: the change and its consequences in one
+    /// transaction, flushed, then the live state.
+    changes: Changes,
 }
 
 /// A store error as the caller sees it: UNAVAILABLE while the store takes no
@@ -123,6 +130,7 @@ struct Call<'a> {
 impl AdminApi {
     pub fn new(hub: Arc<Hub>, auth: Auth, plans: Plans, senders: Arc<Senders>) -> AdminApi {
         AdminApi {
+            changes: Changes::new(hub.clone(), auth.clone()),
             hub,
             auth,
             plans,
@@ -174,10 +182,6 @@ impl AdminApi {
         let mut call = self.begin(request, scope)?;
         call._writes = Some(self.writes.lock().await);
         Ok(call)
-    }
-
-    async fn flush(&self) -> Result<(), Status> {
-        self.store().flush().await.map_err(internal)
     }
 
     /// The tenant a call acts on. A tenant token may leave `requested` empty or

@@ -20,12 +20,9 @@ impl AdminApi {
         Ok(validate::port_monitors_allowed(&self.plans, tenant.plan)?)
     }
 
-    /// Durable first, then pushed to the agents.
-    pub(super) async fn persist_monitor(&self, m: &v1::Monitor) -> Result<(), Status> {
-        self.store().put_monitor(m).map_err(internal)?;
-        self.flush().await?;
-        self.hub.monitor_changed(m.clone());
-        Ok(())
+    /// Durable first, then pushed to the agents (`Changes::put_monitor`).
+    async fn persist_monitor(&self, m: &v1::Monitor) -> Result<(), Status> {
+        self.changes.put_monitor(m).await.map_err(internal)
     }
 
     /// Pauses or resumes a monitor of the call's tenant (begun with
@@ -242,7 +239,7 @@ impl AdminApi {
         let tenant_id = call.tenant.clone();
         let req = request.get_ref();
         let m = self.owned_monitor(&tenant_id, "id", &req.id)?;
-        self.hub.delete_monitor(&m.id).await.map_err(internal)?;
+        self.changes.delete_monitor(&m.id).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteMonitorResponse {}))
     }
 

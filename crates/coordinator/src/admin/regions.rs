@@ -64,9 +64,7 @@ impl AdminApi {
             agents_online: 0,
             offline_since: None,
         };
-        self.store().put_region(&region).map_err(internal)?;
-        self.flush().await?;
-        self.hub.region_changed(Some(region.clone()), &region.name);
+        self.changes.put_region(&region).await.map_err(internal)?;
         Ok(Response::new(self.region_view(region)))
     }
 
@@ -115,9 +113,7 @@ impl AdminApi {
                 quote(&name)
             )));
         }
-        self.store().delete_region(&name).map_err(internal)?;
-        self.flush().await?;
-        self.hub.region_changed(None, &name);
+        self.changes.delete_region(&name).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteRegionResponse {}))
     }
 }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use portwatch_proto::v1;
 
+use super::tokens::new_token;
 use super::{AdminApi, Scope, internal, now_ts};
 use crate::auth::Caller;
 use crate::hub::new_id;
@@ -74,10 +75,12 @@ impl AdminApi {
             created_at: Some(now_ts()),
             ..Default::default()
         };
-        self.store().put_tenant(&tenant).map_err(internal)?;
-        let (token_id, token) =
-            self.issue_token(TokenScope::Tenant { tenant_id: id }, "first token", "pwt_")?;
-        self.flush().await?;
+        let (first, token) = new_token(TokenScope::Tenant { tenant_id: id }, "first token", "pwt_");
+        self.changes
+            .create_tenant(&tenant, &first)
+            .await
+            .map_err(internal)?;
+        let token_id = first.id;
         Ok(Response::new(v1::CreateTenantResponse {
             tenant: Some(self.tenant_view(tenant, 0)),
             token,
@@ -127,8 +130,7 @@ impl AdminApi {
         let plan = validate::plan(request.get_ref().plan)?;
         let mut tenant = self.tenant(&id)?;
         tenant.plan = plan as i32;
-        self.store().put_tenant(&tenant).map_err(internal)?;
-        self.flush().await?;
+        self.changes.put_tenant(&tenant).await.map_err(internal)?;
         let count = self.monitor_count(&id)?;
         Ok(Response::new(self.tenant_view(tenant, count)))
     }

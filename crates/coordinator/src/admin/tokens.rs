@@ -29,24 +29,35 @@ fn agent_token(t: TokenRecord) -> Option<v1::AgentToken> {
     }
 }
 
+/// A new token's record and its secret. Only the record (with the secret's
+/// hash) is ever stored; the secret is shown once.
+pub(super) fn new_token(
+    scope: TokenScope,
+    description: &str,
+    prefix: &str,
+) -> (TokenRecord, String) {
+    let secret = new_secret(prefix);
+    let rec = TokenRecord {
+        id: new_id("tok"),
+        hash: hash_token(&secret),
+        scope,
+        description: description.to_string(),
+        created_at_us: unix_micros(SystemTime::now()),
+        revoked: false,
+    };
+    (rec, secret)
+}
+
 impl AdminApi {
-    /// Stores a new token; returns (token id, secret). The secret is never stored.
-    pub(super) fn issue_token(
+    /// Stores a new token; returns (token id, secret).
+    async fn issue_token(
         &self,
         scope: TokenScope,
         description: &str,
         prefix: &str,
     ) -> Result<(String, String), Status> {
-        let secret = new_secret(prefix);
-        let rec = TokenRecord {
-            id: new_id("tok"),
-            hash: hash_token(&secret),
-            scope,
-            description: description.to_string(),
-            created_at_us: unix_micros(SystemTime::now()),
-            revoked: false,
-        };
-        self.store().put_token(&rec).map_err(internal)?;
+        let (rec, secret) = new_token(scope, description, prefix);
+        self.changes.issue_token(&rec).await.map_err(internal)?;
         Ok((rec.id, secret))
     }
 
@@ -64,9 +75,9 @@ impl AdminApi {
             validate::MAX_DESCRIPTION,
             false,
         )?;
-        let (token_id, token) =
-            self.issue_token(TokenScope::Tenant { tenant_id }, &req.description, "pwt_")?;
-        self.flush().await?;
+        let (token_id, token) = self
+            .issue_token(TokenScope::Tenant { tenant_id }, &req.description, "pwt_")
+            .await?;
         Ok(Response::new(v1::CreateTenantTokenResponse {
             token_id,
             token,
@@ -80,7 +91,7 @@ impl AdminApi {
         let call = self.begin_write(&request, Scope::Anyone).await?;
         let id = &request.get_ref().token_id;
         validate::id("token_id", id)?;
-        let mut rec = match self.store().token_by_id(id).map_err(internal)? {
+        let rec = match self.store().token_by_id(id).map_err(internal)? {
             Some(rec) => match (&rec.scope, &call.caller) {
                 (TokenScope::Tenant { .. }, Caller::Operator) => rec,
                 (TokenScope::Tenant { tenant_id }, Caller::Tenant(own)) if tenant_id == own => rec,
@@ -89,11 +100,8 @@ impl AdminApi {
             None => return Err(not_found("token_id", "tenant token")),
         };
         if !rec.revoked {
-            rec.revoked = true;
-            self.store().put_token(&rec).map_err(internal)?;
-            self.flush().await?;
-            // Durable: now end the streams still using it.
-            self.auth.announce_revocation();
+            // Durable, then the streams still using it end.
+            self.changes.revoke_token(rec).await.map_err(internal)?;
         }
         Ok(Response::new(v1::RevokeTokenResponse {}))
     }
@@ -121,12 +129,13 @@ impl AdminApi {
         {
             return Err(not_found("region", "region"));
         }
-        let (token_id, token) = self.issue_token(
-            TokenScope::Agent { region: req.region },
-            &req.description,
-            "pwa_",
-        )?;
-        self.flush().await?;
+        let (token_id, token) = self
+            .issue_token(
+                TokenScope::Agent { region: req.region },
+                &req.description,
+                "pwa_",
+            )
+            .await?;
         Ok(Response::new(v1::CreateAgentTokenResponse {
             token_id,
             token,
@@ -166,16 +175,13 @@ impl AdminApi {
             .await?;
         let id = &request.get_ref().token_id;
         validate::id("token_id", id)?;
-        let mut rec = match self.store().token_by_id(id).map_err(internal)? {
+        let rec = match self.store().token_by_id(id).map_err(internal)? {
             Some(rec) if matches!(rec.scope, TokenScope::Agent { .. }) => rec,
             _ => return Err(not_found("token_id", "agent token")),
         };
         if !rec.revoked {
-            rec.revoked = true;
-            self.store().put_token(&rec).map_err(internal)?;
-            self.flush().await?;
-            // Durable: now end the streams still using it.
-            self.auth.announce_revocation();
+            // Durable, then the streams still using it end.
+            self.changes.revoke_token(rec).await.map_err(internal)?;
         }
         Ok(Response::new(v1::RevokeTokenResponse {}))
     }

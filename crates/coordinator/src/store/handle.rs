@@ -193,6 +193,13 @@ impl Store {
         }
     }
 
+    /// Makes the store refuse writes, as a failed write would (tests of
+    /// what a change leaves behind when the store fails).
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self, cause: &str) {
+        self.fail(cause.to_string());
+    }
+
     /// Marks the store not writable (once; later causes are logged only).
     fn fail(&self, cause: String) {
         let changed = self.shared.state.send_if_modified(|s| {
@@ -453,6 +460,7 @@ delegate! {
     read fn get_tenant(&self, id: &str) -> Result<Option<v1::Tenant>>;
     read fn list_tenants(&self) -> Result<Vec<v1::Tenant>>;
     write fn put_token(&self, rec: &TokenRecord) -> Result<()>;
+    write fn put_tenant_with_token(&self, t: &v1::Tenant, rec: &TokenRecord) -> Result<()>;
     read fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
     read fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
     read fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
