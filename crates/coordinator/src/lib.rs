@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod changes;
 pub mod channels;
 pub mod config;
 pub mod consensus;

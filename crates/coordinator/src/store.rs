@@ -25,6 +25,9 @@
 //!   tenant's monitors are listed, and counted for its plan quota, without
 //!   reading any other tenant's. A store written before the index existed gets
 //!   it built when opened (see `Trees::open`).
+//! - A token and its id index entry are written in one transaction, and a new
+//!   tenant with its first token (`put_tenant_with_token`): no tenant without
+//!   the token it was created with.
 //!
 //! The coordinator holds a [`Store`] (`handle`), which guards every call into
 //! these trees: writes wait out a failed disk, a panic inside sled becomes an
@@ -580,14 +583,35 @@ impl Trees {
 
     // ------------------------------------------------------------ tokens
 
-    pub fn put_token(&self, rec: &TokenRecord) -> Result<()> {
-        let json = serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt {
+    fn encode_token(rec: &TokenRecord) -> Result<Vec<u8>> {
+        serde_json::to_vec(rec).map_err(|e| StoreError::Corrupt {
             tree: "tokens",
             reason: e.to_string(),
+        })
+    }
+
+    /// Writes a token with its id index entry, in one transaction.
+    pub fn put_token(&self, rec: &TokenRecord) -> Result<()> {
+        let json = Self::encode_token(rec)?;
+        (&self.tokens, &self.token_ids).transaction(|(tokens, ids)| {
+            tokens.insert(rec.hash.as_bytes(), json.as_slice())?;
+            ids.insert(rec.id.as_bytes(), rec.hash.as_bytes())?;
+            Ok(())
         })?;
-        self.tokens.insert(rec.hash.as_bytes(), json)?;
-        self.token_ids
-            .insert(rec.id.as_bytes(), rec.hash.as_bytes())?;
+        Ok(())
+    }
+
+    /// A new tenant and its first token (with its id index entry) in one
+    /// transaction: a tenant is never stored without the token it was created
+    /// with, nor the token without its tenant.
+    pub fn put_tenant_with_token(&self, t: &v1::Tenant, rec: &TokenRecord) -> Result<()> {
+        let json = Self::encode_token(rec)?;
+        (&self.tenants, &self.tokens, &self.token_ids).transaction(|(tenants, tokens, ids)| {
+            tenants.insert(t.id.as_bytes(), t.encode_to_vec())?;
+            tokens.insert(rec.hash.as_bytes(), json.as_slice())?;
+            ids.insert(rec.id.as_bytes(), rec.hash.as_bytes())?;
+            Ok(())
+        })?;
         Ok(())
     }
 

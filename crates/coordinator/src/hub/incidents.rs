@@ -18,9 +18,10 @@ use portwatch_proto::time::{from_timestamp, to_timestamp};
 use portwatch_proto::v1;
 use tracing::info;
 
-use super::{Hub, event, new_id, now};
+use super::{Hub, event};
 use crate::consensus;
 use crate::flapping::{self, Flap};
+use crate::ids::new_id;
 use crate::outbox;
 use crate::store::{FlapTerms, StoreError};
 
@@ -52,26 +53,6 @@ pub(super) fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
 }
 
 impl Hub {
-    /// Deletes a monitor: durably, with its open incident closed in the same
-    /// transaction (without a "reachable again" notice: nobody checks the port
-    /// any more, and it must not stay open forever), then from the live state.
-    /// Held under the transitions lock, so no evaluation opens or closes an
-    /// incident for it in between. Returns whether it existed.
-    pub async fn delete_monitor(&self, id: &str) -> Result<bool, StoreError> {
-        let _transition = self.transitions.lock().await;
-        let closing = self.lock().open.get(id).cloned().map(|mut incident| {
-            incident.closed_at = Some(to_timestamp(now()));
-            incident
-        });
-        let existed = self.store.delete_monitor_closing(id, closing.as_ref())?;
-        self.store.flush().await?;
-        self.monitor_removed(id);
-        if let Some(incident) = closing {
-            info!(monitor_id = %id, incident_id = %incident.id, "incident closed: monitor deleted");
-        }
-        Ok(existed)
-    }
-
     /// The monitor's flap state as the incident records it.
     fn flap_of(&self, monitor_id: &str) -> Flap {
         self.lock()

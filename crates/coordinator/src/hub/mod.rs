@@ -65,7 +65,6 @@ pub use assignment::rendezvous;
 pub use evaluation::rules_for;
 // Ids have a module of their own (`crate::ids`); re-exported here for the
 // callers that still name them through the hub (the admin API).
-pub use crate::ids::new_id;
 
 /// Messages queued for one agent's stream.
 pub type AgentTx = mpsc::UnboundedSender<v1::CoordinatorMessage>;
@@ -268,6 +267,18 @@ impl Hub {
 
     pub fn open_incident_count(&self) -> usize {
         self.lock().open.len()
+    }
+
+    /// Holds off incident transitions: while the guard lives, no evaluation
+    /// opens or closes an incident. `changes` takes it to write a change that
+    /// closes an incident (deleting a monitor).
+    pub async fn hold_transitions(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.transitions.lock().await
+    }
+
+    /// The open incident of a monitor, as the live view holds it.
+    pub fn open_incident_of(&self, monitor_id: &str) -> Option<v1::Incident> {
+        self.lock().open.get(monitor_id).cloned()
     }
 }
 

@@ -194,6 +194,13 @@ impl SledStore {
         }
     }
 
+    /// Makes the store refuse writes, as a failed write would (tests of
+    /// what a change leaves behind when the store fails).
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self, cause: &str) {
+        self.fail(cause.to_string());
+    }
+
     /// Marks the store not writable (once; later causes are logged only).
     fn fail(&self, cause: String) {
         let changed = self.shared.state.send_if_modified(|s| {

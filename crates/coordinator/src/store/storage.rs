@@ -47,6 +47,7 @@ macro_rules! storage_calls {
             read fn get_tenant(&self, id: &str) -> Result<Option<v1::Tenant>>;
             read fn list_tenants(&self) -> Result<Vec<v1::Tenant>>;
             write fn put_token(&self, rec: &TokenRecord) -> Result<()>;
+            write fn put_tenant_with_token(&self, t: &v1::Tenant, rec: &TokenRecord) -> Result<()>;
             read fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
             read fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
             read fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
