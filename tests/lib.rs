@@ -1,8 +1,10 @@
 //! Test harness for portwatch: real processes, real TLS, real gRPC clients.
 //!
 //! Used by the end-to-end suite in this crate and by the daemons' integration
-//! tests. Everything runs on loopback; every wait is bounded; every child
-//! process is killed when its handle is dropped, even when a test panics.
+//! tests, which all set up their coordinator, tenants, regions, agent tokens,
+//! fake agents and monitors with one builder ([`World::builder`], in `world`).
+//! Everything runs on loopback; every wait is bounded; every child process is
+//! killed when its handle is dropped, even when a test panics.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -24,6 +26,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 pub mod external;
+pub mod world;
+
+pub use world::{FAST_PLANS, RegionInfo, TENANT, TenantInfo, World, WorldBuilder, workspace_bin};
 
 /// The operator token every test coordinator uses.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";

@@ -21,9 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portwatch_e2e::{
-    AgentProc, Coordinator, FakeAgent, OPERATOR_TOKEN, Setup, eventually, metric_value,
-};
+use portwatch_e2e::{AgentProc, Coordinator, FakeAgent, OPERATOR_TOKEN, eventually, metric_value};
 use portwatch_proto::v1;
 use portwatch_proto::v1::admin_service_client::AdminServiceClient;
 use support::*;
@@ -210,26 +208,25 @@ async fn coordinator_metric(coord: &Coordinator, name: &str) -> f64 {
 async fn idle_and_half_open_connections_lock_out_neither_the_agent_nor_the_cli() {
     let attackers = (IDLE_SOURCES.len() + HALF_HELLO_SOURCES.len()) * PER_SOURCE;
     raise_own_open_file_limit(attackers as u64 + 512);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let coord_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coord_dir).expect("coordinator dir");
-    let coord = Coordinator::start_with_open_file_limit(
-        &coordinator_bin(),
-        &coord_dir,
-        &format!("{HANDSHAKE_AND_CAP}\n{PLANS}"),
-        COORDINATOR_OPEN_FILES,
-    );
+    // A tenant, a private region with a real agent, and a monitor it checks every second.
+    let World {
+        coord,
+        tenant_token,
+        mut tenant,
+        regions,
+        dir,
+        ..
+    } = World::builder()
+        .config(HANDSHAKE_AND_CAP)
+        .open_file_limit(COORDINATOR_OPEN_FILES)
+        .private_regions(1)
+        .start()
+        .await;
     assert!(
         (attackers as u64) > COORDINATOR_OPEN_FILES,
         "the flood must be larger than the coordinator's descriptors"
     );
-
-    // A tenant, a private region with a real agent, and a monitor it checks every second.
-    let mut op = coord.admin(OPERATOR_TOKEN).await;
-    let (tenant_id, tenant_token) = Setup::tenant(&mut op, TENANT, v1::Plan::Enterprise).await;
-    Setup::region(&mut op, "r0", &tenant_id).await;
-    let agent_token = Setup::agent_token(&mut op, "r0").await;
-    let mut tenant = coord.admin(&tenant_token).await;
+    let agent_token = regions[0].token.clone();
     let mut door = doors(&["127.0.0.1"]).remove(0);
     door.open().await;
     let agent = AgentProc::start(

@@ -12,16 +12,27 @@
 //!   tenant's monitors, and other tenants cannot name the region;
 //! - a monitor on a public region to a non-public address is refused at
 //!   creation, and a name that resolves to 127.0.0.1 at a public region's agent
-//!   yields `blocked` and never a connection.
+//!   yields `blocked` and never a connection;
+//! - every RPC of `AdminService` answers the owning tenant, another tenant, an
+//!   agent token, the operator and an unknown token as one row of `rpc_table`
+//!   says (another tenant's objects do not exist for it; operator-only calls are
+//!   refused to everyone else; a refusal changes nothing and names nothing of
+//!   the owner). The table is checked against the service's descriptor, so a new
+//!   RPC without a row fails the suite.
 
 mod support;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use portwatch_e2e::{FakeAgent, OPERATOR_TOKEN, Setup, eventually, result};
+use portwatch_e2e::{Admin, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Setup, eventually, result};
 use portwatch_proto::v1;
+use prost::Message;
 use support::*;
-use tonic::Code;
+use tonic::{Code, Status};
 
 const HOST: &str = "db.acme.test";
 
@@ -50,130 +61,8 @@ async fn a_tenant_cannot_read_change_watch_or_be_notified_about_another_tenants_
     let m = create_monitor(&mut w.tenant, req).await;
     let id = m.id.clone();
 
-    let checks: Vec<(&str, Result<(), tonic::Status>)> = vec![
-        (
-            "GetMonitor",
-            bravo
-                .get_monitor(v1::GetMonitorRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "UpdateMonitor",
-            bravo
-                .update_monitor(v1::UpdateMonitorRequest {
-                    id: id.clone(),
-                    port: Some(22),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "PauseMonitor",
-            bravo
-                .pause_monitor(v1::PauseMonitorRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "ResumeMonitor",
-            bravo
-                .resume_monitor(v1::ResumeMonitorRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "GetMonitorStatus",
-            bravo
-                .get_monitor_status(v1::GetMonitorStatusRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "ListResults",
-            bravo
-                .list_results(v1::ListResultsRequest {
-                    monitor_id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "WatchEvents",
-            bravo
-                .watch_events(v1::WatchEventsRequest {
-                    monitor_id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "ListMonitors of acme",
-            bravo
-                .list_monitors(v1::ListMonitorsRequest {
-                    tenant_id: "acme".into(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "DeleteChannel of acme",
-            bravo
-                .delete_channel(v1::DeleteChannelRequest {
-                    id: acme_inbox.hook_channel.id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "TestChannel of acme",
-            bravo
-                .test_channel(v1::TestChannelRequest {
-                    id: acme_inbox.mail_channel.id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-        (
-            "DeleteMonitor",
-            bravo
-                .delete_monitor(v1::DeleteMonitorRequest {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map(drop),
-        ),
-    ];
-    for (what, r) in checks {
-        let e = r
-            .err()
-            .unwrap_or_else(|| panic!("bravo's {what} on acme's objects succeeded"));
-        assert_eq!(e.code(), Code::NotFound, "{what}: {}", e.message());
-        assert!(
-            !e.message().contains("acme") && !e.message().contains(HOST),
-            "{what} reveals nothing: {}",
-            e.message()
-        );
-    }
+    // Every RPC as another tenant (NOT_FOUND, revealing nothing) is a row of
+    // `rpc_table`, tried by `every_admin_rpc_answers_each_kind_of_token_as_the_table_says`.
     // Its own monitor cannot notify acme's channel.
     let mut req = monitor("sneaky", "db.example.com", 5432, &["pub1".into()], 60_000);
     req.channel_ids = vec![acme_inbox.hook_channel.id.clone()];
@@ -273,7 +162,7 @@ async fn a_tenant_cannot_read_change_watch_or_be_notified_about_another_tenants_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_token_delivers_results_only_as_its_own_region() {
     let mut w = World::start(0, "").await;
-    let pub1 = w.add_region("pub1", "").await;
+    w.add_region("pub1", "").await;
     let pub2 = w.add_region("pub2", "").await;
     let only1 = create_monitor(
         &mut w.tenant,
@@ -361,19 +250,7 @@ async fn an_agent_token_delivers_results_only_as_its_own_region() {
         matches!(err.code(), Code::Unauthenticated | Code::PermissionDenied),
         "{err:?}"
     );
-    let mut as_admin = w.coord.admin(&w.regions[pub1].token).await;
-    let (c, msg) = code_and_message(
-        as_admin
-            .list_monitors(v1::ListMonitorsRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            })
-            .await,
-    );
-    assert!(
-        matches!(c, Code::Unauthenticated | Code::PermissionDenied),
-        "an agent token on the admin API: {c:?} {msg}"
-    );
+    // An agent token on the admin API: the "agent token" column of `rpc_table`.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,5 +480,547 @@ async fn public_regions_refuse_private_targets_and_block_a_name_resolving_to_loo
             .await
             .iter()
             .all(|r| r.outcome == v1::Outcome::Blocked as i32)
+    );
+}
+
+// ---------------------------------------------------------------- every RPC, every caller
+
+/// The callers every row of [`rpc_table`] is tried with, in the order of
+/// [`Row::expect`]: the tenant that owns the objects, another tenant, an agent
+/// token, the operator.
+const CALLERS: [&str; 4] = ["tenant", "other tenant", "agent token", "operator"];
+
+/// What a tenant may do with its own objects (another tenant finds none of them).
+const TENANT_OWN: [Code; 4] = [Code::Ok, Code::NotFound, Code::PermissionDenied, Code::Ok];
+/// Calls only the operator may make.
+const OPERATOR_ONLY: [Code; 4] = [
+    Code::PermissionDenied,
+    Code::PermissionDenied,
+    Code::PermissionDenied,
+    Code::Ok,
+];
+/// Calls every admin token may make, each about itself.
+const ANY_ADMIN: [Code; 4] = [Code::Ok, Code::Ok, Code::PermissionDenied, Code::Ok];
+
+/// One call of a row, as one caller.
+#[derive(Clone)]
+struct Caller {
+    admin: Admin,
+    /// The `tenant_id` a call about one object names: empty for a tenant token
+    /// (its own tenant), the owner for the operator. Calls about a tenant as a
+    /// whole name the owner (`TENANT`) whoever calls.
+    scope: String,
+    fx: Arc<Fixture>,
+}
+
+type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// One RPC of `AdminService`: its name as the proto spells it, the call, and
+/// the code each of [`CALLERS`] must get (`Code::Ok` for success).
+struct Row {
+    rpc: &'static str,
+    expect: [Code; 4],
+    call: Box<dyn Fn(Caller) -> Call + Send + Sync>,
+}
+
+fn row<F, Fut>(rpc: &'static str, expect: [Code; 4], f: F) -> Row
+where
+    F: Fn(Caller) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Status>> + Send + 'static,
+{
+    Row {
+        rpc,
+        expect,
+        call: Box::new(move |c| Box::pin(f(c))),
+    }
+}
+
+/// The owner's objects the rows act on, and fresh ones for the calls that
+/// delete or revoke (each caller gets its own, so one success cannot turn the
+/// next caller's answer into NOT_FOUND).
+struct Fixture {
+    op: Admin,
+    owner: Admin,
+    region: String,
+    monitor: String,
+    incident: String,
+    channel: String,
+    hook_url: String,
+    next: AtomicU64,
+}
+
+impl Fixture {
+    fn fresh_name(&self, what: &str) -> String {
+        format!("tbl-{what}-{}", self.next.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn monitor_request(&self, name: String) -> v1::CreateMonitorRequest {
+        monitor(
+            &name,
+            HOST,
+            5432,
+            std::slice::from_ref(&self.region),
+            60_000,
+        )
+    }
+
+    async fn fresh_monitor(&self) -> String {
+        let req = self.monitor_request(self.fresh_name("monitor"));
+        create_monitor(&mut self.owner.clone(), req).await.id
+    }
+
+    async fn fresh_channel(&self) -> String {
+        let c = webhook_channel(&self.fresh_name("channel"), self.hook_url.clone(), false);
+        create_channel(&mut self.owner.clone(), c).await.id
+    }
+
+    async fn fresh_tenant_token(&self) -> String {
+        self.op
+            .clone()
+            .create_tenant_token(v1::CreateTenantTokenRequest {
+                tenant_id: TENANT.into(),
+                description: "table".into(),
+            })
+            .await
+            .expect("a tenant token to revoke")
+            .into_inner()
+            .token_id
+    }
+
+    async fn fresh_region(&self) -> String {
+        let name = self.fresh_name("region");
+        Setup::region(&mut self.op.clone(), &name, "").await;
+        name
+    }
+
+    async fn fresh_agent_token(&self) -> String {
+        self.op
+            .clone()
+            .create_agent_token(v1::CreateAgentTokenRequest {
+                region: self.region.clone(),
+                description: "table".into(),
+            })
+            .await
+            .expect("an agent token to revoke")
+            .into_inner()
+            .token_id
+    }
+
+    /// What a refused call must not change about the owner's monitor.
+    async fn monitor_state(&self) -> (u32, bool, u64) {
+        let m = self
+            .owner
+            .clone()
+            .get_monitor(v1::GetMonitorRequest {
+                id: self.monitor.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("the owner reads its monitor")
+            .into_inner();
+        (m.port, m.paused, m.generation)
+    }
+}
+
+/// One row per RPC of `AdminService`, in the proto's order.
+fn rpc_table() -> Vec<Row> {
+    vec![
+        row("WhoAmI", ANY_ADMIN, |mut c| async move {
+            c.admin.who_am_i(v1::WhoAmIRequest {}).await.map(drop)
+        }),
+        row("CreateTenant", OPERATOR_ONLY, |mut c| async move {
+            let id = c.fx.fresh_name("tenant");
+            c.admin
+                .create_tenant(v1::CreateTenantRequest {
+                    id,
+                    name: "table".into(),
+                    plan: v1::Plan::Basic as i32,
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListTenants", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .list_tenants(v1::ListTenantsRequest {})
+                .await
+                .map(drop)
+        }),
+        row("GetTenant", TENANT_OWN, |mut c| async move {
+            c.admin
+                .get_tenant(v1::GetTenantRequest {
+                    tenant_id: TENANT.into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("SetTenantPlan", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .set_tenant_plan(v1::SetTenantPlanRequest {
+                    tenant_id: TENANT.into(),
+                    plan: v1::Plan::Enterprise as i32,
+                })
+                .await
+                .map(drop)
+        }),
+        row("CreateTenantToken", TENANT_OWN, |mut c| async move {
+            c.admin
+                .create_tenant_token(v1::CreateTenantTokenRequest {
+                    tenant_id: TENANT.into(),
+                    description: "table".into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("RevokeTenantToken", TENANT_OWN, |mut c| async move {
+            let token_id = c.fx.fresh_tenant_token().await;
+            c.admin
+                .revoke_tenant_token(v1::RevokeTokenRequest { token_id })
+                .await
+                .map(drop)
+        }),
+        row("CreateRegion", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .create_region(v1::CreateRegionRequest {
+                    name: c.fx.fresh_name("region"),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListRegions", ANY_ADMIN, |mut c| async move {
+            c.admin
+                .list_regions(v1::ListRegionsRequest {})
+                .await
+                .map(drop)
+        }),
+        row("DeleteRegion", OPERATOR_ONLY, |mut c| async move {
+            let name = c.fx.fresh_region().await;
+            c.admin
+                .delete_region(v1::DeleteRegionRequest { name })
+                .await
+                .map(drop)
+        }),
+        row("CreateAgentToken", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .create_agent_token(v1::CreateAgentTokenRequest {
+                    region: c.fx.region.clone(),
+                    description: "table".into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListAgentTokens", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .list_agent_tokens(v1::ListAgentTokensRequest::default())
+                .await
+                .map(drop)
+        }),
+        row("RevokeAgentToken", OPERATOR_ONLY, |mut c| async move {
+            let token_id = c.fx.fresh_agent_token().await;
+            c.admin
+                .revoke_agent_token(v1::RevokeTokenRequest { token_id })
+                .await
+                .map(drop)
+        }),
+        row("ListAgents", OPERATOR_ONLY, |mut c| async move {
+            c.admin
+                .list_agents(v1::ListAgentsRequest::default())
+                .await
+                .map(drop)
+        }),
+        row("CreateMonitor", TENANT_OWN, |mut c| async move {
+            let mut req = c.fx.monitor_request(c.fx.fresh_name("monitor"));
+            req.tenant_id = TENANT.into();
+            c.admin.create_monitor(req).await.map(drop)
+        }),
+        row("GetMonitor", TENANT_OWN, |mut c| async move {
+            c.admin
+                .get_monitor(v1::GetMonitorRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.monitor.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListMonitors", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_monitors(v1::ListMonitorsRequest {
+                    tenant_id: TENANT.into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("UpdateMonitor", TENANT_OWN, |mut c| async move {
+            c.admin
+                .update_monitor(v1::UpdateMonitorRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.monitor.clone(),
+                    port: Some(22),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("DeleteMonitor", TENANT_OWN, |mut c| async move {
+            let id = c.fx.fresh_monitor().await;
+            c.admin
+                .delete_monitor(v1::DeleteMonitorRequest {
+                    tenant_id: c.scope,
+                    id,
+                })
+                .await
+                .map(drop)
+        }),
+        row("PauseMonitor", TENANT_OWN, |mut c| async move {
+            c.admin
+                .pause_monitor(v1::PauseMonitorRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.monitor.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ResumeMonitor", TENANT_OWN, |mut c| async move {
+            c.admin
+                .resume_monitor(v1::ResumeMonitorRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.monitor.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("GetMonitorStatus", TENANT_OWN, |mut c| async move {
+            c.admin
+                .get_monitor_status(v1::GetMonitorStatusRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.monitor.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListResults", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_results(v1::ListResultsRequest {
+                    tenant_id: c.scope,
+                    monitor_id: c.fx.monitor.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListIncidents", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_incidents(v1::ListIncidentsRequest {
+                    tenant_id: TENANT.into(),
+                    monitor_id: c.fx.monitor.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("GetIncident", TENANT_OWN, |mut c| async move {
+            c.admin
+                .get_incident(v1::GetIncidentRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.incident.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("CreateChannel", TENANT_OWN, |mut c| async move {
+            let channel =
+                webhook_channel(&c.fx.fresh_name("channel"), c.fx.hook_url.clone(), false);
+            c.admin
+                .create_channel(v1::CreateChannelRequest {
+                    tenant_id: TENANT.into(),
+                    channel: Some(channel),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListChannels", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_channels(v1::ListChannelsRequest {
+                    tenant_id: TENANT.into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("DeleteChannel", TENANT_OWN, |mut c| async move {
+            let id = c.fx.fresh_channel().await;
+            c.admin
+                .delete_channel(v1::DeleteChannelRequest {
+                    tenant_id: c.scope,
+                    id,
+                })
+                .await
+                .map(drop)
+        }),
+        row("TestChannel", TENANT_OWN, |mut c| async move {
+            c.admin
+                .test_channel(v1::TestChannelRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.channel.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListDeliveries", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_deliveries(v1::ListDeliveriesRequest {
+                    tenant_id: TENANT.into(),
+                    incident_id: c.fx.incident.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }),
+        row("WatchEvents", TENANT_OWN, |mut c| async move {
+            c.admin
+                .watch_events(v1::WatchEventsRequest {
+                    tenant_id: c.scope,
+                    monitor_id: c.fx.monitor.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+    ]
+}
+
+/// Runs every row as every caller, and as a token nobody issued (always
+/// UNAUTHENTICATED); returns one line per answer that differs from the table.
+/// A refusal must not change the owner's monitor, and another tenant's refusal
+/// must not name the owner or its host.
+async fn run_table(rows: &[Row], callers: [Caller; 4], stranger: Caller) -> Vec<String> {
+    let mut failures = Vec::new();
+    for row in rows {
+        let mut answers = Vec::new();
+        let before = stranger.fx.monitor_state().await;
+        let got = (row.call)(stranger.clone()).await;
+        answers.push(("unknown token", Code::Unauthenticated, got));
+        // The callers expected to be refused go first, so the check that they
+        // changed nothing is not confused by a permitted change.
+        let mut order: Vec<usize> = (0..CALLERS.len()).collect();
+        order.sort_by_key(|&i| row.expect[i] == Code::Ok);
+        let mut checked = false;
+        for i in order {
+            if row.expect[i] == Code::Ok && !checked {
+                checked = true;
+                let after = stranger.fx.monitor_state().await;
+                if after != before {
+                    failures.push(format!(
+                        "{}: the refused calls changed the monitor: {before:?} → {after:?}",
+                        row.rpc
+                    ));
+                }
+            }
+            let got = (row.call)(callers[i].clone()).await;
+            answers.push((CALLERS[i], row.expect[i], got));
+        }
+        for (who, expected, got) in answers {
+            let (code, message) = match got {
+                Ok(()) => (Code::Ok, String::new()),
+                Err(e) => (e.code(), e.message().to_string()),
+            };
+            if code != expected {
+                failures.push(format!(
+                    "{} as {who}: expected {expected:?}, got {code:?} {message:?}",
+                    row.rpc
+                ));
+            } else if who == "other tenant" && (message.contains(TENANT) || message.contains(HOST))
+            {
+                failures.push(format!(
+                    "{} as {who}: the refusal reveals the owner: {message:?}",
+                    row.rpc
+                ));
+            }
+        }
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_rpc_answers_each_kind_of_token_as_the_table_says() {
+    let mut w = World::start(1, NOTIFY).await;
+    let (_, bravo_token) = Setup::tenant(&mut w.op, "bravo", v1::Plan::Enterprise).await;
+    let hook = HttpReceiver::ok().await;
+    let region = w.regions[0].name.clone();
+    let m = create_monitor(
+        &mut w.tenant,
+        monitor(
+            "orders db",
+            HOST,
+            5432,
+            std::slice::from_ref(&region),
+            60_000,
+        ),
+    )
+    .await;
+    let channel = create_channel(
+        &mut w.tenant,
+        webhook_channel("table hook", hook.url("/hook"), false),
+    )
+    .await;
+    // One region: a single refusal opens an incident.
+    let mut agent = FakeAgent::connect(&w.coord, &w.regions[0].token, "table-agent")
+        .await
+        .expect("the region's agent connects");
+    agent.keepalive();
+    agent.report_acked(&m.id, v1::Outcome::Refused).await;
+    let incident = eventually("the owner's incident opens", WAIT, || async {
+        incidents(&w.tenant, true).await.into_iter().next()
+    })
+    .await;
+
+    let fx = Arc::new(Fixture {
+        op: w.op.clone(),
+        owner: w.tenant.clone(),
+        region,
+        monitor: m.id.clone(),
+        incident: incident.id,
+        channel: channel.id,
+        hook_url: hook.url("/hook"),
+        next: AtomicU64::new(0),
+    });
+    let caller = |admin: Admin, scope: &str| Caller {
+        admin,
+        scope: scope.into(),
+        fx: fx.clone(),
+    };
+    let callers = [
+        caller(w.tenant.clone(), ""),
+        caller(w.coord.admin(&bravo_token).await, ""),
+        caller(w.coord.admin(&w.regions[0].token).await, ""),
+        caller(w.op.clone(), TENANT),
+    ];
+    let stranger = caller(w.coord.admin("pwt_nobody-issued-this-token").await, "");
+    let failures = run_table(&rpc_table(), callers, stranger).await;
+    assert!(
+        failures.is_empty(),
+        "{} answer(s) differ from the table:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn the_table_has_a_row_for_every_admin_rpc() {
+    let set = prost_types::FileDescriptorSet::decode(portwatch_proto::FILE_DESCRIPTOR_SET)
+        .expect("the protocol's descriptor set decodes");
+    let service: Vec<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "portwatch.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| s.name() == "AdminService")
+        .flat_map(|s| &s.method)
+        .map(|m| m.name().to_string())
+        .collect();
+    assert!(!service.is_empty(), "AdminService has no methods?");
+    let table: Vec<String> = rpc_table().iter().map(|r| r.rpc.to_string()).collect();
+    assert_eq!(
+        table, service,
+        "one row per AdminService RPC, in the proto's order"
     );
 }

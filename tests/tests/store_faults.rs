@@ -24,9 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portwatch_e2e::{
-    Coordinator, FakeAgent, OPERATOR_TOKEN, Proc, Setup, eventually, metric_value,
-};
+use portwatch_e2e::{Coordinator, FakeAgent, Proc, eventually, metric_value};
 use portwatch_proto::v1;
 use support::*;
 use tonic_health::pb::HealthCheckRequest;
@@ -37,23 +35,7 @@ const HOST: &str = "db.acme.test";
 
 /// A world whose coordinator keeps its store on a tmpfs of `mib` MiB.
 async fn world_in_tmpfs(mib: u64) -> World {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let coord_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coord_dir).expect("coordinator dir");
-    let coord = Coordinator::start_in_tmpfs(&coordinator_bin(), &coord_dir, PLANS, mib);
-    let mut op = coord.admin(OPERATOR_TOKEN).await;
-    let (tenant_id, tenant_token) = Setup::tenant(&mut op, TENANT, v1::Plan::Enterprise).await;
-    let tenant = coord.admin(&tenant_token).await;
-    let mut w = World {
-        coord,
-        op,
-        tenant,
-        tenant_token,
-        regions: Vec::new(),
-        dir,
-    };
-    w.add_region("r0", &tenant_id).await;
-    w
+    World::builder().tmpfs(mib).private_regions(1).start().await
 }
 
 /// The overall gRPC health status ("" service), as a load balancer asks it.

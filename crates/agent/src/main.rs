@@ -2,8 +2,8 @@
 //!
 //! - `portwatch-agent run`: the daemon (see `daemon.rs`).
 //! - `portwatch-agent check HOST PORT`: one check now, printed like `nc -zv` with
-//!   the outcome, the reason, the address and the timings: the spec's "first
-//!   steps when a port monitor fails" tool.
+//!   the outcome, the reason, the address and the timings: the first step
+//!   when a port monitor fails (DESIGN.md, "Requirements").
 
 use std::process::ExitCode;
 

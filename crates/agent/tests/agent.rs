@@ -6,14 +6,11 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use portwatch_e2e::{
-    Admin, AgentProc, Coordinator, CountingListener, OPERATOR_TOKEN, Setup, all_results,
-    checked_at_ms, eventually, metric_value,
+    Admin, AgentProc, Coordinator, CountingListener, FAST_PLANS as PLANS, OPERATOR_TOKEN, Setup,
+    World, all_results, checked_at_ms, eventually, metric_value,
 };
 use portwatch_proto::v1;
 use portwatch_testdns::{Answer, DnsServer};
-
-const PLANS: &str =
-    "[plans.enterprise]\nport_monitors = true\nmax_monitors = 1000\nmin_interval = \"1s\"\n";
 
 fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_portwatch-agent"))
@@ -26,34 +23,13 @@ fn coordinator_bin() -> std::path::PathBuf {
     p
 }
 
-struct World {
-    coord: Coordinator,
-    tenant: Admin,
-    tokens: Vec<String>,
-    dir: tempfile::TempDir,
-}
-
 /// A coordinator, a tenant, and `n` private regions (r0, r1, ...) with a token each.
 async fn world(n: usize) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let coord_dir = dir.path().join("coordinator");
-    std::fs::create_dir_all(&coord_dir).unwrap();
-    let coord = Coordinator::start(&coordinator_bin(), &coord_dir, PLANS);
-    let mut op = coord.admin(OPERATOR_TOKEN).await;
-    let (tenant_id, token) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
-    let mut tokens = Vec::new();
-    for i in 0..n {
-        let r = format!("r{i}");
-        Setup::region(&mut op, &r, &tenant_id).await;
-        tokens.push(Setup::agent_token(&mut op, &r).await);
-    }
-    let tenant = coord.admin(&token).await;
-    World {
-        coord,
-        tenant,
-        tokens,
-        dir,
-    }
+    World::builder()
+        .coordinator_bin(coordinator_bin())
+        .private_regions(n)
+        .start()
+        .await
 }
 
 fn agent(w: &World, i: usize, extra: &str) -> AgentProc {
@@ -61,7 +37,7 @@ fn agent(w: &World, i: usize, extra: &str) -> AgentProc {
     AgentProc::start(
         agent_bin(),
         &w.coord,
-        &w.tokens[i],
+        &w.regions[i].token,
         &w.dir.path().join(format!("agent{i}")),
         &extra,
     )

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use portwatch_e2e::{
-    Admin, AgentProc, Coordinator, CountingListener, OPERATOR_TOKEN, Proc, Setup, all_results,
-    checked_at_ms, eventually, metric_value,
+    Admin, AgentProc, CountingListener, OPERATOR_TOKEN, Proc, World, all_results, checked_at_ms,
+    eventually, metric_value,
 };
 use portwatch_proto::v1;
 use portwatch_proto::v1::agent_message::Msg as AgentMsg;
@@ -27,9 +27,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-const PLANS: &str =
-    "[plans.enterprise]\nport_monitors = true\nmax_monitors = 1000\nmin_interval = \"1s\"\n";
-
 fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_portwatch-agent"))
 }
@@ -41,86 +38,47 @@ fn coordinator_bin() -> PathBuf {
     p
 }
 
-struct World {
-    coord: Coordinator,
-    tenant_token: String,
-    agent_token: String,
-    dir: tempfile::TempDir,
+/// A coordinator, a tenant and its private region `r0` with an agent token.
+async fn world() -> World {
+    World::builder()
+        .coordinator_bin(coordinator_bin())
+        .private_regions(1)
+        .start()
+        .await
 }
 
-impl World {
-    /// A coordinator, a tenant and its private region `r0` with an agent token.
-    async fn start() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let coord_dir = dir.path().join("coordinator");
-        std::fs::create_dir_all(&coord_dir).unwrap();
-        let coord = Coordinator::start(&coordinator_bin(), &coord_dir, PLANS);
-        let mut op = coord.admin(OPERATOR_TOKEN).await;
-        let (tenant_id, tenant_token) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
-        Setup::region(&mut op, "r0", &tenant_id).await;
-        let agent_token = Setup::agent_token(&mut op, "r0").await;
-        World {
-            coord,
-            tenant_token,
-            agent_token,
-            dir,
-        }
-    }
-
-    async fn tenant(&self) -> Admin {
-        self.coord.admin(&self.tenant_token).await
-    }
-
-    /// `n` monitors of `target` from r0, checked every second.
-    async fn monitors(&self, n: usize, target: &CountingListener) -> Vec<v1::Monitor> {
-        let mut tenant = self.tenant().await;
-        let mut out = Vec::new();
-        for i in 0..n {
-            let m = tenant
-                .create_monitor(v1::CreateMonitorRequest {
-                    name: format!("m{i}"),
-                    host: "127.0.0.1".into(),
-                    port: u32::from(target.addr.port()),
-                    regions: vec!["r0".into()],
-                    interval_ms: 1_000,
-                    timeout_ms: 1_000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            out.push(m);
-        }
-        out
-    }
-
-    /// The agent record of r0 (the only agent there), as `portwatch agents` shows it.
-    async fn agent_record(&self) -> Option<v1::Agent> {
-        let mut op = self.coord.admin(OPERATOR_TOKEN).await;
-        op.list_agents(v1::ListAgentsRequest {
-            region: "r0".into(),
-        })
+/// `n` monitors of `target` from r0, checked every second.
+async fn monitors(w: &mut World, n: usize, target: &CountingListener) -> Vec<v1::Monitor> {
+    w.create_monitors(n, "127.0.0.1", target.addr.port(), 1_000)
         .await
-        .ok()?
-        .into_inner()
-        .agents
-        .into_iter()
-        .next()
-    }
+}
 
-    /// Writes an agent config (as `AgentProc::start` does) with its spool in `data_dir`.
-    fn agent_config(&self, data_dir: &Path, extra: &str) -> PathBuf {
-        let config = self.dir.path().join("agent.toml");
-        let text = format!(
-            "coordinator = \"https://{}\"\ntoken = \"{}\"\nca = \"{}\"\ntls_server_name = \"localhost\"\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nbatch_wait = \"50ms\"\nallow_private_targets = true\n{extra}\n",
-            self.coord.addr,
-            self.agent_token,
-            self.coord.cert.cert.display(),
-            data_dir.display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        config
-    }
+/// The agent record of r0 (the only agent there), as `portwatch agents` shows it.
+async fn agent_record(w: &World) -> Option<v1::Agent> {
+    let mut op = w.coord.admin(OPERATOR_TOKEN).await;
+    op.list_agents(v1::ListAgentsRequest {
+        region: "r0".into(),
+    })
+    .await
+    .ok()?
+    .into_inner()
+    .agents
+    .into_iter()
+    .next()
+}
+
+/// Writes an agent config (as `AgentProc::start` does) with its spool in `data_dir`.
+fn agent_config(w: &World, data_dir: &Path, extra: &str) -> PathBuf {
+    let config = w.dir.path().join("agent.toml");
+    let text = format!(
+        "coordinator = \"https://{}\"\ntoken = \"{}\"\nca = \"{}\"\ntls_server_name = \"localhost\"\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nbatch_wait = \"50ms\"\nallow_private_targets = true\n{extra}\n",
+        w.coord.addr,
+        w.regions[0].token,
+        w.coord.cert.cert.display(),
+        data_dir.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
 }
 
 /// Starts the agent the way `cmd` says and waits until it runs.
@@ -182,7 +140,7 @@ fn assert_all_loops_run(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_reported() {
-    let mut w = World::start().await;
+    let mut w = world().await;
     let target = CountingListener::start().await;
     // The agent gets a mount namespace of its own with a 16 MiB tmpfs as its
     // data dir; from here the directory is the empty mount point.
@@ -190,7 +148,7 @@ async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_rep
     std::fs::create_dir_all(&mount).unwrap();
     // spool_max also bounds the results held in memory while the spool
     // cannot store: 100, against 40 results a second.
-    let config = w.agent_config(&mount.join("spool"), "spool_max = 100\n");
+    let config = agent_config(&w, &mount.join("spool"), "spool_max = 100\n");
     let mut cmd = Command::new("unshare");
     cmd.args([
         "--mount",
@@ -213,8 +171,8 @@ async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_rep
         "the spool is on the agent's tmpfs"
     );
 
-    let monitors = w.monitors(40, &target).await;
-    let tenant = w.tenant().await;
+    let monitors = monitors(&mut w, 40, &target).await;
+    let tenant = w.admin(&w.tenant_token).await;
     eventually("results stored", Duration::from_secs(20), || {
         let (t, m) = (&tenant, &monitors[..2]);
         async move { (results_of(t, m).await.len() >= 4).then_some(()) }
@@ -235,7 +193,7 @@ async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_rep
         "the agent reports that its spool cannot store",
         Duration::from_secs(30),
         || async {
-            w.agent_record()
+            agent_record(&w)
                 .await
                 .filter(|a| a.online && a.spool_error.contains("No space left on device"))
         },
@@ -261,12 +219,12 @@ async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_rep
     // (its spool failing must not keep it from a session).
     w.coord.proc.kill9();
     w.coord.restart();
-    let tenant = w.tenant().await;
+    let tenant = w.admin(&w.tenant_token).await;
     eventually(
         "the agent reconnects with its spool still failing",
         Duration::from_secs(30),
         || async {
-            w.agent_record()
+            agent_record(&w)
                 .await
                 .filter(|a| a.online && !a.spool_error.is_empty())
         },
@@ -292,7 +250,7 @@ async fn a_full_disk_under_the_spool_heals_without_a_restart_and_the_loss_is_rep
         "the spool error clears and the loss is reported",
         Duration::from_secs(20),
         || async {
-            w.agent_record()
+            agent_record(&w)
                 .await
                 .filter(|a| a.online && a.spool_error.is_empty())
         },
@@ -434,9 +392,9 @@ impl AgentService for Overacknowledging {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_survives_a_coordinator_acknowledging_more_than_it_sent() {
-    let mut w = World::start().await;
+    let mut w = world().await;
     let target = CountingListener::start().await;
-    let monitor = w.monitors(1, &target).await.remove(0);
+    let monitor = monitors(&mut w, 1, &target).await.remove(0);
     // The real coordinator goes away; the fake takes its address and certificate.
     w.coord.proc.kill9();
     let fake = Overacknowledging {
@@ -473,7 +431,7 @@ async fn an_agent_survives_a_coordinator_acknowledging_more_than_it_sent() {
             }),
     );
 
-    let config = w.agent_config(&w.dir.path().join("agent-spool"), "");
+    let config = agent_config(&w, &w.dir.path().join("agent-spool"), "");
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .arg("--config")
@@ -540,7 +498,7 @@ async fn an_agent_survives_a_coordinator_acknowledging_more_than_it_sent() {
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     let faked_until = SystemTime::now();
     w.coord.restart();
-    let tenant = w.tenant().await;
+    let tenant = w.admin(&w.tenant_token).await;
     let sent_to_fake = first.len();
     let rs = eventually(
         "the results the fake acknowledged arrive at the real coordinator",

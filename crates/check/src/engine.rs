@@ -1,4 +1,4 @@
-//! One check, as `design.md` defines it: resolve, guard, connect, classify, time.
+//! One check, as DESIGN.md ("The check") defines it: resolve, guard, connect, classify, time.
 //!
 //! Guarantees:
 //! - one deadline (the monitor's timeout) covers DNS and handshake together;
@@ -22,7 +22,7 @@ use crate::{AddressPolicy, CloseMode, Family, Outcome};
 
 /// RFC 8305 "Connection Attempt Delay".
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
-/// The spec's connect timeout.
+/// The requirements' connect timeout (DESIGN.md, "Requirements").
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What to check.

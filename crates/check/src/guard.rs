@@ -8,7 +8,7 @@
 //!
 //! What it guarantees:
 //! - Every block of the IANA IPv4 and IPv6 special-purpose address registries named in
-//!   the design's "Guard" section is non-public, matched with integer prefix masks.
+//!   DESIGN.md's "Guard" section is non-public, matched with integer prefix masks.
 //! - IPv6 forms that carry an IPv4 address (IPv4-mapped `::ffff:0:0/96`, NAT64
 //!   `64:ff9b::/96`, 6to4 `2002::/16`) are judged by the IPv4 they carry, so
 //!   `::ffff:127.0.0.1` is as blocked as `127.0.0.1` and `::ffff:8.8.8.8` as public as
@@ -157,7 +157,7 @@ const V6_BLOCKS: &[V6Block] = &[
     blocked6(v6(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "100::/64 discard-only"),
     // 2001::/23 holds Teredo (2001::/32), ORCHIDv1 (2001:10::/28), ORCHIDv2
     // (2001:20::/28) and others. IANA marks some sub-blocks globally reachable (e.g.
-    // 2001:1::1/128, ORCHIDv2), but the design refuses the whole /23: none of it is a
+    // 2001:1::1/128, ORCHIDv2), but DESIGN.md refuses the whole /23: none of it is a
     // place a TCP service is monitored, and Teredo tunnels to arbitrary IPv4.
     blocked6(
         v6(0x2001, 0, 0, 0, 0, 0, 0, 0),

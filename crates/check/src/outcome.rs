@@ -9,8 +9,9 @@ use std::fmt;
 use portwatch_proto::v1;
 use serde::{Deserialize, Serialize};
 
-/// The outcome of one check. The first four failures are the spec's failure
-/// reasons and count as the target being down; `Blocked` and `ProbeError` never do.
+/// The outcome of one check. The first four failures are the failure reasons
+/// of DESIGN.md ("The check") and count as the target being down; `Blocked`
+/// and `ProbeError` never do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -35,7 +36,7 @@ impl Outcome {
         Outcome::ProbeError,
     ];
 
-    /// True for the failures that mean the target is down (the spec's four reasons).
+    /// True for the failures that mean the target is down (DESIGN.md's four reasons).
     pub fn is_target_failure(self) -> bool {
         matches!(
             self,
@@ -43,7 +44,7 @@ impl Outcome {
         )
     }
 
-    /// The human text, in the spec's wording for the four failure reasons.
+    /// The human text, in the requirements' wording for the four failure reasons (DESIGN.md).
     pub fn text(self) -> &'static str {
         match self {
             Outcome::Ok => "Connected",

@@ -2,8 +2,8 @@
 //!
 //! One `Resolver` per agent, shared by every check, so the cache (which honours
 //! record TTLs, positive and negative) saves a lookup on most checks. IP literals
-//! never reach it. Errors are classified here into the spec's "DNS resolution
-//! failed" or, when the agent itself is out of resources, a probe error.
+//! never reach it. Errors are classified here into the requirements' "DNS
+//! resolution failed" (DESIGN.md) or, when the agent itself is out of resources, a probe error.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

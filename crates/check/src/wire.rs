@@ -15,7 +15,7 @@ use crate::host::Host;
 use crate::outcome::WireError;
 use crate::{AddressPolicy, CloseMode, Family};
 
-/// Smallest and largest per-monitor timeout (design: 1-10 s).
+/// Smallest and largest per-monitor timeout (DESIGN.md, "The check": 1-10 s).
 pub const MIN_TIMEOUT_MS: u32 = 1_000;
 pub const MAX_TIMEOUT_MS: u32 = 10_000;
 

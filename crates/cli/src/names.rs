@@ -238,7 +238,8 @@ pub fn outcome(v: i32) -> Option<&'static str> {
     }
 }
 
-/// The spec's human wording of an outcome ("Connection refused", ...).
+/// The requirements' human wording of an outcome ("Connection refused", ...;
+/// DESIGN.md, "The check").
 pub fn outcome_text(v: i32) -> &'static str {
     match v1::Outcome::try_from(v) {
         Ok(v1::Outcome::Unspecified) => "No result",

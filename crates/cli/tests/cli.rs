@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use portwatch_e2e::{
-    Coordinator, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Proc, Pty, Setup, TestCert, eventually,
+    Coordinator, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Proc, Pty, TestCert, eventually,
 };
 use portwatch_proto::v1;
 use serde_json::Value;
@@ -155,24 +155,25 @@ async fn world() -> World {
 
 /// A world whose coordinator config starts with `extra` (top-level keys).
 async fn world_with(extra: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!("{extra}{PLANS}");
-    let coord = Coordinator::start(&sibling("portwatch-coordinator"), dir.path(), &config);
-    let mut admin = coord.admin(OPERATOR_TOKEN).await;
-    let (_, token) = Setup::tenant(&mut admin, "acme", v1::Plan::Enterprise).await;
-    let (_, free_token) = Setup::tenant(&mut admin, "cheap", v1::Plan::Free).await;
-    let mut agent_tokens = Vec::new();
-    for r in ["eu", "us", "ap"] {
-        Setup::region(&mut admin, r, "").await;
-        agent_tokens.push((r.to_string(), Setup::agent_token(&mut admin, r).await));
-    }
+    let w = portwatch_e2e::World::builder()
+        .coordinator_bin(sibling("portwatch-coordinator"))
+        .config(extra)
+        .plans(PLANS)
+        .other_tenant("cheap", v1::Plan::Free)
+        .public_regions(&["eu", "us", "ap"])
+        .start()
+        .await;
     World {
-        op: Cli::new(&coord, OPERATOR_TOKEN),
-        tenant: Cli::new(&coord, &token),
-        free: Cli::new(&coord, &free_token),
-        coord,
-        agent_tokens,
-        dir,
+        op: Cli::new(&w.coord, OPERATOR_TOKEN),
+        tenant: Cli::new(&w.coord, &w.tenant_token),
+        free: Cli::new(&w.coord, w.token_of("cheap")),
+        agent_tokens: w
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.token.clone()))
+            .collect(),
+        coord: w.coord,
+        dir: w.dir,
     }
 }
 

@@ -31,11 +31,12 @@
 //!
 //! # Why two policies
 //!
-//! The spec says both "2 of 3" / "3 of 4" regions failing opens an incident and
-//! "if any region still reports success, no incident is opened". These contradict
-//! each other (with 2 of 3 down, the third may well report success). The numeric
-//! rule is the default ([`Policy::Quorum`]); a monitor may choose
-//! [`Policy::Unanimous`] (`k = n`), which is the stricter sentence.
+//! The requirements (DESIGN.md, "Consensus") say both "2 of 3" / "3 of 4"
+//! regions failing opens an incident and "if any region still reports success,
+//! no incident is opened". These contradict each other (with 2 of 3 down, the
+//! third may well report success). The numeric rule is the default
+//! ([`Policy::Quorum`]); a monitor may choose [`Policy::Unanimous`] (`k = n`),
+//! which is the stricter sentence.
 
 use std::time::{Duration, SystemTime};
 
@@ -55,10 +56,10 @@ const REASON_ORDER: [Outcome; 4] = [
 /// How many down regions a monitor needs before an incident opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Policy {
-    /// `k(n) = ceil(0.66 · n)`: the spec's "2 of 3", "3 of 4".
+    /// `k(n) = ceil(0.66 · n)`: the requirements' "2 of 3", "3 of 4".
     #[default]
     Quorum,
-    /// `k = n`: the spec's "if any region still reports success, no incident".
+    /// `k = n`: the requirements' "if any region still reports success, no incident".
     Unanimous,
 }
 

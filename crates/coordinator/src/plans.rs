@@ -1,6 +1,7 @@
 //! Plans and their limits.
 //!
-//! Port monitoring is plan-gated (the spec): `free` cannot create port monitors.
+//! Port monitoring is plan-gated (DESIGN.md, "Tenancy and plans"): `free`
+//! cannot create port monitors.
 //! The numbers come from the coordinator's config (`[plans.<name>]`); these are
 //! the defaults.
 

@@ -1,8 +1,8 @@
 //! Checks on what the admin API is asked to store, as pure functions.
 //!
 //! The admin API calls these before it writes anything, so a rejected request
-//! changes nothing and every refusal names the field and the reason (design.md,
-//! "Bad input"). Nothing here touches the store, the hub or the clock: the caller
+//! changes nothing and every refusal names the field and the reason (DESIGN.md,
+//! "Durability"). Nothing here touches the store, the hub or the clock: the caller
 //! passes in what the check depends on (the tenant's plan, the regions that
 //! exist), which keeps the table test below exhaustive and fast.
 //!

@@ -2,60 +2,30 @@
 //! real gRPC clients: an operator, tenants, and hand-driven agents in three
 //! regions. Each test asserts what an operator or on-call engineer would see.
 
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use portwatch_e2e::{
-    Admin, Coordinator, FakeAgent, OPERATOR_TOKEN, Setup, eventually, metric_value, result,
+    Admin, FakeAgent, OPERATOR_TOKEN, Setup, World, eventually, metric_value, result,
 };
 use portwatch_proto::v1;
 use tonic::Code;
 
 const ENTERPRISE_FAST: &str = "[plans.enterprise]\nport_monitors = true\nmax_monitors = 100\nmin_interval = \"1s\"\n\n[plans.free]\nport_monitors = false\nmax_monitors = 5\nmin_interval = \"5m\"\n\n[plans.basic]\nport_monitors = true\nmax_monitors = 2\nmin_interval = \"1s\"\n";
 
-/// A coordinator; `extra`: top-level keys, written before the plans tables.
-fn start_with(dir: &Path, extra: &str) -> Coordinator {
-    Coordinator::start(
-        Path::new(env!("CARGO_BIN_EXE_portwatch-coordinator")),
-        dir,
-        &format!("{extra}{ENTERPRISE_FAST}"),
-    )
-}
-
-/// Three public regions, a tenant, and one agent token per region.
-struct World {
-    coord: Coordinator,
-    op: Admin,
-    tenant: Admin,
-    tenant_id: String,
-    tokens: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
 async fn world() -> World {
     world_with("").await
 }
 
-/// A world whose coordinator config has the top-level keys `extra` too.
+/// Three public regions, a tenant, and one agent token per region; the
+/// coordinator's config has the top-level keys `extra` too.
 async fn world_with(extra: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let coord = start_with(dir.path(), extra);
-    let mut op = coord.admin(OPERATOR_TOKEN).await;
-    let (tenant_id, token) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
-    let mut tokens = Vec::new();
-    for r in ["eu", "us", "ap"] {
-        Setup::region(&mut op, r, "").await;
-        tokens.push((r.to_string(), Setup::agent_token(&mut op, r).await));
-    }
-    let tenant = coord.admin(&token).await;
-    World {
-        coord,
-        op,
-        tenant,
-        tenant_id,
-        tokens,
-        _dir: dir,
-    }
+    World::builder()
+        .coordinator_bin(env!("CARGO_BIN_EXE_portwatch-coordinator"))
+        .config(extra)
+        .plans(ENTERPRISE_FAST)
+        .public_regions(&["eu", "us", "ap"])
+        .start()
+        .await
 }
 
 fn monitor_req(host: &str, regions: &[&str]) -> v1::CreateMonitorRequest {
@@ -68,18 +38,6 @@ fn monitor_req(host: &str, regions: &[&str]) -> v1::CreateMonitorRequest {
         timeout_ms: 1000,
         ..Default::default()
     }
-}
-
-async fn agents(w: &World) -> Vec<FakeAgent> {
-    let mut v = Vec::new();
-    for (region, token) in &w.tokens {
-        let a = FakeAgent::connect(&w.coord, token, &format!("agent-{region}"))
-            .await
-            .expect("agent connects");
-        a.keepalive();
-        v.push(a);
-    }
-    v
 }
 
 async fn incidents(admin: &mut Admin, open_only: bool) -> Vec<v1::Incident> {
@@ -128,7 +86,7 @@ async fn snapshot_then_live_updates_reach_the_right_agents() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     for a in &ag {
         assert!(
             a.assigned.contains_key(&m1.id),
@@ -186,7 +144,7 @@ async fn quorum_two_of_three_opens_one_does_not_and_all_clear_closes() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let mut events = w
         .tenant
         .watch_events(v1::WatchEventsRequest::default())
@@ -303,7 +261,7 @@ async fn with_fast_confirmation_off_a_region_turning_down_sends_no_check_now() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     for a in ag.iter_mut() {
         a.report_acked(&m.id, v1::Outcome::Ok).await;
     }
@@ -351,7 +309,7 @@ async fn blocked_and_probe_errors_never_open_an_incident() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     ag[0].report_acked(&m.id, v1::Outcome::ProbeError).await;
     ag[1].report_acked(&m.id, v1::Outcome::Blocked).await;
     ag[2].report_acked(&m.id, v1::Outcome::Refused).await;
@@ -382,7 +340,7 @@ async fn acks_follow_durability_replays_are_deduplicated_and_foreign_results_ref
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let now = SystemTime::now();
     let batch: Vec<(u64, v1::CheckResult)> = (1..=5u64)
         .map(|i| {
@@ -454,7 +412,7 @@ async fn agent_tokens_are_checked_and_bound_to_their_region() {
         Code::Unauthenticated | Code::PermissionDenied
     ));
 
-    let a = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+    let a = FakeAgent::connect(&w.coord, &w.regions[0].token, "eu-1")
         .await
         .unwrap();
     assert_eq!(a.welcome.as_ref().unwrap().region, "eu");
@@ -471,7 +429,7 @@ async fn agent_tokens_are_checked_and_bound_to_their_region() {
     w.op.revoke_agent_token(v1::RevokeTokenRequest { token_id: id })
         .await
         .unwrap();
-    let err = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+    let err = FakeAgent::connect(&w.coord, &w.regions[0].token, "eu-1")
         .await
         .err()
         .expect("revoked");
@@ -492,7 +450,7 @@ async fn monitors_move_to_the_remaining_agent_when_one_goes_away() {
                 .id,
         );
     }
-    let token = w.tokens[0].1.clone();
+    let token = w.regions[0].token.clone();
     let mut a1 = FakeAgent::connect(&w.coord, &token, "eu-1").await.unwrap();
     a1.keepalive();
     let a2 = FakeAgent::connect(&w.coord, &token, "eu-2").await.unwrap();
@@ -850,7 +808,7 @@ async fn restart_after_kill_keeps_monitors_results_and_the_open_incident() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
     ag[1].report_acked(&m.id, v1::Outcome::Refused).await;
     let last = ag[2].report_acked(&m.id, v1::Outcome::Ok).await;
@@ -881,7 +839,7 @@ async fn restart_after_kill_keeps_monitors_results_and_the_open_incident() {
     assert_eq!(still_open[0].id, open[0].id);
 
     // Agents reconnect and learn what is already durable; recovery closes the incident.
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     assert_eq!(ag[2].welcome.as_ref().unwrap().acked_seq, last);
     assert!(ag[0].assigned.contains_key(&m.id), "snapshot after restart");
     for a in ag.iter_mut() {
@@ -1012,7 +970,7 @@ async fn sigterm_drains_agents_and_exits_cleanly_with_state_flushed() {
         .await
         .unwrap()
         .into_inner();
-    let mut agent = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+    let mut agent = FakeAgent::connect(&w.coord, &w.regions[0].token, "eu-1")
         .await
         .unwrap();
     agent.keepalive();
@@ -1029,7 +987,7 @@ async fn sigterm_drains_agents_and_exits_cleanly_with_state_flushed() {
         .await;
     assert!(agent.drained, "agents get a Drain on shutdown");
     w.coord.restart();
-    let again = FakeAgent::connect(&w.coord, &w.tokens[0].1, "eu-1")
+    let again = FakeAgent::connect(&w.coord, &w.regions[0].token, "eu-1")
         .await
         .unwrap();
     assert_eq!(
@@ -1048,7 +1006,7 @@ async fn deleting_a_monitor_closes_its_open_incident() {
         .await
         .unwrap()
         .into_inner();
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
     assert_eq!(incidents(&mut w.tenant, true).await.len(), 1);
     w.tenant

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use portwatch_e2e::{
-    Admin, Coordinator, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Recorded, Setup, SmtpServer,
-    SmtpTlsMode, TestCert, eventually, free_port,
+    Admin, FakeAgent, HttpReceiver, OPERATOR_TOKEN, Recorded, SmtpServer, SmtpTlsMode, TestCert,
+    World, eventually, free_port,
 };
 use portwatch_proto::v1;
 use serde_json::Value;
@@ -24,48 +24,16 @@ const FAST: &str = "allow_private_channel_targets = true\ndelivery_retry_initial
 const SECRET: &str = "whsec-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(15);
 
-struct World {
-    coord: Coordinator,
-    op: Admin,
-    tenant: Admin,
-    tokens: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
+/// Three public regions, a tenant, and one agent token per region; the
+/// coordinator's config has the top-level keys `extra` too.
 async fn world(extra: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let coord = Coordinator::start(
-        Path::new(env!("CARGO_BIN_EXE_portwatch-coordinator")),
-        dir.path(),
-        &format!("{extra}\n{PLANS}"),
-    );
-    let mut op = coord.admin(OPERATOR_TOKEN).await;
-    let (_, token) = Setup::tenant(&mut op, "acme", v1::Plan::Enterprise).await;
-    let mut tokens = Vec::new();
-    for r in ["eu", "us", "ap"] {
-        Setup::region(&mut op, r, "").await;
-        tokens.push((r.to_string(), Setup::agent_token(&mut op, r).await));
-    }
-    let tenant = coord.admin(&token).await;
-    World {
-        coord,
-        op,
-        tenant,
-        tokens,
-        _dir: dir,
-    }
-}
-
-async fn agents(w: &World) -> Vec<FakeAgent> {
-    let mut v = Vec::new();
-    for (region, token) in &w.tokens {
-        let a = FakeAgent::connect(&w.coord, token, &format!("agent-{region}"))
-            .await
-            .expect("agent connects");
-        a.keepalive();
-        v.push(a);
-    }
-    v
+    World::builder()
+        .coordinator_bin(env!("CARGO_BIN_EXE_portwatch-coordinator"))
+        .config(extra)
+        .plans(PLANS)
+        .public_regions(&["eu", "us", "ap"])
+        .start()
+        .await
 }
 
 async fn monitor(w: &mut World) -> v1::Monitor {
@@ -224,7 +192,7 @@ async fn webhook_and_slack_get_signed_json_with_idempotency_keys_on_open_and_res
     );
 
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
 
     let got = hook.wait_for(1, WAIT).await;
@@ -337,7 +305,7 @@ async fn a_failing_receiver_is_retried_until_exactly_one_success_and_a_refusal_i
     let good = create(&mut w.tenant, "", webhook(flaky.url("/flaky"), true)).await;
     let bad = create(&mut w.tenant, "", webhook(refusing.url("/no"), true)).await;
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
 
     let got = flaky.wait_for(4, WAIT).await;
@@ -407,7 +375,7 @@ async fn email_arrives_over_smtp_with_subject_body_and_login() {
     assert!(cfg.password.is_empty(), "the password is write-only");
 
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     let mails = smtp.wait_for(1, WAIT).await;
     let mail = &mails[0];
@@ -548,7 +516,7 @@ async fn email_over_tls_arrives(mode: SmtpTlsMode, tls: v1::SmtpTls) {
     assert_eq!(cfg.tls, tls as i32);
 
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     let mails = smtp.wait_for(1, WAIT).await;
     let mail = &mails[0];
@@ -611,7 +579,7 @@ async fn webhook_over_https_trusts_the_private_ca() {
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
     let ch = create(&mut w.tenant, "", webhook(url, true)).await;
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     let got = hook.wait_for(1, WAIT).await;
     verify_signature(&got[0]);
@@ -660,7 +628,7 @@ async fn an_untrusted_certificate_fails_the_delivery_and_never_falls_back_to_pla
     }
 
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     // Several attempts each, so that a fallback on retry would show too.
     let t = w.tenant.clone();
@@ -751,7 +719,7 @@ async fn pagerduty_sees_trigger_then_resolve_with_one_dedup_key() {
     assert!(cfg.routing_key.is_empty(), "the routing key is write-only");
 
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     let got = pd.wait_for(1, WAIT).await;
     assert_eq!(got[0].path, "/v2/enqueue");
@@ -815,7 +783,7 @@ async fn a_delivery_pending_at_kill9_is_sent_after_restart_once() {
     )
     .await;
     let m = monitor(&mut w).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let incident = open_incident(&mut w, &mut ag, &m).await;
     let t = w.tenant.clone();
     let tried = eventually("an attempt failed", WAIT, || {
@@ -877,7 +845,7 @@ async fn tenant_token(w: &mut World) -> String {
 #[tokio::test]
 async fn a_probe_region_offline_notice_goes_once_to_the_operator_and_back_online_once() {
     let mut w = world(&format!("{FAST}region_offline_grace = \"1s\"\n")).await;
-    let mut ag = agents(&w).await;
+    let mut ag = w.connect_agents().await;
     let ops = HttpReceiver::ok().await;
     let tenant_hook = HttpReceiver::ok().await;
     let op_ch = create(&mut w.op, "", webhook(ops.url("/ops"), false)).await;
@@ -929,7 +897,7 @@ async fn a_probe_region_offline_notice_goes_once_to_the_operator_and_back_online
     assert_eq!(ds[0].kind, v1::DeliveryKind::RegionOffline as i32);
 
     // Back: one "back online" notice for the same outage.
-    let back = FakeAgent::connect(&w.coord, &w.tokens[0].1, "agent-eu")
+    let back = FakeAgent::connect(&w.coord, &w.regions[0].token, "agent-eu")
         .await
         .unwrap();
     back.keepalive();

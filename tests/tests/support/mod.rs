@@ -1,5 +1,6 @@
-//! Shared set-up of the end-to-end suite: where the daemons are, a world of one
-//! coordinator process and regions owned by the test tenant, probes (a real
+//! Shared set-up of the end-to-end suite: where the daemons are, the world (one
+//! coordinator process and regions owned by the test tenant, built by the
+//! harness's [`World`] builder), probes (a real
 //! `portwatch-agent run` process with its own DNS server, so each region can see
 //! the same name resolve differently), targets whose state a test flips (open,
 //! refusing, silent), the notification receivers, and the queries an on-call
@@ -14,14 +15,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use portwatch_e2e::{
-    Admin, AgentProc, Coordinator, HttpReceiver, Mail, OPERATOR_TOKEN, Recorded, Setup, SmtpServer,
-    eventually, metric_value,
+    Admin, AgentProc, HttpReceiver, Mail, Recorded, SmtpServer, eventually, metric_value,
 };
 use portwatch_proto::time::{from_timestamp, unix_micros};
 use portwatch_proto::v1;
@@ -30,8 +30,8 @@ use serde_json::Value;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Plans for fast tests: enterprise allows 1 s intervals and many monitors.
-pub const PLANS: &str =
-    "[plans.enterprise]\nport_monitors = true\nmax_monitors = 1000\nmin_interval = \"1s\"\n";
+#[allow(unused_imports)]
+pub use portwatch_e2e::FAST_PLANS as PLANS;
 
 /// Tenants' channels may reach the loopback receivers; retries are quick.
 pub const NOTIFY: &str = "allow_private_channel_targets = true\ndelivery_retry_initial = \"200ms\"\ndelivery_retry_max = \"1s\"\ndelivery_timeout = \"5s\"\n";
@@ -39,8 +39,9 @@ pub const NOTIFY: &str = "allow_private_channel_targets = true\ndelivery_retry_i
 /// The webhook channels' HMAC secret.
 pub const SECRET: &str = "whsec-e2e-0123456789abcdef";
 
-/// The tenant every world creates.
-pub const TENANT: &str = "acme";
+/// The tenant every world creates, and the world itself (the harness's builder).
+#[allow(unused_imports)]
+pub use portwatch_e2e::{RegionInfo, TENANT, World};
 
 /// A generous bound for things that take a few check intervals.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -48,22 +49,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------- binaries
 
 /// A daemon binary of this workspace, next to the running test in the target
-/// directory (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
-pub fn daemon(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{name} not found at {}: run `cargo build --workspace --bins` first \
-         (`cargo test --workspace` builds it)",
-        path.display()
-    );
-    path
-}
+/// directory.
+pub use portwatch_e2e::workspace_bin as daemon;
 
 pub fn coordinator_bin() -> PathBuf {
     daemon("portwatch-coordinator")
@@ -277,75 +264,20 @@ pub fn doors(ips: &[&str]) -> Vec<Door> {
 
 // ---------------------------------------------------------------- the world
 
-/// One region of a world.
-pub struct RegionInfo {
-    pub name: String,
-    pub token: String,
-    /// Owned by the test tenant: its agents may probe loopback.
-    pub private: bool,
-}
-
-/// A coordinator process, the operator, the tenant `acme` (enterprise), and
-/// regions `r0..rN` owned by the tenant (self-hosted probes that may check
-/// loopback targets), each with an agent token.
-pub struct World {
-    pub coord: Coordinator,
-    pub op: Admin,
-    pub tenant: Admin,
-    pub tenant_token: String,
-    pub regions: Vec<RegionInfo>,
-    pub dir: tempfile::TempDir,
-}
-
-impl World {
-    /// `extra` is appended to the coordinator's TOML (plans are always fast).
-    pub async fn start(private_regions: usize, extra: &str) -> World {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let coord_dir = dir.path().join("coordinator");
-        std::fs::create_dir_all(&coord_dir).expect("coordinator dir");
-        let coord =
-            Coordinator::start(&coordinator_bin(), &coord_dir, &format!("{extra}\n{PLANS}"));
-        let mut op = coord.admin(OPERATOR_TOKEN).await;
-        let (tenant_id, tenant_token) = Setup::tenant(&mut op, TENANT, v1::Plan::Enterprise).await;
-        let tenant = coord.admin(&tenant_token).await;
-        let mut w = World {
-            coord,
-            op,
-            tenant,
-            tenant_token,
-            regions: Vec::new(),
-            dir,
-        };
-        for i in 0..private_regions {
-            w.add_region(&format!("r{i}"), &tenant_id).await;
-        }
-        w
-    }
-
-    /// Creates a region (public when `owner` is empty) and an agent token for it.
-    pub async fn add_region(&mut self, name: &str, owner: &str) -> usize {
-        Setup::region(&mut self.op, name, owner).await;
-        let token = Setup::agent_token(&mut self.op, name).await;
-        self.regions.push(RegionInfo {
-            name: name.to_string(),
-            token,
-            private: !owner.is_empty(),
-        });
-        self.regions.len() - 1
-    }
-
-    /// Region names `r0..r{n-1}`.
-    pub fn names(&self, n: usize) -> Vec<String> {
-        self.regions
-            .iter()
-            .take(n)
-            .map(|r| r.name.clone())
-            .collect()
-    }
-
+/// Real agent processes for a [`World`]'s regions (the harness knows nothing
+/// of the test DNS server each probe brings).
+#[allow(async_fn_in_trait)] // only these tests call it
+pub trait Probes {
     /// Starts an agent in region `region` (index) with its own DNS server;
     /// `label` names its data directory (the same label after a kill reuses the spool).
-    pub async fn probe(&self, region: usize, label: &str) -> Probe {
+    async fn probe(&self, region: usize, label: &str) -> Probe;
+
+    /// One probe per region `0..n`, labelled by region name.
+    async fn probes(&self, n: usize) -> Vec<Probe>;
+}
+
+impl Probes for World {
+    async fn probe(&self, region: usize, label: &str) -> Probe {
         let dns = DnsServer::start().await.expect("start a DNS server");
         // No caching: a changed answer is seen by the next check.
         dns.set_ttl(0);
@@ -370,19 +302,12 @@ impl World {
         }
     }
 
-    /// One probe per region `0..n`, labelled by region name.
-    pub async fn probes(&self, n: usize) -> Vec<Probe> {
+    async fn probes(&self, n: usize) -> Vec<Probe> {
         let mut v = Vec::new();
         for i in 0..n {
             v.push(self.probe(i, &self.regions[i].name.clone()).await);
         }
         v
-    }
-
-    /// Fresh admin clients (after the coordinator was restarted).
-    pub async fn reconnect(&mut self) {
-        self.op = self.coord.admin(OPERATOR_TOKEN).await;
-        self.tenant = self.coord.admin(&self.tenant_token).await;
     }
 }
 
