@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use portwatch_check::Outcome;
+use portwatch_proto::convert::OutcomeFromWire;
 use portwatch_proto::time::{from_timestamp, to_timestamp};
 use portwatch_proto::v1;
 use tokio::sync::{Notify, broadcast, mpsc};
