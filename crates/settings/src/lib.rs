@@ -289,14 +289,8 @@ impl<T> Setting<T> {
 
     /// The value, or an error with `reason` when no layer gave one.
     pub fn required(self, reason: &str) -> Result<T, ConfigError> {
-        match self.value {
-            Some(v) => Ok(v),
-            None => Err(self.error_missing(reason)),
-        }
-    }
-
-    fn error_missing(&self, reason: &str) -> ConfigError {
-        ConfigError::new(self.key, reason)
+        // Nothing was given, so there is no source to name.
+        self.value.ok_or_else(|| ConfigError::new(self.key, reason))
     }
 
     /// The value (or `default`), accepted by `check` or refused with its reason.
