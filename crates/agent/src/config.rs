@@ -1,21 +1,33 @@
 //! The agent's configuration: one struct, from a TOML file, every key
 //! overridable by a flag and an environment variable (flag/env > file > default).
-//! Validated at start; an error names the key and the reason.
+//! Validated at start; an error names the key, the reason and where the value
+//! came from.
+//!
+//! Each setting is declared once, as a field of [`RunArgs`]: its doc comment is
+//! the help text, and the same struct read from TOML is the file's form
+//! ([`FileConfig`]), so the file's keys are the flags' names. The mechanism
+//! (layers, error type, file reading) is shared with the coordinator in
+//! `portwatch-settings`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use portwatch_check::CloseMode;
 use portwatch_check::guard::Cidr;
+pub use portwatch_settings::ConfigError;
+use portwatch_settings::layer;
 use serde::Deserialize;
 
-/// Flags of `portwatch-agent run` (each also an environment variable).
-#[derive(Args, Debug, Default, Clone)]
+/// Flags of `portwatch-agent run` (each also an environment variable), and the
+/// keys of the config file.
+#[derive(Args, Debug, Default, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RunArgs {
     /// TOML configuration file.
     #[arg(long, env = "PORTWATCH_AGENT_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Coordinator URL, e.g. https://coordinator.example.com:7400.
     #[arg(long, env = "PORTWATCH_COORDINATOR")]
@@ -69,8 +81,8 @@ pub struct RunArgs {
     #[arg(long, env = "PORTWATCH_SOURCE_ADDRESS")]
     pub source_address: Option<IpAddr>,
     /// Force a close mode for every check (fin or rst); default: the monitor's.
-    #[arg(long, env = "PORTWATCH_CLOSE_MODE")]
-    pub close_mode: Option<CloseMode>,
+    #[arg(long, env = "PORTWATCH_CLOSE_MODE", value_parser = close_mode_flag)]
+    pub close_mode: Option<String>,
     /// Prometheus `/metrics` listen address.
     #[arg(long, env = "PORTWATCH_AGENT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -85,32 +97,15 @@ pub struct RunArgs {
     pub log: Option<String>,
 }
 
-/// The file form; unknown keys are errors.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub coordinator: Option<String>,
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    pub ca: Option<PathBuf>,
-    pub tls_server_name: Option<String>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub data_dir: Option<PathBuf>,
-    pub agent_id: Option<String>,
-    pub max_in_flight: Option<usize>,
-    pub spool_max: Option<u64>,
-    pub batch_size: Option<usize>,
-    pub batch_wait: Option<String>,
-    pub allow_private_targets: Option<bool>,
-    pub private_allow: Option<Vec<String>>,
-    pub nameservers: Option<Vec<String>>,
-    pub source_address: Option<IpAddr>,
-    pub close_mode: Option<String>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub insecure_plaintext: Option<bool>,
-    pub log_format: Option<String>,
-    pub log: Option<String>,
+/// The file form: the flags' struct, read from TOML; unknown keys are errors.
+pub type FileConfig = RunArgs;
+
+/// A close mode on the command line is checked as it is parsed (a usage
+/// error), one from the file when the layers are merged.
+fn close_mode_flag(s: &str) -> Result<String, String> {
+    s.parse::<CloseMode>()
+        .map(|_| s.to_string())
+        .map_err(|_| format!("{s:?}; must be fin or rst"))
 }
 
 /// The validated configuration.
@@ -138,31 +133,6 @@ pub struct Config {
     pub log: String,
 }
 
-/// A configuration error: the key and the reason. The file itself (key
-/// `config`: unreadable, not TOML, an unknown key) reads "config file PATH: …",
-/// never "config: config: …".
-#[derive(Debug, thiserror::Error)]
-#[error("{}", describe(self.key, &self.reason))]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub reason: String,
-}
-
-fn describe(key: &str, reason: &str) -> String {
-    if key == "config" {
-        format!("config file {reason}")
-    } else {
-        format!("config: {key}: {reason}")
-    }
-}
-
-fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        reason: reason.into(),
-    }
-}
-
 /// Parses "ip" (port 53) or "ip:port".
 pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
@@ -174,26 +144,20 @@ pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
 
 impl Config {
     pub fn load(args: RunArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        Config::merge(args, file)
+        let path = args.config.clone();
+        let command = RunArgs::augment_args(clap::Command::new("portwatch-agent run"));
+        portwatch_settings::load(args, path.as_deref(), &command, Config::merge)
     }
 
     pub fn merge(args: RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
-        let coordinator = args.coordinator.or(file.coordinator).ok_or_else(|| {
-            err(
-                "coordinator",
-                "required, e.g. https://coordinator.example.com:7400",
-            )
-        })?;
-        let insecure = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
-        let (scheme, rest) = coordinator.split_once("://").ok_or_else(|| {
-            err(
-                "coordinator",
-                format!("{coordinator:?} is not a URL (https://host:port)"),
-            )
+        let coordinator = layer!(args, file, coordinator);
+        let url = coordinator
+            .clone()
+            .required("required, e.g. https://coordinator.example.com:7400")?;
+        let insecure_plaintext = layer!(args, file, insecure_plaintext);
+        let insecure = insecure_plaintext.clone().or(false);
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            coordinator.error(format!("{url:?} is not a URL (https://host:port)"))
         })?;
         match scheme {
             "https" => {}
@@ -206,140 +170,116 @@ impl Config {
                 let loopback =
                     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
                 if !loopback {
-                    return Err(err(
-                        "insecure_plaintext",
-                        format!("plaintext only to a loopback coordinator, not {host}"),
-                    ));
+                    return Err(insecure_plaintext.error(format!(
+                        "plaintext only to a loopback coordinator, not {host}"
+                    )));
                 }
             }
             "http" => {
-                return Err(err(
-                    "coordinator",
+                return Err(coordinator.error(
                     "http:// needs insecure_plaintext (loopback development only); use https://",
                 ));
             }
             other => {
-                return Err(err(
-                    "coordinator",
-                    format!("unknown scheme {other:?}; use https://"),
-                ));
+                return Err(coordinator.error(format!("unknown scheme {other:?}; use https://")));
             }
         }
-        let ca = args.ca.or(file.ca);
-        if scheme == "https" && ca.is_none() {
-            return Err(err(
-                "ca",
+        let ca = layer!(args, file, ca);
+        if scheme == "https" && !ca.is_set() {
+            return Err(ca.error(
                 "required for https: the CA certificate (PEM) that signed the coordinator's certificate",
             ));
         }
-        let token = match (
-            args.token.or(file.token),
-            args.token_file.or(file.token_file),
-        ) {
+        let given_token = layer!(args, file, token);
+        let token_file = layer!(args, file, token_file);
+        let token = match (given_token.clone().get(), token_file.clone().get()) {
             (Some(t), _) => t,
             (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|e| err("token_file", format!("{}: {e}", path.display())))?
+                .map_err(|e| token_file.error(format!("{}: {e}", path.display())))?
                 .trim()
                 .to_string(),
-            (None, None) => return Err(err("token", "required (or token_file)")),
+            (None, None) => return Err(given_token.error("required (or token_file)")),
         };
         if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(err("token", "must be non-empty, without whitespace"));
+            let why = "must be non-empty, without whitespace";
+            return Err(if given_token.is_set() {
+                given_token.error(why)
+            } else {
+                ConfigError::new("token", format!("{why} (read from token_file)"))
+            });
         }
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .ok_or_else(|| err("data_dir", "required (the directory of the local spool)"))?;
-        let client_identity = match (
-            args.client_cert.or(file.client_cert),
-            args.client_key.or(file.client_key),
-        ) {
+        let data_dir =
+            layer!(args, file, data_dir).required("required (the directory of the local spool)")?;
+        let client_cert = layer!(args, file, client_cert);
+        let client_key = layer!(args, file, client_key);
+        let client_identity = match (client_cert.clone().get(), client_key.clone().get()) {
             (Some(c), Some(k)) => Some((c, k)),
-            (Some(_), None) => return Err(err("client_key", "required when client_cert is set")),
-            (None, Some(_)) => return Err(err("client_cert", "required when client_key is set")),
+            (Some(_), None) => return Err(client_key.error("required when client_cert is set")),
+            (None, Some(_)) => return Err(client_cert.error("required when client_key is set")),
             (None, None) => None,
         };
-        let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(4096);
-        if !(1..=1_000_000).contains(&max_in_flight) {
-            return Err(err("max_in_flight", "must be 1-1000000"));
-        }
-        let spool_max = args.spool_max.or(file.spool_max).unwrap_or(1_000_000);
-        if spool_max < 100 {
-            return Err(err("spool_max", "must be at least 100"));
-        }
-        let batch_size = args.batch_size.or(file.batch_size).unwrap_or(500);
-        if !(1..=10_000).contains(&batch_size) {
-            return Err(err("batch_size", "must be 1-10000"));
-        }
-        let wait = args
-            .batch_wait
-            .or(file.batch_wait)
-            .unwrap_or_else(|| "200ms".into());
-        let batch_wait = humantime::parse_duration(&wait)
-            .map_err(|e| err("batch_wait", format!("{wait:?}: {e}")))?;
-        if batch_wait > Duration::from_secs(10) {
-            return Err(err("batch_wait", "must be at most 10s"));
-        }
-        let allow_list = if args.private_allow.is_empty() {
-            file.private_allow.unwrap_or_default()
-        } else {
-            args.private_allow
-        };
-        let private_allow = allow_list
-            .iter()
-            .map(|s| {
-                s.parse::<Cidr>()
-                    .map_err(|e| err("private_allow", format!("{s:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let ns = if args.nameservers.is_empty() {
-            file.nameservers.unwrap_or_default()
-        } else {
-            args.nameservers
-        };
-        let nameservers = ns
-            .iter()
-            .map(|s| parse_nameserver(s).map_err(|e| err("nameservers", e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let close_mode = match (args.close_mode, file.close_mode) {
-            (Some(m), _) => Some(m),
-            (None, Some(s)) => Some(
-                s.parse::<CloseMode>()
-                    .map_err(|_| err("close_mode", format!("{s:?}; must be fin or rst")))?,
-            ),
-            (None, None) => None,
-        };
-        let log_json =
-            portwatch_telemetry::json_logs(args.log_format.or(file.log_format).as_deref())
-                .map_err(|e| err("log_format", e))?;
+        let max_in_flight = layer!(args, file, max_in_flight).check(4096, |n| {
+            (1..=1_000_000)
+                .contains(n)
+                .then_some(())
+                .ok_or_else(|| "must be 1-1000000".to_string())
+        })?;
+        let spool_max = layer!(args, file, spool_max).check(1_000_000, |n| {
+            (*n >= 100)
+                .then_some(())
+                .ok_or_else(|| "must be at least 100".to_string())
+        })?;
+        let batch_size = layer!(args, file, batch_size).check(500, |n| {
+            (1..=10_000)
+                .contains(n)
+                .then_some(())
+                .ok_or_else(|| "must be 1-10000".to_string())
+        })?;
+        let batch_wait = layer!(args, file, batch_wait).duration(
+            "200ms",
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )?;
+        let private_allow = layer!(args, file, private_allow)
+            .parse(|list| {
+                list.iter()
+                    .map(|s| s.parse::<Cidr>().map_err(|e| format!("{s:?}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+            })?
+            .unwrap_or_default();
+        let nameservers = layer!(args, file, nameservers)
+            .parse(|list| list.iter().map(|s| parse_nameserver(s)).collect())?
+            .unwrap_or_default();
+        let close_mode = layer!(args, file, close_mode).parse(|s| {
+            s.parse::<CloseMode>()
+                .map_err(|_| format!("{s:?}; must be fin or rst"))
+        })?;
+        let log_json = layer!(args, file, log_format)
+            .parse(|f| portwatch_telemetry::json_logs(Some(&f)))?
+            .unwrap_or(false);
         Ok(Config {
-            coordinator,
+            coordinator: url,
             token,
-            ca,
-            tls_server_name: args.tls_server_name.or(file.tls_server_name),
+            ca: ca.get(),
+            tls_server_name: layer!(args, file, tls_server_name).get(),
             client_identity,
             data_dir,
-            agent_id: args.agent_id.or(file.agent_id),
+            agent_id: layer!(args, file, agent_id).get(),
             max_in_flight,
             spool_max,
             batch_size,
             batch_wait,
-            allow_private_targets: args.allow_private_targets
-                || file.allow_private_targets.unwrap_or(false),
+            allow_private_targets: layer!(args, file, allow_private_targets).or(false),
             private_allow,
             nameservers,
-            source_address: args.source_address.or(file.source_address),
+            source_address: layer!(args, file, source_address).get(),
             close_mode,
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen: layer!(args, file, metrics_listen).get(),
             insecure_plaintext: insecure,
             log_json,
-            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log: layer!(args, file, log).or_else(|| "info".into()),
         })
     }
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    portwatch_telemetry::read_toml(path).map_err(|e| err("config", e))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use portwatch_check::{CheckSpec, Checker, CloseMode, Outcome};
+use portwatch_proto::convert::ResultToWire;
 use portwatch_proto::v1;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, mpsc};

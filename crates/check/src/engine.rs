@@ -24,6 +24,9 @@ use crate::{AddressPolicy, CloseMode, Family, Outcome};
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// The requirements' connect timeout (DESIGN.md, "Requirements").
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Smallest and largest per-monitor timeout (DESIGN.md, "The check": 1-10 s).
+pub const MIN_TIMEOUT_MS: u32 = 1_000;
+pub const MAX_TIMEOUT_MS: u32 = 10_000;
 
 /// What to check.
 #[derive(Clone, Debug, PartialEq, Eq)]

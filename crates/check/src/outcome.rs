@@ -1,12 +1,11 @@
 //! What a check came to, and the settings that shape one check.
 //!
-//! These are the domain types; the wire enums in `portwatch_proto::v1` convert
-//! into them with `TryFrom` at the edge, so inner code never sees
-//! `*_UNSPECIFIED` or an out-of-range value.
+//! These are the domain types; the protocol crate converts its wire enums into
+//! them at the edge (`portwatch_proto::convert`), so inner code never sees
+//! `*_UNSPECIFIED` or an out-of-range value. This crate does not know the wire.
 
 use std::fmt;
 
-use portwatch_proto::v1;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one check. The first four failures are the failure reasons
@@ -77,21 +76,8 @@ impl fmt::Display for Outcome {
     }
 }
 
-impl From<Outcome> for v1::Outcome {
-    fn from(o: Outcome) -> Self {
-        match o {
-            Outcome::Ok => v1::Outcome::Ok,
-            Outcome::Refused => v1::Outcome::Refused,
-            Outcome::TimedOut => v1::Outcome::TimedOut,
-            Outcome::DnsFailed => v1::Outcome::DnsFailed,
-            Outcome::Unreachable => v1::Outcome::Unreachable,
-            Outcome::Blocked => v1::Outcome::Blocked,
-            Outcome::ProbeError => v1::Outcome::ProbeError,
-        }
-    }
-}
-
-/// A wire value that does not name a valid choice.
+/// A value (from the wire, a file or a flag) that does not name a valid choice,
+/// with the field it came in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct WireError {
@@ -104,23 +90,6 @@ impl WireError {
         WireError {
             field,
             reason: reason.into(),
-        }
-    }
-}
-
-impl Outcome {
-    /// Parses the wire value of an outcome; `field` names it in the error.
-    pub fn from_wire(value: i32, field: &'static str) -> Result<Self, WireError> {
-        match v1::Outcome::try_from(value) {
-            Ok(v1::Outcome::Ok) => Ok(Outcome::Ok),
-            Ok(v1::Outcome::Refused) => Ok(Outcome::Refused),
-            Ok(v1::Outcome::TimedOut) => Ok(Outcome::TimedOut),
-            Ok(v1::Outcome::DnsFailed) => Ok(Outcome::DnsFailed),
-            Ok(v1::Outcome::Unreachable) => Ok(Outcome::Unreachable),
-            Ok(v1::Outcome::Blocked) => Ok(Outcome::Blocked),
-            Ok(v1::Outcome::ProbeError) => Ok(Outcome::ProbeError),
-            Ok(v1::Outcome::Unspecified) => Err(WireError::new(field, "outcome must be set")),
-            Err(_) => Err(WireError::new(field, format!("unknown outcome {value}"))),
         }
     }
 }
@@ -157,27 +126,10 @@ pub enum CloseMode {
     Rst,
 }
 
-macro_rules! wire_enum {
-    ($domain:ident, $wire:ident, $field:literal, { $($w:ident => $d:ident),* $(,)? }) => {
-        impl $domain {
-            /// Parses the wire value; `UNSPECIFIED` means the default.
-            pub fn from_wire(value: i32) -> Result<Self, WireError> {
-                match v1::$wire::try_from(value) {
-                    Ok(v1::$wire::Unspecified) => Ok($domain::default()),
-                    $(Ok(v1::$wire::$w) => Ok($domain::$d),)*
-                    Err(_) => Err(WireError::new($field, format!("unknown value {value}"))),
-                }
-            }
-        }
-
-        impl From<$domain> for v1::$wire {
-            fn from(d: $domain) -> Self {
-                match d {
-                    $($domain::$d => v1::$wire::$w,)*
-                }
-            }
-        }
-
+/// Settings are also read from text (the agent's config file and flags, the
+/// `check` command), case-insensitively by their variant names.
+macro_rules! from_str {
+    ($domain:ident, $field:literal, [$($d:ident),* $(,)?]) => {
         impl std::str::FromStr for $domain {
             type Err = WireError;
             fn from_str(s: &str) -> Result<Self, WireError> {
@@ -190,29 +142,13 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(Family, IpFamily, "family", { Any => Any, Ipv4 => Ipv4, Ipv6 => Ipv6 });
-wire_enum!(AddressPolicy, AddressPolicy, "address_policy", { Any => Any, All => All });
-wire_enum!(CloseMode, CloseMode, "close_mode", { Fin => Fin, Rst => Rst });
+from_str!(Family, "family", [Any, Ipv4, Ipv6]);
+from_str!(AddressPolicy, "address_policy", [Any, All]);
+from_str!(CloseMode, "close_mode", [Fin, Rst]);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_round_trip_through_the_wire() {
-        for o in Outcome::ALL {
-            let wire = v1::Outcome::from(o) as i32;
-            assert_eq!(Outcome::from_wire(wire, "outcome"), Ok(o));
-        }
-    }
-
-    #[test]
-    fn unspecified_or_unknown_outcome_is_refused_with_the_field_name() {
-        let e = Outcome::from_wire(0, "result.outcome").unwrap_err();
-        assert_eq!(e.field, "result.outcome");
-        let e = Outcome::from_wire(99, "result.outcome").unwrap_err();
-        assert!(e.reason.contains("99"), "{e}");
-    }
 
     #[test]
     fn only_the_four_spec_reasons_are_target_failures() {
@@ -232,14 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn settings_default_on_unspecified_and_refuse_unknown_values() {
-        assert_eq!(Family::from_wire(0), Ok(Family::Any));
-        assert_eq!(Family::from_wire(3), Ok(Family::Ipv6));
-        assert_eq!(CloseMode::from_wire(2), Ok(CloseMode::Rst));
-        assert_eq!(
-            AddressPolicy::from_wire(7).unwrap_err().field,
-            "address_policy"
-        );
+    fn settings_parse_from_text_and_refuse_unknown_values() {
         assert_eq!("ipv4".parse::<Family>(), Ok(Family::Ipv4));
         assert_eq!("ALL".parse::<AddressPolicy>(), Ok(AddressPolicy::All));
         assert!("sideways".parse::<CloseMode>().is_err());

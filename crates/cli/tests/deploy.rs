@@ -344,21 +344,34 @@ fn example_configs_start_the_real_daemons() {
     );
 }
 
-/// The field names of `pub struct FileConfig` in a daemon's config.rs.
+/// The keys of a daemon's config file: the fields of the struct that
+/// `FileConfig` names in its config.rs (`pub type FileConfig = Args;`, the
+/// flags' struct read from TOML), less those the file skips (`#[serde(skip)]`).
 fn file_config_keys(source: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(source).unwrap();
-    let start = text
-        .find("pub struct FileConfig {")
+    let alias = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pub type FileConfig = "))
+        .and_then(|l| l.strip_suffix(';'))
         .expect("FileConfig in config.rs");
+    let start = text
+        .find(&format!("pub struct {alias} {{"))
+        .expect("the FileConfig struct in config.rs");
     let body = &text[start..];
     let end = body.find("\n}").expect("end of FileConfig");
-    body[..end]
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.trim().strip_prefix("pub "))
-        .filter_map(|l| l.split(':').next())
-        .map(str::to_string)
-        .collect()
+    let mut keys = Vec::new();
+    let mut skipped = false;
+    for line in body[..end].lines().skip(1).map(str::trim) {
+        if line.starts_with("#[serde(skip") {
+            skipped = true;
+        } else if let Some(field) = line.strip_prefix("pub ") {
+            if !skipped {
+                keys.extend(field.split(':').next().map(str::to_string));
+            }
+            skipped = false;
+        }
+    }
+    keys
 }
 
 #[test]

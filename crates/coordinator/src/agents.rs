@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::FutureExt;
 use portwatch_check::Outcome;
+use portwatch_proto::convert::OutcomeFromWire;
 use portwatch_proto::time::{from_timestamp, to_timestamp};
 use portwatch_proto::v1;
 use portwatch_proto::v1::agent_message::Msg as AgentMsg;

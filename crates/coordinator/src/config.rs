@@ -2,14 +2,23 @@
 //! overridable by a flag and an environment variable.
 //!
 //! Precedence: flag or environment variable, then the file, then the default.
-//! Everything is validated at start; an error names the key and the reason and
-//! the process exits non-zero before touching any state.
+//! Everything is validated at start; an error names the key, the reason and
+//! where the value came from (flag, environment variable, file line), and the
+//! process exits non-zero before touching any state.
+//!
+//! Each setting is declared once, as a field of [`Args`]: its doc comment is the
+//! help text, and the same struct read from TOML is the file's form
+//! ([`FileConfig`]), so the file's keys are the flags' names. The mechanism
+//! (layers, error type, file reading) is shared with the agent in
+//! `portwatch-settings`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+pub use portwatch_settings::ConfigError;
+use portwatch_settings::layer;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
@@ -17,8 +26,10 @@ use serde::Deserialize;
 use crate::listener::ConnectionLimits;
 use crate::plans::Plans;
 
-/// Command-line flags (each also an environment variable).
-#[derive(Parser, Debug, Default)]
+/// Command-line flags (each also an environment variable), and the keys of the
+/// config file.
+#[derive(Parser, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[command(
     name = "portwatch-coordinator",
     version,
@@ -27,6 +38,7 @@ use crate::plans::Plans;
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, env = "PORTWATCH_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// gRPC listen address (agents and admin API). Port 0 picks a free port.
     #[arg(long, env = "PORTWATCH_LISTEN")]
@@ -120,8 +132,12 @@ pub struct Args {
     /// Log filter, e.g. "info" or "portwatch_coordinator=debug".
     #[arg(long, env = "PORTWATCH_LOG")]
     pub log: Option<String>,
+    /// Subscription plans (file only: a table per plan).
+    #[arg(skip)]
+    pub plans: Option<Plans>,
     /// Store maintenance instead of running the coordinator.
     #[command(subcommand)]
+    #[serde(skip)]
     pub command: Option<StoreCommand>,
 }
 
@@ -155,41 +171,9 @@ pub enum StoreCommand {
     },
 }
 
-/// The file form: every key optional; unknown keys are errors.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
-    pub metrics_listen: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub operator_token: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub client_ca: Option<PathBuf>,
-    pub insecure_plaintext: Option<bool>,
-    pub retention: Option<String>,
-    pub heartbeat_interval: Option<String>,
-    pub heartbeat_timeout: Option<String>,
-    pub offline_grace: Option<String>,
-    pub evaluate_every: Option<String>,
-    pub region_offline_grace: Option<String>,
-    pub fast_confirmation: Option<bool>,
-    pub clock_skew_allowance: Option<String>,
-    pub store_cache_mib: Option<u64>,
-    pub allow_private_channel_targets: Option<bool>,
-    pub delivery_retry_initial: Option<String>,
-    pub delivery_retry_max: Option<String>,
-    pub delivery_retry_horizon: Option<String>,
-    pub delivery_timeout: Option<String>,
-    pub notify_ca_file: Option<PathBuf>,
-    pub tls_handshake_timeout: Option<String>,
-    pub unauthenticated_idle_timeout: Option<String>,
-    pub max_connections_per_ip: Option<u32>,
-    pub max_connections: Option<u32>,
-    pub log_format: Option<String>,
-    pub log: Option<String>,
-    pub plans: Option<Plans>,
-}
+/// The file form: the flags' struct, read from TOML (every key optional,
+/// `plans` only here); unknown keys are errors.
+pub type FileConfig = Args;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,257 +248,156 @@ pub struct Config {
     pub plans: Plans,
 }
 
-/// A configuration error: the key and the reason. The file itself (key
-/// `config`: unreadable, not TOML, an unknown key) reads "config file PATH: …",
-/// never "config: config: …".
-#[derive(Debug, thiserror::Error)]
-#[error("{}", describe(self.key, &self.reason))]
-pub struct ConfigError {
-    pub key: &'static str,
-    pub reason: String,
-}
-
-fn describe(key: &str, reason: &str) -> String {
-    if key == "config" {
-        format!("config file {reason}")
-    } else {
-        format!("config: {key}: {reason}")
-    }
-}
-
-fn err(key: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        reason: reason.into(),
-    }
-}
-
-fn duration(
-    key: &'static str,
-    v: Option<String>,
-    default: &str,
-    min: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
-    let s = v.unwrap_or_else(|| default.to_string());
-    let d = humantime::parse_duration(&s).map_err(|e| err(key, format!("{s:?}: {e}")))?;
-    if d < min || d > max {
-        return Err(err(
-            key,
-            format!(
-                "{s:?} is out of range; must be {}-{}",
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ),
-        ));
-    }
-    Ok(d)
-}
-
 impl Config {
     /// Reads the file named by `args.config` (if any) and merges the flags over it.
     pub fn load(args: Args) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        Config::merge(args, file)
+        let path = args.config.clone();
+        portwatch_settings::load(args, path.as_deref(), &Args::command(), Config::merge)
     }
 
     /// Merges flags over a parsed file and validates the result.
-    pub fn merge(args: Args, file: FileConfig) -> Result<Config, ConfigError> {
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .ok_or_else(|| err("data_dir", "required (the directory of the sled store)"))?;
-        let operator_token = args
-            .operator_token
-            .or(file.operator_token)
-            .ok_or_else(|| err("operator_token", "required (or PORTWATCH_OPERATOR_TOKEN)"))?;
+    pub fn merge(args: Args, mut file: FileConfig) -> Result<Config, ConfigError> {
+        let plans = file.plans.take().unwrap_or_default();
+        let listen = layer!(args, file, listen).or(SocketAddr::from(([127, 0, 0, 1], 7400)));
+        let data_dir =
+            layer!(args, file, data_dir).required("required (the directory of the sled store)")?;
+        let token = layer!(args, file, operator_token);
+        let operator_token = token
+            .clone()
+            .required("required (or PORTWATCH_OPERATOR_TOKEN)")?;
         if operator_token.len() < 16 {
-            return Err(err("operator_token", "must be at least 16 characters"));
+            return Err(token.error("must be at least 16 characters"));
         }
         if operator_token
             .chars()
             .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(err(
-                "operator_token",
-                "must not contain whitespace or control characters",
-            ));
+            return Err(token.error("must not contain whitespace or control characters"));
         }
-        let insecure = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
-        let cert = args.tls_cert.or(file.tls_cert);
-        let key = args.tls_key.or(file.tls_key);
-        let client_ca = args.client_ca.or(file.client_ca);
-        let tls = match (cert, key) {
+        let insecure_plaintext = layer!(args, file, insecure_plaintext);
+        let insecure = insecure_plaintext.clone().or(false);
+        let cert = layer!(args, file, tls_cert);
+        let key = layer!(args, file, tls_key);
+        let client_ca = layer!(args, file, client_ca).get();
+        let tls = match (cert.clone().get(), key.clone().get()) {
             (Some(cert), Some(key)) => Some(Tls {
                 cert,
                 key,
                 client_ca,
             }),
-            (Some(_), None) => return Err(err("tls_key", "required when tls_cert is set")),
-            (None, Some(_)) => return Err(err("tls_cert", "required when tls_key is set")),
+            (Some(_), None) => return Err(key.error("required when tls_cert is set")),
+            (None, Some(_)) => return Err(cert.error("required when tls_key is set")),
             (None, None) if insecure => {
                 if !listen.ip().is_loopback() {
-                    return Err(err(
-                        "insecure_plaintext",
-                        format!("only allowed on a loopback listen address, not {listen}"),
-                    ));
+                    return Err(insecure_plaintext.error(format!(
+                        "only allowed on a loopback listen address, not {listen}"
+                    )));
                 }
                 None
             }
             (None, None) => {
-                return Err(err(
-                    "tls_cert",
-                    "required (or set insecure_plaintext for loopback development)",
-                ));
+                return Err(
+                    cert.error("required (or set insecure_plaintext for loopback development)")
+                );
             }
         };
-        let heartbeat_interval = duration(
-            "heartbeat_interval",
-            args.heartbeat_interval.or(file.heartbeat_interval),
+        let heartbeat_interval = layer!(args, file, heartbeat_interval).duration(
             "5s",
             Duration::from_millis(100),
             Duration::from_secs(300),
         )?;
-        let heartbeat_timeout = duration(
-            "heartbeat_timeout",
-            args.heartbeat_timeout.or(file.heartbeat_timeout),
+        let timeout = layer!(args, file, heartbeat_timeout);
+        let heartbeat_timeout = timeout.clone().duration(
             "15s",
             Duration::from_millis(300),
             Duration::from_secs(900),
         )?;
         if heartbeat_timeout <= heartbeat_interval {
-            return Err(err(
-                "heartbeat_timeout",
-                "must be longer than heartbeat_interval",
-            ));
+            return Err(timeout.error("must be longer than heartbeat_interval"));
         }
-        let delivery_retry_initial = duration(
-            "delivery_retry_initial",
-            args.delivery_retry_initial.or(file.delivery_retry_initial),
+        let delivery_retry_initial = layer!(args, file, delivery_retry_initial).duration(
             "10s",
             Duration::from_millis(10),
             Duration::from_secs(3600),
         )?;
-        let delivery_retry_max = duration(
-            "delivery_retry_max",
-            args.delivery_retry_max.or(file.delivery_retry_max),
+        let retry_max = layer!(args, file, delivery_retry_max);
+        let delivery_retry_max = retry_max.clone().duration(
             "1h",
             Duration::from_millis(10),
             Duration::from_secs(86_400),
         )?;
         if delivery_retry_max < delivery_retry_initial {
-            return Err(err(
-                "delivery_retry_max",
-                "must not be shorter than delivery_retry_initial",
-            ));
+            return Err(retry_max.error("must not be shorter than delivery_retry_initial"));
         }
-        let json = portwatch_telemetry::json_logs(args.log_format.or(file.log_format).as_deref())
-            .map_err(|e| err("log_format", e))?;
+        let json = layer!(args, file, log_format)
+            .parse(|f| portwatch_telemetry::json_logs(Some(&f)))?
+            .unwrap_or(false);
         let log_format = if json {
             LogFormat::Json
         } else {
             LogFormat::Human
         };
-        let notify_ca = match args.notify_ca_file.or(file.notify_ca_file) {
-            Some(path) => Some(read_notify_ca(path)?),
-            None => None,
-        };
+        let notify_ca = layer!(args, file, notify_ca_file).parse(read_notify_ca)?;
         let connections = ConnectionLimits {
-            tls_handshake_timeout: duration(
-                "tls_handshake_timeout",
-                args.tls_handshake_timeout.or(file.tls_handshake_timeout),
+            tls_handshake_timeout: layer!(args, file, tls_handshake_timeout).duration(
                 "10s",
                 Duration::from_millis(100),
                 Duration::from_secs(300),
             )?,
-            unauthenticated_idle_timeout: duration(
-                "unauthenticated_idle_timeout",
-                args.unauthenticated_idle_timeout
-                    .or(file.unauthenticated_idle_timeout),
-                "30s",
-                Duration::from_millis(100),
-                Duration::from_secs(3600),
-            )?,
-            max_connections_per_ip: count(
-                "max_connections_per_ip",
-                args.max_connections_per_ip.or(file.max_connections_per_ip),
-                64,
-            )?,
-            max_connections: count(
-                "max_connections",
-                args.max_connections.or(file.max_connections),
-                10_000,
-            )?,
+            unauthenticated_idle_timeout: layer!(args, file, unauthenticated_idle_timeout)
+                .duration("30s", Duration::from_millis(100), Duration::from_secs(3600))?,
+            max_connections_per_ip: layer!(args, file, max_connections_per_ip)
+                .within(64, 1..=1_000_000)?,
+            max_connections: layer!(args, file, max_connections).within(10_000, 1..=1_000_000)?,
         };
         Ok(Config {
             listen,
-            metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            metrics_listen: layer!(args, file, metrics_listen).get(),
             data_dir,
             operator_token,
             tls,
-            retention: duration(
-                "retention",
-                args.retention.or(file.retention),
+            retention: layer!(args, file, retention).duration(
                 "30d",
                 Duration::from_secs(60),
                 Duration::from_secs(3650 * 86_400),
             )?,
             heartbeat_interval,
             heartbeat_timeout,
-            offline_grace: duration(
-                "offline_grace",
-                args.offline_grace.or(file.offline_grace),
+            offline_grace: layer!(args, file, offline_grace).duration(
                 "10m",
                 Duration::from_secs(1),
                 Duration::from_secs(7 * 86_400),
             )?,
-            evaluate_every: duration(
-                "evaluate_every",
-                args.evaluate_every.or(file.evaluate_every),
+            evaluate_every: layer!(args, file, evaluate_every).duration(
                 "1s",
                 Duration::from_millis(100),
                 Duration::from_secs(60),
             )?,
-            region_offline_grace: duration(
-                "region_offline_grace",
-                args.region_offline_grace.or(file.region_offline_grace),
+            region_offline_grace: layer!(args, file, region_offline_grace).duration(
                 "10m",
                 Duration::from_millis(100),
                 Duration::from_secs(7 * 86_400),
             )?,
-            fast_confirmation: args
-                .fast_confirmation
-                .or(file.fast_confirmation)
-                .unwrap_or(true),
-            clock_skew_allowance: duration(
-                "clock_skew_allowance",
-                args.clock_skew_allowance.or(file.clock_skew_allowance),
+            fast_confirmation: layer!(args, file, fast_confirmation).or(true),
+            clock_skew_allowance: layer!(args, file, clock_skew_allowance).duration(
                 "10s",
                 Duration::from_millis(100),
                 Duration::from_secs(3600),
             )?,
-            store_cache_bytes: store_cache_bytes(args.store_cache_mib.or(file.store_cache_mib))?,
-            allow_private_channel_targets: args.allow_private_channel_targets
-                || file.allow_private_channel_targets.unwrap_or(false),
+            store_cache_bytes: layer!(args, file, store_cache_mib)
+                .within(crate::store::DEFAULT_CACHE_MIB, 16..=65_536)?
+                * 1024
+                * 1024,
+            allow_private_channel_targets: layer!(args, file, allow_private_channel_targets)
+                .or(false),
             delivery_retry_initial,
             delivery_retry_max,
-            delivery_retry_horizon: duration(
-                "delivery_retry_horizon",
-                args.delivery_retry_horizon.or(file.delivery_retry_horizon),
+            delivery_retry_horizon: layer!(args, file, delivery_retry_horizon).duration(
                 "24h",
                 Duration::from_secs(1),
                 Duration::from_secs(30 * 86_400),
             )?,
-            delivery_timeout: duration(
-                "delivery_timeout",
-                args.delivery_timeout.or(file.delivery_timeout),
+            delivery_timeout: layer!(args, file, delivery_timeout).duration(
                 "15s",
                 Duration::from_millis(100),
                 Duration::from_secs(300),
@@ -522,61 +405,33 @@ impl Config {
             notify_ca,
             connections,
             log_format,
-            log: args.log.or(file.log).unwrap_or_else(|| "info".to_string()),
-            plans: file.plans.unwrap_or_default(),
+            log: layer!(args, file, log).or_else(|| "info".to_string()),
+            plans,
         })
     }
 }
 
 /// Reads a PEM bundle of CA certificates: at least one, each usable as a
-/// trust anchor. Other PEM sections (a stray key, say) are ignored.
-fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, ConfigError> {
-    const KEY: &str = "notify_ca_file";
+/// trust anchor. Other PEM sections (a stray key, say) are ignored. An error
+/// is the reason; the caller names the key (`notify_ca_file`).
+fn read_notify_ca(path: PathBuf) -> Result<NotifyCa, String> {
     let shown = path.display().to_string();
-    let pem = std::fs::read(&path).map_err(|e| err(KEY, format!("{shown}: {e}")))?;
+    let pem = std::fs::read(&path).map_err(|e| format!("{shown}: {e}"))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(KEY, format!("{shown}: not a PEM file: {e}")))?;
+        .map_err(|e| format!("{shown}: not a PEM file: {e}"))?;
     if certs.is_empty() {
-        return Err(err(
-            KEY,
-            format!("{shown}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)"),
+        return Err(format!(
+            "{shown}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)"
         ));
     }
     for (i, cert) in certs.iter().enumerate() {
         let mut store = rustls::RootCertStore::empty();
-        store.add(cert.clone()).map_err(|e| {
-            err(
-                KEY,
-                format!("{shown}: certificate {} is not usable as a CA: {e}", i + 1),
-            )
-        })?;
+        store
+            .add(cert.clone())
+            .map_err(|e| format!("{shown}: certificate {} is not usable as a CA: {e}", i + 1))?;
     }
     Ok(NotifyCa { path, certs })
-}
-
-/// A connection count: 1 to 1,000,000.
-fn count(key: &'static str, v: Option<u32>, default: u32) -> Result<u32, ConfigError> {
-    let n = v.unwrap_or(default);
-    if !(1..=1_000_000).contains(&n) {
-        return Err(err(key, format!("{n} is out of range (1 to 1000000)")));
-    }
-    Ok(n)
-}
-
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    portwatch_telemetry::read_toml(path).map_err(|e| err("config", e))
-}
-
-fn store_cache_bytes(mib: Option<u64>) -> Result<u64, ConfigError> {
-    let mib = mib.unwrap_or(crate::store::DEFAULT_CACHE_MIB);
-    if !(16..=65_536).contains(&mib) {
-        return Err(err(
-            "store_cache_mib",
-            format!("{mib} is out of range (16 to 65536)"),
-        ));
-    }
-    Ok(mib * 1024 * 1024)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use portwatch_check::Outcome;
+use portwatch_proto::convert::OutcomeFromWire;
 use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 use serde_json::{Value, json};

@@ -29,8 +29,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use portwatch_check::wire::{port_from_wire, timeout_from_wire};
 use portwatch_check::{AddressPolicy, CloseMode, Family, Host, WireError};
+use portwatch_proto::convert::{SettingFromWire, port_from_wire, timeout_from_wire};
 use portwatch_proto::{flap, v1};
 use tonic::Status;
 

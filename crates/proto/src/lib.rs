@@ -4,9 +4,11 @@
 //! designed whole for the system (agent stream and admin API); it only ever grows
 //! by added fields, so older agents keep working with newer coordinators.
 //!
-//! Conversions from wire messages into domain types live in the crates that own
-//! those types (`portwatch-check` for check specs and outcomes), so validation
-//! happens once, at the edge.
+//! `convert` turns wire messages into the check's domain types and back
+//! (`portwatch-check` for check specs, outcomes and settings), so validation
+//! happens once, at the edge; the check crate itself knows nothing of the wire.
+
+pub mod convert;
 
 pub mod v1 {
     #![allow(missing_docs)]

@@ -9,7 +9,6 @@ pub mod metrics_http;
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
-use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
 
@@ -55,12 +54,6 @@ pub async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
     }
     tracing::info!("signal received; shutting down");
     shutdown.cancel();
-}
-
-/// Reads a daemon's TOML config file; the error names the file and the reason.
-pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses the `log_format` key: `None`/"human" is false, "json" is true.

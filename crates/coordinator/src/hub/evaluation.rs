@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use portwatch_check::Outcome;
+use portwatch_proto::convert::OutcomeFromWire;
 use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 
