@@ -23,7 +23,6 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
-use crate::listener::ConnectionLimits;
 use crate::plans::Plans;
 
 /// Command-line flags (each also an environment variable), and the keys of the
@@ -197,6 +196,16 @@ pub struct NotifyCa {
     pub path: PathBuf,
     /// The certificates of the bundle (DER), each usable as a trust anchor.
     pub certs: Vec<CertificateDer<'static>>,
+}
+
+/// Deadlines and caps of the listener (`listener`), from the configuration keys
+/// of the same names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub tls_handshake_timeout: Duration,
+    pub unauthenticated_idle_timeout: Duration,
+    pub max_connections_per_ip: u32,
+    pub max_connections: u32,
 }
 
 /// The validated configuration.

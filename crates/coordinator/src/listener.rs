@@ -45,6 +45,7 @@ use tracing::{debug, warn};
 pub use admission::{Admission, Authentication, Refusal, Slot, Source};
 pub use conn::{Conn, ConnInfo};
 
+pub use crate::config::ConnectionLimits;
 use crate::config::Tls;
 
 /// File descriptors kept for everything but client connections: the store's
@@ -58,15 +59,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning per this interval for the same kind of trouble
 /// (a flood would otherwise fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Deadlines and caps of the listener (the configuration keys of the same names).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    pub tls_handshake_timeout: Duration,
-    pub unauthenticated_idle_timeout: Duration,
-    pub max_connections_per_ip: u32,
-    pub max_connections: u32,
-}
 
 /// The bound listening socket and what it enforces.
 pub struct Listener {
