@@ -1,8 +1,9 @@
 //! Which coordinator the stream talks to: the configured entries expanded to
 //! addresses, tried in turn.
 //!
-//! Several coordinators share one store, so any of them will do; what matters
-//! is that a dead one costs little. Each `coordinator` entry is resolved
+//! The agent treats every configured address as the same service (the
+//! coordinators of one cluster, or one coordinator reachable several ways):
+//! any of them will do, and what matters is that a dead one costs little. Each `coordinator` entry is resolved
 //! afresh for every round through the list (a name with several addresses
 //! gives one candidate per address, connected to by IP address while TLS
 //! still expects the name), so a coordinator replaced behind its name is
