@@ -15,6 +15,7 @@
 //! grows with every restart of the list.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tracing::warn;
 
@@ -101,6 +102,70 @@ pub async fn resolve(entries: &[CoordinatorUrl]) -> Vec<Candidate> {
         resolved.push((entry.clone(), ips));
     }
     expand(&resolved)
+}
+
+/// The first wait after a round of failures.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between rounds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lived this long resets the backoff.
+pub const LIVED: Duration = Duration::from_secs(30);
+
+/// When the stream waits before its next attempt: after a full round of
+/// failures (as many as there are candidates), with a backoff that doubles
+/// from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`]; never between the addresses
+/// of one round. A session that lived [`LIVED`] or a Drain starts afresh.
+/// A session that ended sooner counts as a failure, so that coordinators
+/// which accept and then hang up at once cannot make the agent spin.
+#[derive(Debug)]
+pub struct Pacing {
+    backoff: Duration,
+    failed: usize,
+}
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing {
+            backoff: FIRST_BACKOFF,
+            failed: 0,
+        }
+    }
+}
+
+impl Pacing {
+    /// An attempt failed or a session ended after `lasted`, with `candidates`
+    /// addresses in the round: the wait before the next attempt (`None`: the
+    /// next address at once), without jitter.
+    pub fn failed(&mut self, candidates: usize, lasted: Duration) -> Option<Duration> {
+        if lasted > LIVED {
+            *self = Pacing::default();
+        }
+        self.failed += 1;
+        if self.failed < candidates {
+            return None;
+        }
+        Some(self.round_failed())
+    }
+
+    /// Nothing to try this round (no name resolved): the wait before the next.
+    pub fn round_failed(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.failed = 0;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// The coordinator asked the agent to drain: not a failure.
+    pub fn drained(&mut self) {
+        *self = Pacing::default();
+    }
+}
+
+/// `wait` plus up to half of it at random, so that agents that lost the same
+/// coordinator do not all come back at the same instant.
+pub fn with_jitter(wait: Duration) -> Duration {
+    let half = u64::try_from(wait.as_millis() / 2).unwrap_or(u64::MAX);
+    wait + Duration::from_millis(u64::from(rand::random::<u16>()) % (half + 1))
 }
 
 /// What the agent reports about the coordinator it uses: which address
@@ -214,6 +279,40 @@ mod tests {
             order(Some("127.0.0.9:7400")),
             ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
         );
+    }
+
+    #[test]
+    fn the_backoff_is_paid_per_round_of_failures_not_per_address() {
+        let quick = Duration::from_secs(1);
+        let mut p = Pacing::default();
+        // Three addresses: two failures move on at once, the third ends the round.
+        assert_eq!(p.failed(3, quick), None);
+        assert_eq!(p.failed(3, quick), None);
+        assert_eq!(p.failed(3, quick), Some(FIRST_BACKOFF));
+        // The next round: the same, with the wait doubled.
+        assert_eq!(p.failed(3, quick), None);
+        assert_eq!(p.failed(3, quick), None);
+        assert_eq!(p.failed(3, quick), Some(FIRST_BACKOFF * 2));
+        // One address: a wait after each failure, as before failover existed.
+        let mut one = Pacing::default();
+        let waits: Vec<_> = (0..9).map(|_| one.failed(1, quick)).collect();
+        assert_eq!(waits[0], Some(Duration::from_millis(250)));
+        assert_eq!(waits[1], Some(Duration::from_millis(500)));
+        assert_eq!(waits[8], Some(MAX_BACKOFF));
+        // A session that lived resets it: the next address at once, then the first wait.
+        assert_eq!(one.failed(2, LIVED * 2), None);
+        assert_eq!(one.failed(2, quick), Some(FIRST_BACKOFF));
+        // A Drain is no failure.
+        one.failed(2, quick);
+        one.drained();
+        assert_eq!(one.failed(2, quick), None);
+        assert_eq!(one.failed(2, quick), Some(FIRST_BACKOFF));
+        // Nothing resolved: a round of its own.
+        assert_eq!(one.round_failed(), FIRST_BACKOFF * 2);
+        for _ in 0..100 {
+            let w = with_jitter(Duration::from_millis(400));
+            assert!(w >= Duration::from_millis(400) && w <= Duration::from_millis(600));
+        }
     }
 
     #[tokio::test]

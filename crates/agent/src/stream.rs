@@ -24,15 +24,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::failover::{self, Candidate, InUse};
+use crate::failover::{self, Candidate, InUse, Pacing};
 use crate::loops::{self, Loop};
 use crate::runner::Runner;
 use crate::spool::Spool;
 
 /// Batches sent and not yet acknowledged, at most.
 const WINDOW_BATCHES: u64 = 8;
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest coordinator message accepted (a snapshot of ~3M assignments).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How long a shutdown waits for the last acknowledgements.
@@ -88,23 +86,16 @@ pub fn endpoint(config: &Config, to: &Candidate) -> anyhow::Result<Endpoint> {
     Ok(ep)
 }
 
-/// The first wait after a round of failures.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// A session that lived this long resets the backoff.
-const LIVED: Duration = Duration::from_secs(30);
-
 /// Runs sessions until `stop`, with the configured coordinators in turn: the
 /// next address after a failed connect or an ended session; a backoff with
-/// jitter after each full round of failures; after a Drain, the given delay
-/// and then preferably another address.
+/// jitter after each full round of failures ([`failover::Pacing`]); after a
+/// Drain, the given delay and then preferably another address.
 pub async fn run(link: Link, stop: CancellationToken) {
     loops::running(Loop::Stream);
-    let mut backoff = FIRST_BACKOFF;
+    let mut pacing = Pacing::default();
     let mut in_use = InUse::default();
-    // The address tried last, and the attempts failed since the last wait or
-    // the last session that lived.
+    // The address tried last: the next round starts after it.
     let mut last = None;
-    let mut failed = 0usize;
     'rounds: loop {
         if stop.is_cancelled() {
             return;
@@ -112,9 +103,9 @@ pub async fn run(link: Link, stop: CancellationToken) {
         let candidates = failover::round(failover::resolve(&link.config.coordinators).await, last);
         let size = candidates.len();
         if size == 0 {
-            warn!(?backoff, "no coordinator address resolved; trying again");
-            sleep_or_stop(backoff, &stop).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let wait = failover::with_jitter(pacing.round_failed());
+            warn!(?wait, "no coordinator address resolved; trying again");
+            sleep_or_stop(wait, &stop).await;
             continue;
         }
         for to in candidates {
@@ -134,37 +125,28 @@ pub async fn run(link: Link, stop: CancellationToken) {
                 Ok(End::Stopped) => return,
                 Ok(End::Drain(delay)) => {
                     info!(?delay, coordinator = %to, "coordinator asked us to drain; reconnecting later, preferably elsewhere");
-                    backoff = FIRST_BACKOFF;
-                    failed = 0;
+                    pacing.drained();
                     sleep_or_stop(delay, &stop).await;
                     continue 'rounds;
                 }
                 Err(e) => {
                     metrics::counter!("portwatch_agent_reconnects_total").increment(1);
-                    // A session that lived a while resets the backoff, and
-                    // the next round resolves the names afresh.
-                    let lived = started.elapsed() > LIVED;
-                    if lived {
-                        backoff = FIRST_BACKOFF;
-                        failed = 0;
-                    }
-                    failed += 1;
-                    if failed < size {
-                        warn!(error = %format!("{e:#}"), coordinator = %to, "coordinator session ended; trying the next address");
-                        if lived {
+                    let lasted = started.elapsed();
+                    match pacing.failed(size, lasted) {
+                        None => {
+                            warn!(error = %format!("{e:#}"), coordinator = %to, "coordinator session ended; trying the next address");
+                            // After a long session, the names are resolved afresh.
+                            if lasted > failover::LIVED {
+                                continue 'rounds;
+                            }
+                        }
+                        Some(wait) => {
+                            let wait = failover::with_jitter(wait);
+                            warn!(error = %format!("{e:#}"), coordinator = %to, ?wait, "coordinator session ended; reconnecting");
+                            sleep_or_stop(wait, &stop).await;
                             continue 'rounds;
                         }
-                        continue;
                     }
-                    failed = 0;
-                    let jitter = Duration::from_millis(
-                        u64::from(rand::random::<u16>()) % (backoff.as_millis() as u64 / 2 + 1),
-                    );
-                    let wait = backoff + jitter;
-                    warn!(error = %format!("{e:#}"), coordinator = %to, ?wait, "coordinator session ended; reconnecting");
-                    sleep_or_stop(wait, &stop).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue 'rounds;
                 }
             }
         }
