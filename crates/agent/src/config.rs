@@ -8,6 +8,11 @@
 //! ([`FileConfig`]), so the file's keys are the flags' names. The mechanism
 //! (layers, error type, file reading) is shared with the coordinator in
 //! `portwatch-settings`.
+//!
+//! `coordinator` is one URL or several (a TOML array; on the command line a
+//! comma-separated list or the flag repeated): the stream fails over between
+//! them (see `stream`). Each entry is checked on its own, and an error quotes
+//! the entry, so that in a list of five the operator sees which one is wrong.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,9 +34,12 @@ pub struct RunArgs {
     #[arg(long, env = "PORTWATCH_AGENT_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Coordinator URL, e.g. https://coordinator.example.com:7400.
-    #[arg(long, env = "PORTWATCH_COORDINATOR")]
-    pub coordinator: Option<String>,
+    /// Coordinator URL, e.g. https://coordinator.example.com:7400 (port 7400
+    /// when none is given); several (comma-separated, or the flag repeated)
+    /// to fail over between them in turn.
+    #[arg(long, env = "PORTWATCH_COORDINATOR", value_delimiter = ',')]
+    #[serde(deserialize_with = "one_or_list")]
+    pub coordinator: Vec<String>,
     /// Agent token (bound to this agent's region).
     #[arg(long, env = "PORTWATCH_AGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -100,6 +108,151 @@ pub struct RunArgs {
 /// The file form: the flags' struct, read from TOML; unknown keys are errors.
 pub type FileConfig = RunArgs;
 
+/// A key that takes one string or a list of strings in the file
+/// (`coordinator = "https://a"` as well as `coordinator = ["https://a", "https://b"]`).
+fn one_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrList;
+    impl<'de> serde::de::Visitor<'de> for OneOrList {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL or a list of URLs")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(s) = seq.next_element::<String>()? {
+                out.push(s);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(OneOrList)
+}
+
+/// The port of a coordinator URL that names none (the coordinator's default listen port).
+pub const DEFAULT_COORDINATOR_PORT: u16 = 7400;
+
+/// One validated coordinator address: https (or loopback http with
+/// `insecure_plaintext`), a host (a name or an IP address) and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorUrl {
+    pub https: bool,
+    /// A DNS name or an IP address, without the brackets of an IPv6 literal.
+    pub host: String,
+    pub port: u16,
+}
+
+impl CoordinatorUrl {
+    /// The host as an IP address, when it is one (then nothing is resolved).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+}
+
+impl std::fmt::Display for CoordinatorUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(ip) => write!(f, "{}://{}", self.scheme(), SocketAddr::new(ip, self.port)),
+            None => write!(f, "{}://{}:{}", self.scheme(), self.host, self.port),
+        }
+    }
+}
+
+/// Why one `coordinator` entry is refused, and which key is to blame.
+enum UrlError {
+    /// The entry itself is wrong.
+    Coordinator(String),
+    /// A plaintext entry to a non-loopback host: `insecure_plaintext` does not reach that far.
+    Plaintext(String),
+}
+
+/// Checks one `coordinator` entry: `https://host[:port][/]` (or `http://` with
+/// `insecure` to a loopback host); the port defaults to 7400.
+fn parse_coordinator(entry: &str, insecure: bool) -> Result<CoordinatorUrl, UrlError> {
+    let bad = |why: &str| UrlError::Coordinator(format!("{entry:?}: {why}"));
+    let (scheme, rest) = entry
+        .split_once("://")
+        .ok_or_else(|| bad("not a URL (https://host:port)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(bad("a coordinator URL has no path (https://host:port)"));
+    }
+    if authority.contains('@') {
+        return Err(bad("a coordinator URL has no user part"));
+    }
+    let bracketed = authority.starts_with('[');
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address is closed by ']'"))?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address in [...]"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("expected :port after the IPv6 address"))?,
+            ),
+        };
+        (ip, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        None => DEFAULT_COORDINATOR_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(bad(&format!("{p:?} is not a port (1-65535)"))),
+        },
+    };
+    // An IPv6 address was checked inside its brackets; anything else is a
+    // name or an IPv4 address (a bare IPv6 address would be ambiguous with the port).
+    let name_ok = bracketed
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+    if !name_ok {
+        return Err(bad("no valid host name or IP address"));
+    }
+    let url = CoordinatorUrl {
+        https: scheme == "https",
+        host: host.to_string(),
+        port,
+    };
+    match scheme {
+        "https" => Ok(url),
+        "http" if insecure => {
+            let loopback = host == "localhost" || url.ip().is_some_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(url)
+            } else {
+                Err(UrlError::Plaintext(format!(
+                    "plaintext only to a loopback coordinator, not {host}"
+                )))
+            }
+        }
+        "http" => Err(bad(
+            "http:// needs insecure_plaintext (loopback development only); use https://",
+        )),
+        other => Err(bad(&format!("unknown scheme {other:?}; use https://"))),
+    }
+}
+
 /// A close mode on the command line is checked as it is parsed (a usage
 /// error), one from the file when the layers are merged.
 fn close_mode_flag(s: &str) -> Result<String, String> {
@@ -111,7 +264,8 @@ fn close_mode_flag(s: &str) -> Result<String, String> {
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub coordinator: String,
+    /// In the order given: the stream tries them in turn.
+    pub coordinators: Vec<CoordinatorUrl>,
     pub token: String,
     pub ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
@@ -151,41 +305,25 @@ impl Config {
 
     pub fn merge(args: RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
         let coordinator = layer!(args, file, coordinator);
-        let url = coordinator
+        let entries = coordinator
             .clone()
             .required("required, e.g. https://coordinator.example.com:7400")?;
         let insecure_plaintext = layer!(args, file, insecure_plaintext);
         let insecure = insecure_plaintext.clone().or(false);
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            coordinator.error(format!("{url:?} is not a URL (https://host:port)"))
-        })?;
-        match scheme {
-            "https" => {}
-            "http" if insecure => {
-                let host = rest.split('/').next().unwrap_or_default();
-                let host = host
-                    .rsplit_once(':')
-                    .map_or(host, |(h, _)| h)
-                    .trim_matches(['[', ']']);
-                let loopback =
-                    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
-                    return Err(insecure_plaintext.error(format!(
-                        "plaintext only to a loopback coordinator, not {host}"
-                    )));
-                }
+        let mut coordinators: Vec<CoordinatorUrl> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let url = parse_coordinator(entry.trim(), insecure).map_err(|e| match e {
+                UrlError::Coordinator(why) => coordinator.error(why),
+                UrlError::Plaintext(why) => insecure_plaintext.error(why),
+            })?;
+            if coordinators.contains(&url) {
+                return Err(coordinator.error(format!("{entry:?}: given twice (as {url})")));
             }
-            "http" => {
-                return Err(coordinator.error(
-                    "http:// needs insecure_plaintext (loopback development only); use https://",
-                ));
-            }
-            other => {
-                return Err(coordinator.error(format!("unknown scheme {other:?}; use https://")));
-            }
+            coordinators.push(url);
         }
+        let any_https = coordinators.iter().any(|c| c.https);
         let ca = layer!(args, file, ca);
-        if scheme == "https" && !ca.is_set() {
+        if any_https && !ca.is_set() {
             return Err(ca.error(
                 "required for https: the CA certificate (PEM) that signed the coordinator's certificate",
             ));
@@ -258,7 +396,7 @@ impl Config {
             .parse(|f| portwatch_telemetry::json_logs(Some(&f)))?
             .unwrap_or(false);
         Ok(Config {
-            coordinator: url,
+            coordinators,
             token,
             ca: ca.get(),
             tls_server_name: layer!(args, file, tls_server_name).get(),
@@ -288,7 +426,7 @@ mod tests {
 
     fn base() -> RunArgs {
         RunArgs {
-            coordinator: Some("https://coord.example.com:7400".into()),
+            coordinator: vec!["https://coord.example.com:7400".into()],
             token: Some("pwa_abc".into()),
             ca: Some("/etc/portwatch/ca.pem".into()),
             data_dir: Some("/tmp/agent".into()),
@@ -319,7 +457,7 @@ mod tests {
         let cases: Vec<(RunArgs, &str, &str)> = vec![
             (
                 RunArgs {
-                    coordinator: None,
+                    coordinator: Vec::new(),
                     ..base()
                 },
                 "",
@@ -327,7 +465,7 @@ mod tests {
             ),
             (
                 RunArgs {
-                    coordinator: Some("coord:7400".into()),
+                    coordinator: vec!["coord:7400".into()],
                     ..base()
                 },
                 "",
@@ -335,7 +473,7 @@ mod tests {
             ),
             (
                 RunArgs {
-                    coordinator: Some("http://coord.example.com:7400".into()),
+                    coordinator: vec!["http://coord.example.com:7400".into()],
                     ..base()
                 },
                 "",
@@ -343,7 +481,7 @@ mod tests {
             ),
             (
                 RunArgs {
-                    coordinator: Some("http://10.0.0.1:7400".into()),
+                    coordinator: vec!["http://10.0.0.1:7400".into()],
                     insecure_plaintext: true,
                     ..base()
                 },
@@ -378,11 +516,141 @@ mod tests {
             assert_eq!(Config::merge(args, file).unwrap_err().key, key, "{text}");
         }
         let ok = RunArgs {
-            coordinator: Some("http://127.0.0.1:7400".into()),
+            coordinator: vec!["http://127.0.0.1:7400".into()],
             insecure_plaintext: true,
             ..base()
         };
         assert!(Config::merge(ok, FileConfig::default()).is_ok());
         assert!(toml::from_str::<FileConfig>("coordinater = \"x\"").is_err());
+    }
+
+    fn with_coordinators(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).unwrap();
+        Config::merge(
+            RunArgs {
+                coordinator: Vec::new(),
+                ..base()
+            },
+            file,
+        )
+    }
+
+    fn url(https: bool, host: &str, port: u16) -> CoordinatorUrl {
+        CoordinatorUrl {
+            https,
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn coordinator_is_one_url_or_a_list() {
+        let one = with_coordinators("coordinator = \"https://a.example.com\"").unwrap();
+        assert_eq!(one.coordinators, [url(true, "a.example.com", 7400)]);
+        assert_eq!(
+            one.coordinators[0].to_string(),
+            "https://a.example.com:7400"
+        );
+        let list = with_coordinators(
+            "coordinator = [\"https://a.example.com:7401/\", \"https://10.0.0.2\", \"https://[fd00::3]:7402\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            list.coordinators,
+            [
+                url(true, "a.example.com", 7401),
+                url(true, "10.0.0.2", 7400),
+                url(true, "fd00::3", 7402),
+            ]
+        );
+        assert_eq!(list.coordinators[2].to_string(), "https://[fd00::3]:7402");
+        // A number is neither form.
+        assert!(toml::from_str::<FileConfig>("coordinator = 7").is_err());
+        // The flag: comma-separated, or repeated; it wins over the file.
+        let command = RunArgs::augment_args(clap::Command::new("run"));
+        let matches = command
+            .try_get_matches_from([
+                "run",
+                "--coordinator",
+                "https://a.example.com,https://b.example.com",
+                "--coordinator=https://c.example.com",
+            ])
+            .unwrap();
+        let args = <RunArgs as clap::FromArgMatches>::from_arg_matches(&matches).unwrap();
+        assert_eq!(args.coordinator.len(), 3);
+        let file: FileConfig = toml::from_str("coordinator = \"https://z.example.com\"").unwrap();
+        let c = Config::merge(
+            RunArgs {
+                coordinator: args.coordinator,
+                ..base()
+            },
+            file,
+        )
+        .unwrap();
+        let hosts: Vec<&str> = c.coordinators.iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(hosts, ["a.example.com", "b.example.com", "c.example.com"]);
+    }
+
+    #[test]
+    fn every_coordinator_entry_is_checked_and_named() {
+        let cases = [
+            (
+                "[\"https://a.example.com\", \"b.example.com:7400\"]",
+                "coordinator",
+                "\"b.example.com:7400\"",
+            ),
+            (
+                "[\"https://a.example.com\", \"https://a.example.com:7400\"]",
+                "coordinator",
+                "given twice",
+            ),
+            (
+                "[\"https://a.example.com\", \"ftp://b.example.com\"]",
+                "coordinator",
+                "unknown scheme",
+            ),
+            ("\"https://a.example.com:0\"", "coordinator", "not a port"),
+            (
+                "\"https://a.example.com:99999\"",
+                "coordinator",
+                "not a port",
+            ),
+            ("\"https://a.example.com/api\"", "coordinator", "no path"),
+            (
+                "\"https://user@a.example.com\"",
+                "coordinator",
+                "no user part",
+            ),
+            ("\"https://:7400\"", "coordinator", "no valid host"),
+            ("\"https://fd00::1\"", "coordinator", "no valid host"),
+            ("\"https://[fd00::1\"", "coordinator", "closed by"),
+            ("\"https://[nope]:7400\"", "coordinator", "not an IPv6"),
+            ("[]", "coordinator", "required"),
+            (
+                "[\"https://a.example.com\", \"http://127.0.0.1:7400\"]",
+                "coordinator",
+                "insecure_plaintext",
+            ),
+        ];
+        for (value, key, reason) in cases {
+            let e = with_coordinators(&format!("coordinator = {value}")).unwrap_err();
+            assert_eq!(e.key, key, "{value}: {e}");
+            assert!(e.to_string().contains(reason), "{value}: {e}");
+        }
+        // Plaintext entries are blamed on insecure_plaintext when it does not cover them.
+        let file: FileConfig =
+            toml::from_str("coordinator = [\"http://127.0.0.1:7400\", \"http://10.0.0.1:7400\"]")
+                .unwrap();
+        let e = Config::merge(
+            RunArgs {
+                coordinator: Vec::new(),
+                insecure_plaintext: true,
+                ..base()
+            },
+            file,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "insecure_plaintext", "{e}");
+        assert!(e.to_string().contains("10.0.0.1"), "{e}");
     }
 }

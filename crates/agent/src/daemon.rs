@@ -169,11 +169,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &shutdown,
         &broken,
     );
-    println!(
-        "portwatch-agent {agent_id} running; coordinator {}",
-        config.coordinator
-    );
-    info!(agent_id, coordinator = %config.coordinator, "agent running");
+    let coordinators = config
+        .coordinators
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!("portwatch-agent {agent_id} running; coordinator {coordinators}");
+    info!(agent_id, coordinator = %coordinators, "agent running");
 
     shutdown.cancelled().await;
     stopping.cancel();

@@ -3,6 +3,7 @@
 pub mod check_cmd;
 pub mod config;
 pub mod daemon;
+pub mod failover;
 pub mod loops;
 pub mod memory;
 pub mod runner;

@@ -1,6 +1,7 @@
 //! The agent's side of `AgentService.Connect`: connect, say hello, take the
 //! assignments, send spooled results in batches, apply acks, answer check-now
-//! and drain, heartbeat; reconnect with exponential backoff and jitter.
+//! and drain, heartbeat; reconnect with exponential backoff and jitter, to
+//! the next of the configured coordinator addresses (see `failover`).
 //!
 //! Guarantees: results leave the spool only when the coordinator acknowledges
 //! them; after every (re)connect, everything unacknowledged is sent again from
@@ -23,14 +24,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::failover::{self, Candidate, InUse, Pacing};
 use crate::loops::{self, Loop};
 use crate::runner::Runner;
 use crate::spool::Spool;
 
 /// Batches sent and not yet acknowledged, at most.
 const WINDOW_BATCHES: u64 = 8;
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest coordinator message accepted (a snapshot of ~3M assignments).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How long a shutdown waits for the last acknowledgements.
@@ -52,22 +52,25 @@ enum End {
     Stopped,
 }
 
-/// Builds the channel endpoint (TLS with the configured CA and optional client cert).
-pub fn endpoint(config: &Config) -> anyhow::Result<Endpoint> {
-    let mut ep = Endpoint::from_shared(config.coordinator.clone())
-        .with_context(|| format!("coordinator: {:?} is not a valid URL", config.coordinator))?
+/// Builds the channel endpoint to one candidate address (TLS with the
+/// configured CA, the entry's name or `tls_server_name`, and the optional
+/// client cert).
+pub fn endpoint(config: &Config, to: &Candidate) -> anyhow::Result<Endpoint> {
+    let url = to.url();
+    let mut ep = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("coordinator: {url:?} is not a valid URL"))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
-    if config.coordinator.starts_with("https://") {
+    if to.entry.https {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &config.ca {
             let pem = std::fs::read(ca).with_context(|| format!("ca: reading {}", ca.display()))?;
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
-        if let Some(name) = &config.tls_server_name {
-            tls = tls.domain_name(name.clone());
+        if let Some(name) = to.tls_name(config.tls_server_name.as_deref()) {
+            tls = tls.domain_name(name);
         }
         if let Some((cert, key)) = &config.client_identity {
             let c = std::fs::read(cert)
@@ -83,42 +86,68 @@ pub fn endpoint(config: &Config) -> anyhow::Result<Endpoint> {
     Ok(ep)
 }
 
-/// Runs sessions until `stop`; reconnects with backoff and jitter in between.
+/// Runs sessions until `stop`, with the configured coordinators in turn: the
+/// next address after a failed connect or an ended session; a backoff with
+/// jitter after each full round of failures ([`failover::Pacing`]); after a
+/// Drain, the given delay and then preferably another address.
 pub async fn run(link: Link, stop: CancellationToken) {
     loops::running(Loop::Stream);
-    let mut backoff = Duration::from_millis(250);
-    loop {
+    let mut pacing = Pacing::default();
+    let mut in_use = InUse::default();
+    // The address tried last: the next round starts after it.
+    let mut last = None;
+    'rounds: loop {
         if stop.is_cancelled() {
             return;
         }
-        let started = tokio::time::Instant::now();
-        // A panic inside a session (a bug) ends that session, not the stream.
-        let outcome = loops::catch(session(&link, &stop))
-            .await
-            .unwrap_or_else(|panic| {
-                loops::step_failed(Loop::Stream, &panic);
-                Err(anyhow!("the session {panic}"))
-            });
-        match outcome {
-            Ok(End::Stopped) => return,
-            Ok(End::Drain(delay)) => {
-                info!(?delay, "coordinator asked us to drain; reconnecting later");
-                backoff = Duration::from_millis(250);
-                sleep_or_stop(delay, &stop).await;
+        let candidates = failover::round(failover::resolve(&link.config.coordinators).await, last);
+        let size = candidates.len();
+        if size == 0 {
+            let wait = failover::with_jitter(pacing.round_failed());
+            warn!(?wait, "no coordinator address resolved; trying again");
+            sleep_or_stop(wait, &stop).await;
+            continue;
+        }
+        for to in candidates {
+            if stop.is_cancelled() {
+                return;
             }
-            Err(e) => {
-                // A session that lived a while resets the backoff.
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(250);
+            last = Some(to.addr);
+            let started = tokio::time::Instant::now();
+            // A panic inside a session (a bug) ends that session, not the stream.
+            let outcome = loops::catch(session(&link, &stop, &to, &mut in_use))
+                .await
+                .unwrap_or_else(|panic| {
+                    loops::step_failed(Loop::Stream, &panic);
+                    Err(anyhow!("the session {panic}"))
+                });
+            match outcome {
+                Ok(End::Stopped) => return,
+                Ok(End::Drain(delay)) => {
+                    info!(?delay, coordinator = %to, "coordinator asked us to drain; reconnecting later, preferably elsewhere");
+                    pacing.drained();
+                    sleep_or_stop(delay, &stop).await;
+                    continue 'rounds;
                 }
-                let jitter = Duration::from_millis(
-                    u64::from(rand::random::<u16>()) % (backoff.as_millis() as u64 / 2 + 1),
-                );
-                let wait = backoff + jitter;
-                warn!(error = %format!("{e:#}"), ?wait, "coordinator session ended; reconnecting");
-                metrics::counter!("portwatch_agent_reconnects_total").increment(1);
-                sleep_or_stop(wait, &stop).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                Err(e) => {
+                    metrics::counter!("portwatch_agent_reconnects_total").increment(1);
+                    let lasted = started.elapsed();
+                    match pacing.failed(size, lasted) {
+                        None => {
+                            warn!(error = %format!("{e:#}"), coordinator = %to, "coordinator session ended; trying the next address");
+                            // After a long session, the names are resolved afresh.
+                            if lasted > failover::LIVED {
+                                continue 'rounds;
+                            }
+                        }
+                        Some(wait) => {
+                            let wait = failover::with_jitter(wait);
+                            warn!(error = %format!("{e:#}"), coordinator = %to, ?wait, "coordinator session ended; reconnecting");
+                            sleep_or_stop(wait, &stop).await;
+                            continue 'rounds;
+                        }
+                    }
+                }
             }
         }
     }
@@ -137,8 +166,13 @@ fn bearer(token: &str) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> 
         .map_err(|_| anyhow!("token: not valid ASCII"))
 }
 
-async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
-    let channel: Channel = endpoint(&link.config)?
+async fn session(
+    link: &Link,
+    stop: &CancellationToken,
+    to: &Candidate,
+    in_use: &mut InUse,
+) -> anyhow::Result<End> {
+    let channel: Channel = endpoint(&link.config, to)?
         .connect()
         .await
         .context("connecting to the coordinator")?;
@@ -190,7 +224,8 @@ async fn session(link: &Link, stop: &CancellationToken) -> anyhow::Result<End> {
         Ok(Err(status)) => bail!("coordinator: {} ({:?})", status.message(), status.code()),
         Err(_) => bail!("no welcome within 10 s"),
     };
-    info!(region = %welcome.region, acked_seq = welcome.acked_seq, "connected to the coordinator");
+    info!(region = %welcome.region, acked_seq = welcome.acked_seq, coordinator = %to, "connected to the coordinator");
+    in_use.connected(to);
     let mut acks = Acks::default();
     // Everything after the coordinator's acknowledged sequence is (re)sent.
     let mut acked = match acks.accept(link, welcome.acked_seq).await {
