@@ -18,6 +18,7 @@
 //! server's log.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -104,8 +105,19 @@ pub fn postgres() -> Postgres {
     try_postgres().unwrap_or_else(|e| panic!("starting a private PostgreSQL server: {e}"))
 }
 
+/// [`postgres`], serving TLS (as well as plain connections) with the certificate
+/// and key in these PEM files, e.g. a [`crate::TestCert`] (made for `127.0.0.1`).
+pub fn postgres_with_tls(cert: &Path, key: &Path) -> Postgres {
+    try_start(Some((cert, key)))
+        .unwrap_or_else(|e| panic!("starting a private PostgreSQL server with TLS: {e}"))
+}
+
 /// [`postgres`], with the failure as a value.
 pub fn try_postgres() -> Result<Postgres, String> {
+    try_start(None)
+}
+
+fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
     let bin = ensure_server_binaries()?;
     let as_postgres_user = is_root();
     let dir = tempfile::Builder::new()
@@ -122,12 +134,32 @@ pub fn try_postgres() -> Result<Postgres, String> {
     );
     let pwfile = dir.path().join("pwfile");
     std::fs::write(&pwfile, &password).map_err(|e| format!("writing {}: {e}", pwfile.display()))?;
+    let mut owned = vec![dir.path().to_path_buf(), pwfile];
+    let mut ssl_options = String::new();
+    if let Some((cert, key)) = tls {
+        // The server insists that its key is readable by its user only.
+        let (server_cert, server_key) =
+            (dir.path().join("server.crt"), dir.path().join("server.key"));
+        std::fs::copy(cert, &server_cert)
+            .and_then(|_| std::fs::copy(key, &server_key))
+            .and_then(|_| {
+                std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600))
+            })
+            .map_err(|e| format!("copying the TLS certificate and key: {e}"))?;
+        ssl_options = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            server_cert.display(),
+            server_key.display()
+        );
+        owned.extend([server_cert, server_key]);
+    }
     if as_postgres_user {
         let (uid, gid) = postgres_user()?;
-        for path in [dir.path(), pwfile.as_path()] {
+        for path in &owned {
             chown(path, uid, gid)?;
         }
     }
+    let pwfile = &owned[1];
     let mut server = Postgres {
         bin,
         dir: Some(dir),
@@ -159,7 +191,7 @@ pub fn try_postgres() -> Result<Postgres, String> {
             .arg(&data)
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{ssl_options}",
                 server.port,
                 socket_dir.display()
             ))

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use portwatch_coordinator::store::postgres::{self, MigrateError, migrate::latest_version};
-use portwatch_e2e::external::{Postgres, postgres as start_postgres};
+use portwatch_e2e::external::{Postgres, postgres as start_postgres, postgres_with_tls};
 use tokio_postgres::Client;
 
 /// Every table the initial schema must create (`store::Storage`'s records, the leases, and the
@@ -206,4 +206,34 @@ async fn connection_errors_name_the_key_and_never_the_password() {
         .expect("the right password");
     let one: i32 = c.query_one("SELECT 1", &[]).await.expect("a query").get(0);
     assert_eq!(one, 1);
+}
+
+#[tokio::test]
+async fn tls_to_the_database_is_verified_against_the_ca_file() {
+    let certs = tempfile::tempdir().expect("a temporary directory");
+    let server_cert = portwatch_e2e::TestCert::generate_named(certs.path(), "postgres");
+    let other_ca = portwatch_e2e::TestCert::generate_named(certs.path(), "other");
+    let pg = postgres_with_tls(&server_cert.cert, &server_cert.key);
+
+    let c = postgres::connect(&pg.url(), Some(&server_cert.cert), Some(pg.password()))
+        .await
+        .unwrap_or_else(|e| panic!("TLS with the server's CA: {e}\n{}", pg.log_tail()));
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("the connection's TLS state")
+        .get(0);
+    assert!(ssl, "the connection uses TLS");
+
+    // A server certificate the CA file does not vouch for is refused.
+    let err = postgres::connect(&pg.url(), Some(&other_ca.cert), Some(pg.password()))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("postgres_url ("), "{text}");
+    assert!(text.contains("TLS"), "{text}");
+    assert!(!text.contains(pg.password()), "{text}");
 }
