@@ -1,6 +1,7 @@
 //! Programs and packages from outside the workspace that some tests need, set
 //! up by the tests themselves, so `cargo test --workspace` passes on a fresh
-//! machine with only the Rust toolchain and `python3`.
+//! machine with only the Rust toolchain and `python3` (and, for PostgreSQL,
+//! either its server package or root with apt-get to install it).
 //!
 //! Each external need has one `ensure_…` function (today: [`ensure_python_grpc`],
 //! a Python virtual environment with the stock gRPC client's packages; and

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use portwatch_coordinator::store::postgres::{self, MigrateError, migrate::latest_version};
+use portwatch_coordinator::store::postgres::migrate::{self, latest_version};
+use portwatch_coordinator::store::postgres::{self, MigrateError, Migration};
 use portwatch_e2e::external::{Postgres, postgres as start_postgres, postgres_with_tls};
 use tokio_postgres::Client;
 
@@ -236,4 +237,36 @@ async fn tls_to_the_database_is_verified_against_the_ca_file() {
     assert!(text.starts_with("postgres_url ("), "{text}");
     assert!(text.contains("TLS"), "{text}");
     assert!(!text.contains(pg.password()), "{text}");
+}
+
+#[tokio::test]
+async fn a_failing_migration_leaves_nothing_of_itself() {
+    let pg = start_postgres();
+    let mut c = client(&pg).await;
+    let broken = [
+        Migration {
+            version: 1,
+            name: "first",
+            sql: "CREATE TABLE first_table (id int PRIMARY KEY);",
+        },
+        Migration {
+            version: 2,
+            name: "half",
+            sql: "CREATE TABLE half_table (id int); SELECT no_such_function();",
+        },
+    ];
+    let err = migrate::apply(&mut c, &broken).await.unwrap_err();
+    assert!(
+        matches!(err, MigrateError::Apply { version: 2, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no_such_function"), "{err}");
+    // Version 1 is in and recorded; nothing of version 2 is, not even its first statement.
+    assert_eq!(versions(&c).await, vec![(1, "first".to_string())]);
+    let half: Option<String> = c
+        .query_one("SELECT to_regclass('half_table')::text", &[])
+        .await
+        .expect("a query")
+        .get(0);
+    assert_eq!(half, None, "the failed migration was rolled back");
 }

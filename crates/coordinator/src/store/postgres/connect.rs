@@ -96,6 +96,16 @@ pub async fn connect(
             drive(connection, redactor.clone(), shown_url.clone());
             client
         }
+        None if config.get_ssl_mode() == SslMode::Require => {
+            return Err(fail(
+                POSTGRES_URL_KEY,
+                format!(
+                    "sslmode=require needs the database's CA certificate ({CA_FILE_KEY}): \
+                     TLS is verified against it, never against the machine's roots"
+                ),
+                &redactor,
+            ));
+        }
         None => {
             let (client, connection) = config
                 .connect(NoTls)
@@ -325,6 +335,20 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("postgres_url ("), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn tls_without_a_ca_file_is_refused_before_connecting() {
+        let err = connect(
+            "postgres://u:pw1@127.0.0.1:1/db?sslmode=require",
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.key, POSTGRES_URL_KEY);
+        assert!(err.reason.contains(CA_FILE_KEY), "{err}");
+        assert!(!err.to_string().contains("pw1"), "{err}");
     }
 
     #[tokio::test]
