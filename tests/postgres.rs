@@ -134,7 +134,8 @@ fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
     );
     let pwfile = dir.path().join("pwfile");
     std::fs::write(&pwfile, &password).map_err(|e| format!("writing {}: {e}", pwfile.display()))?;
-    let mut owned = vec![dir.path().to_path_buf(), pwfile];
+    // Everything the server reads must be its user's.
+    let mut owned = vec![dir.path().to_path_buf(), pwfile.clone()];
     let mut ssl_options = String::new();
     if let Some((cert, key)) = tls {
         // The server insists that its key is readable by its user only.
@@ -159,7 +160,6 @@ fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
             chown(path, uid, gid)?;
         }
     }
-    let pwfile = &owned[1];
     let mut server = Postgres {
         bin,
         dir: Some(dir),
