@@ -1,10 +1,12 @@
 //! Programs and packages from outside the workspace that some tests need, set
 //! up by the tests themselves, so `cargo test --workspace` passes on a fresh
-//! machine with only the Rust toolchain and `python3`.
+//! machine with only the Rust toolchain and `python3` (and, for PostgreSQL,
+//! either its server package or root with apt-get to install it).
 //!
 //! Each external need has one `ensure_…` function (today: [`ensure_python_grpc`],
-//! a Python virtual environment with the stock gRPC client's packages). Each is
-//! built on [`prepare_once`], which guarantees:
+//! a Python virtual environment with the stock gRPC client's packages; and
+//! [`postgres`], a private PostgreSQL server, in `crate::postgres`). Each is
+//! built on [`prepare_once`] or its lock, which guarantees:
 //! - the set-up is built once per target directory and then reused, keyed by a
 //!   *stamp* (the pinned versions): a different stamp builds it again;
 //! - two test processes (or threads) never build it at the same time: the
@@ -26,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::postgres::{Postgres, postgres, postgres_with_tls};
+
 /// The file inside a prepared directory that says it is complete, and for what.
 const STAMP_FILE: &str = ".portwatch-stamp";
 
@@ -39,7 +43,7 @@ pub const PYTHON_GRPC_PACKAGES: &[&str] = &[
 
 /// How long one set-up may take (a pip install downloads ≈ 10 MB), and how long
 /// another process waits for one in progress.
-const PREPARE_LIMIT: Duration = Duration::from_secs(600);
+pub(crate) const PREPARE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Cargo's target directory of the running test: the ancestor of the test
 /// executable that holds `CACHEDIR.TAG` (cargo writes it at the target root),
@@ -116,10 +120,10 @@ fn is_ready(dir: &Path, stamp: &str) -> bool {
 /// An exclusive `flock` on a file, released when dropped (or when the process
 /// dies: the kernel drops it with the descriptor, so a killed test never leaves
 /// a lock behind).
-struct Lock(File);
+pub(crate) struct Lock(File);
 
 impl Lock {
-    fn acquire(path: &Path, limit: Duration) -> Result<Lock, String> {
+    pub(crate) fn acquire(path: &Path, limit: Duration) -> Result<Lock, String> {
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -233,6 +237,12 @@ pub fn ensure_python_grpc() -> PythonEnv {
 /// Runs `cmd` to completion within [`PREPARE_LIMIT`]; Err carries the exit
 /// status and the end of its output.
 fn run_bounded(cmd: &mut Command, what: &str) -> Result<(), String> {
+    run_within(cmd, what, PREPARE_LIMIT).map(drop)
+}
+
+/// Runs `cmd` to completion within `limit` (killed past it); Ok carries its
+/// output (stdout then stderr), Err the exit status and the end of the output.
+pub(crate) fn run_within(cmd: &mut Command, what: &str, limit: Duration) -> Result<String, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -260,7 +270,7 @@ fn run_bounded(cmd: &mut Command, what: &str) -> Result<(), String> {
             text
         }));
     }
-    let deadline = Instant::now() + PREPARE_LIMIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -278,20 +288,20 @@ fn run_bounded(cmd: &mut Command, what: &str) -> Result<(), String> {
         .collect::<Vec<_>>()
         .join("");
     match status {
-        Some(s) if s.success() => Ok(()),
+        Some(s) if s.success() => Ok(output),
         Some(s) => Err(format!(
             "{what} failed ({s}); its last lines:\n{}",
             tail(&output, 15)
         )),
         None => Err(format!(
             "{what} did not finish within {}s; its last lines:\n{}",
-            PREPARE_LIMIT.as_secs(),
+            limit.as_secs(),
             tail(&output, 15)
         )),
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
+pub(crate) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 pub mod external;
+pub mod postgres;
 pub mod world;
 
 pub use world::{FAST_PLANS, RegionInfo, TENANT, TenantInfo, World, WorldBuilder, workspace_bin};

@@ -48,6 +48,7 @@ use sled::{Db, Tree};
 
 pub mod backup;
 mod handle;
+pub mod postgres;
 mod seal;
 mod storage;
 
