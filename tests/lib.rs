@@ -513,7 +513,9 @@ impl AgentProc {
         Self::launch(bin, &config)
     }
 
-    fn launch(bin: &Path, config: &Path) -> AgentProc {
+    /// Starts `bin run --config CONFIG` with a config file the caller wrote
+    /// (for what `start` does not write, e.g. several coordinators).
+    pub fn launch(bin: &Path, config: &Path) -> AgentProc {
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portwatch_e2e::{
-    AgentProc, CountingListener, Proc, World, all_results, checked_at_ms, eventually, free_port,
+    AgentProc, CountingListener, World, all_results, checked_at_ms, eventually, free_port,
     metric_value,
 };
 use portwatch_proto::v1;
@@ -120,24 +120,7 @@ fn agent(w: &World, addrs: &[SocketAddr]) -> AgentProc {
         dir.join("spool").display(),
     );
     std::fs::write(&config, text).unwrap();
-    let mut cmd = std::process::Command::new(agent_bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("PORTWATCH_LOG", "info");
-    let mut proc = Proc::spawn("agent", cmd);
-    let line = proc.wait_line("metrics on http://", Duration::from_secs(20));
-    let metrics = line
-        .rsplit("http://")
-        .next()
-        .and_then(|s| s.trim_end_matches("/metrics").parse().ok());
-    proc.wait_line("running", Duration::from_secs(20));
-    AgentProc {
-        proc,
-        config,
-        bin: agent_bin().to_path_buf(),
-        metrics,
-    }
+    AgentProc::launch(agent_bin(), &config)
 }
 
 /// The value of `portwatch_agent_coordinator_info` for `addr`, if reported.
