@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
+use crate::postgres::Postgres;
 use portwatch_proto::v1;
 use portwatch_proto::v1::admin_service_client::AdminServiceClient;
 use portwatch_proto::v1::agent_message::Msg as AgentMsg;
@@ -302,6 +303,39 @@ pub struct Coordinator {
     /// The data dir is a tmpfs of this many MiB in a mount namespace of the
     /// coordinator's own (see [`Coordinator::start_in_tmpfs`]).
     pub tmpfs_mib: Option<u64>,
+    /// The coordinator's PostgreSQL server when it runs on that backend
+    /// ([`store_backend`]); stopped when the coordinator is dropped, kept
+    /// across [`Coordinator::restart`].
+    pub database: Option<Postgres>,
+}
+
+/// The store backend the coordinators of a test run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+/// The backend for this test process: `PORTWATCH_TEST_STORE` (`sled` or
+/// `postgres`) when set, else PostgreSQL for a test binary whose name says
+/// `on_postgres` (the suites run twice: `coordinator.rs` on sled,
+/// `coordinator_on_postgres.rs`, which includes it, on PostgreSQL), else sled.
+pub fn store_backend() -> Backend {
+    match std::env::var("PORTWATCH_TEST_STORE").as_deref() {
+        Ok("postgres") => return Backend::Postgres,
+        Ok("sled") => return Backend::Sled,
+        _ => {}
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.contains("on_postgres") {
+        Backend::Postgres
+    } else {
+        Backend::Sled
+    }
 }
 
 impl Coordinator {
@@ -339,11 +373,28 @@ impl Coordinator {
         tmpfs_mib: Option<u64>,
     ) -> Coordinator {
         let cert = TestCert::generate(dir);
+        // On PostgreSQL: a private server of this coordinator's, unless the
+        // test chose a store itself. Its keys go first: `extra` may end in
+        // TOML tables.
+        let database = (store_backend() == Backend::Postgres && !extra.contains("store ="))
+            .then(crate::postgres::postgres);
+        let extra = match &database {
+            Some(pg) => {
+                let password_file = dir.join("postgres-password");
+                std::fs::write(&password_file, pg.password()).expect("write the password file");
+                format!(
+                    "store = \"postgres\"\npostgres_url = \"{}\"\npostgres_password_file = \"{}\"\n{extra}",
+                    pg.url(),
+                    password_file.display()
+                )
+            }
+            None => extra.to_string(),
+        };
         let (proc, addr, metrics) = Self::launch(
             bin,
             dir,
             &cert,
-            extra,
+            &extra,
             "127.0.0.1:0".parse().expect("addr"),
             limit,
             tmpfs_mib,
@@ -354,9 +405,10 @@ impl Coordinator {
             cert,
             addr,
             metrics,
-            extra: extra.to_string(),
+            extra,
             proc,
             tmpfs_mib,
+            database,
         }
     }
 

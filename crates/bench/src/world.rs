@@ -184,5 +184,6 @@ pub fn launch(
         extra: PLANS.to_string(),
         proc,
         tmpfs_mib: None,
+        database: None,
     })
 }

@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::plans::Plans;
+use crate::store::postgres::PgSettings;
 
 /// Command-line flags (each also an environment variable), and the keys of the
 /// config file.
@@ -45,9 +46,37 @@ pub struct Args {
     /// Prometheus `/metrics` listen address.
     #[arg(long, env = "PORTWATCH_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Directory of the sled store.
+    /// Directory of the sled store (required with `store = "sled"`).
     #[arg(long, env = "PORTWATCH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the coordinator keeps its state: "sled" (embedded, one machine; the
+    /// default) or "postgres" (a shared PostgreSQL database, `postgres_url`).
+    #[arg(long, env = "PORTWATCH_STORE", value_name = "sled|postgres")]
+    pub store: Option<String>,
+    /// The PostgreSQL database (with `store = "postgres"`), as a URL
+    /// (`postgres://user@host:5432/db`) or `key=value` pairs. Its password is
+    /// better kept in `postgres_password_file` or PORTWATCH_POSTGRES_PASSWORD.
+    #[arg(long, env = "PORTWATCH_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    /// CA certificate(s) (PEM) of the database's TLS certificate: TLS to the
+    /// database, verified against this CA only.
+    #[arg(long, env = "PORTWATCH_POSTGRES_CA_FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// A file holding the database password (one line).
+    #[arg(long, env = "PORTWATCH_POSTGRES_PASSWORD_FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+    /// The database password, from the environment only (never a flag or the file).
+    #[arg(
+        long,
+        env = "PORTWATCH_POSTGRES_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    #[serde(skip)]
+    pub postgres_password: Option<String>,
+    /// Connections to PostgreSQL at most (default 8).
+    #[arg(long, env = "PORTWATCH_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<u32>,
     /// The operator's bearer token (at least 16 characters).
     #[arg(long, env = "PORTWATCH_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
@@ -208,12 +237,40 @@ pub struct ConnectionLimits {
     pub max_connections: u32,
 }
 
+/// The backend of the coordinator's store (`store`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded sled store in `data_dir`.
+    Sled,
+    /// A shared PostgreSQL database.
+    Postgres(PgSettings),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Sled => f.write_str("Sled"),
+            // Never the password, wherever it came from.
+            StoreChoice::Postgres(s) => f
+                .debug_struct("Postgres")
+                .field("url", &crate::store::postgres::redact_url(&s.url))
+                .field("ca_file", &s.ca_file)
+                .field("password", &s.password.as_ref().map(|_| "***"))
+                .field("pool_size", &s.pool_size)
+                .finish(),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// The sled store's directory (empty with `store = "postgres"`).
     pub data_dir: PathBuf,
+    /// Which backend keeps the coordinator's state.
+    pub store: StoreChoice,
     pub operator_token: String,
     /// None only with `insecure_plaintext` on a loopback address.
     pub tls: Option<Tls>,
@@ -268,8 +325,12 @@ impl Config {
     pub fn merge(args: Args, mut file: FileConfig) -> Result<Config, ConfigError> {
         let plans = file.plans.take().unwrap_or_default();
         let listen = layer!(args, file, listen).or(SocketAddr::from(([127, 0, 0, 1], 7400)));
-        let data_dir =
-            layer!(args, file, data_dir).required("required (the directory of the sled store)")?;
+        let store = store_choice(&args, &file)?;
+        let data_dir = match store {
+            StoreChoice::Sled => layer!(args, file, data_dir)
+                .required("required (the directory of the sled store)")?,
+            StoreChoice::Postgres(_) => layer!(args, file, data_dir).or_else(PathBuf::new),
+        };
         let token = layer!(args, file, operator_token);
         let operator_token = token
             .clone()
@@ -363,6 +424,7 @@ impl Config {
             listen,
             metrics_listen: layer!(args, file, metrics_listen).get(),
             data_dir,
+            store,
             operator_token,
             tls,
             retention: layer!(args, file, retention).duration(
@@ -418,6 +480,70 @@ impl Config {
             plans,
         })
     }
+}
+
+/// The `store` key and, for PostgreSQL, the `postgres_*` keys it needs. Files named here are
+/// read now, so a wrong path stops the start naming its key.
+fn store_choice(args: &Args, file: &FileConfig) -> Result<StoreChoice, ConfigError> {
+    // `layer!` takes its fields by value; `merge` still needs the rest of both.
+    macro_rules! layer {
+        ($args:expr, $file:expr, $key:ident) => {
+            portwatch_settings::Setting::new(
+                stringify!($key),
+                $args.$key.clone(),
+                $file.$key.clone(),
+            )
+        };
+    }
+    let kind = layer!(args, file, store);
+    let kind_err = kind.clone();
+    match kind.or_else(|| "sled".into()).as_str() {
+        "sled" => return Ok(StoreChoice::Sled),
+        "postgres" => {}
+        other => {
+            return Err(kind_err.error(format!(
+                "{other:?} is not a store: \"sled\" (embedded, one machine) or \"postgres\""
+            )));
+        }
+    }
+    let url = layer!(args, file, postgres_url).required(
+        "required with store = \"postgres\" (e.g. postgres://portwatch@db:5432/portwatch)",
+    )?;
+    let ca_file = layer!(args, file, postgres_ca_file).parse(|path: PathBuf| {
+        std::fs::metadata(&path)
+            .map(|_| path.clone())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    })?;
+    let from_env = args.postgres_password.clone().filter(|p| !p.is_empty());
+    let password_file = layer!(args, file, postgres_password_file);
+    let password_file_err = password_file.clone();
+    let from_file = password_file.parse(|path: PathBuf| {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let line = text.lines().next().unwrap_or_default().to_string();
+        if line.is_empty() {
+            return Err(format!(
+                "{}: empty (expected the password on its first line)",
+                path.display()
+            ));
+        }
+        Ok(line)
+    })?;
+    if from_env.is_some() && from_file.is_some() {
+        return Err(
+            password_file_err.error("set either this or PORTWATCH_POSTGRES_PASSWORD, not both")
+        );
+    }
+    let pool_size = layer!(args, file, postgres_pool_size).within(
+        u32::try_from(crate::store::postgres::DEFAULT_POOL_SIZE).unwrap_or(8),
+        1..=1_000,
+    )?;
+    Ok(StoreChoice::Postgres(PgSettings {
+        url,
+        ca_file,
+        password: from_file.or(from_env),
+        pool_size: usize::try_from(pool_size).unwrap_or(8),
+    }))
 }
 
 /// Reads a PEM bundle of CA certificates: at least one, each usable as a

@@ -157,7 +157,7 @@ fn failed(e: &anyhow::Error, data_dir: &Path) -> ExitCode {
         .filter_map(|c| c.downcast_ref::<StoreError>())
         .any(StoreError::is_damage);
     eprintln!("portwatch-coordinator: {e:#}");
-    if !damaged {
+    if !damaged || data_dir.as_os_str().is_empty() {
         return ExitCode::FAILURE;
     }
     let d = data_dir.display();

@@ -18,13 +18,14 @@ use crate::admin::AdminApi;
 use crate::agents::AgentApi;
 use crate::auth::{Api, Auth};
 use crate::channels::Senders;
-use crate::config::Config;
+use crate::config::{Config, StoreChoice};
 use crate::health::Health;
 use crate::hub::{Hub, HubSettings};
 use crate::listener::{self, Listener};
 use crate::loops::{self, Beat, Loops, supervise};
 use crate::outbox::{OutboxSettings, Worker};
 use crate::recovery;
+use crate::store::postgres::{PgStore, redact_url};
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for agents to drain their streams.
@@ -34,17 +35,40 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// The outbox worker's longest wait between rounds (its idle poll).
 const OUTBOX_ROUND: Duration = Duration::from_secs(5);
 
+/// Opens the store the configuration chooses. An error names the key to fix; a PostgreSQL
+/// database that cannot be reached, refuses the password or has a newer schema stops the start
+/// here, before anything listens.
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match &config.store {
+        StoreChoice::Sled => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
+            Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(|| {
+                format!(
+                    "data_dir: opening the store in {}",
+                    config.data_dir.display()
+                )
+            })
+        }
+        StoreChoice::Postgres(settings) => {
+            let store = PgStore::open(settings.clone()).await?;
+            info!(database = %redact_url(&settings.url), "store: PostgreSQL");
+            Ok(Store::new(store))
+        }
+    }
+}
+
+/// The key naming where the store lives, for a message about it.
+fn store_key(config: &Config) -> String {
+    match &config.store {
+        StoreChoice::Sled => format!("data_dir: the store in {}", config.data_dir.display()),
+        StoreChoice::Postgres(s) => format!("postgres_url: the store in {}", redact_url(&s.url)),
+    }
+}
+
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
-    let store =
-        Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(|| {
-            format!(
-                "data_dir: opening the store in {}",
-                config.data_dir.display()
-            )
-        })?;
+    let store = open_store(&config).await?;
     let hub = Hub::load(
         store.clone(),
         HubSettings {
@@ -260,10 +284,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     if let Some(e) = store_lost {
         store.close_detached();
-        return Err(anyhow::Error::new(e).context(format!(
-            "data_dir: the store in {}",
-            config.data_dir.display()
-        )));
+        return Err(anyhow::Error::new(e).context(store_key(&config)));
     }
     // Everything acknowledged is durable already; the seal lets the next
     // start check that the files still hold it. A store that cannot write now

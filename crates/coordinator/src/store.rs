@@ -74,6 +74,11 @@ pub enum StoreError {
     /// can trust (see `seal`).
     #[error("storage: damaged: {0}")]
     Damaged(String),
+    /// The database refused one call (a constraint, a statement the schema
+    /// does not fit): that call failed, the store goes on (PostgreSQL only;
+    /// a lost connection is `Unavailable`).
+    #[error("storage: database: {0}")]
+    Database(String),
 }
 
 impl StoreError {
@@ -84,7 +89,7 @@ impl StoreError {
         match self {
             StoreError::Sled(e) => matches!(e, sled::Error::Io(_) | sled::Error::ReportableBug(_)),
             StoreError::Unavailable(_) | StoreError::Panicked { .. } => true,
-            StoreError::Corrupt { .. } | StoreError::Damaged(_) => false,
+            StoreError::Corrupt { .. } | StoreError::Damaged(_) | StoreError::Database(_) => false,
         }
     }
 
@@ -96,7 +101,7 @@ impl StoreError {
             StoreError::Corrupt { .. } | StoreError::Damaged(_) | StoreError::Panicked { .. } => {
                 true
             }
-            StoreError::Unavailable(_) => false,
+            StoreError::Unavailable(_) | StoreError::Database(_) => false,
         }
     }
 

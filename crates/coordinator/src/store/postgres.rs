@@ -1,7 +1,7 @@
-//! Groundwork for the PostgreSQL backend of [`Storage`](super::Storage) (issue 16): how the
-//! coordinator reaches the database (`connect`) and how the database gets the schema this binary
-//! expects (`migrate`). The backend itself, and the configuration key that chooses it, come
-//! later; nothing in the running coordinator uses this module yet.
+//! The PostgreSQL backend of [`Storage`](super::Storage), chosen with `store = "postgres"`: how
+//! the coordinator reaches the database (`connect`), how the database gets the schema this
+//! binary expects (`migrate`), the store itself (`backend`: pool, failures, the interface) and
+//! the query behind each call (`tables`).
 //!
 //! Why a schema under version control rather than tables created on demand: several
 //! coordinators of different releases share one database during a rolling upgrade, so the
@@ -12,8 +12,12 @@
 //! The password is a secret: it reaches the driver but never a log line or an error message
 //! (every text built here from the URL or from the driver's errors is redacted).
 
+mod backend;
 mod connect;
 pub mod migrate;
+mod tables;
+
+pub use backend::{CALL_TIMEOUT, DEFAULT_POOL_SIZE, OpenError, PgSettings, PgStore};
 
 pub use connect::{ConnectError, POSTGRES_URL_KEY, connect, redact_url};
 pub use migrate::{MIGRATIONS, MigrateError, Migration, migrate};
