@@ -47,6 +47,8 @@ pub struct Postgres {
     port: u16,
     password: String,
     as_postgres_user: bool,
+    /// Server options beyond the port and socket directory (TLS).
+    ssl_options: String,
 }
 
 impl Postgres {
@@ -70,6 +72,48 @@ impl Postgres {
             .as_ref()
             .map(|d| d.path().join("data"))
             .unwrap_or_default()
+    }
+
+    /// Stops the server as an operator's restart does (`pg_ctl stop -m fast`:
+    /// sessions are ended, everything committed stays). Panics if it fails.
+    pub fn stop(&self) {
+        let mut stop = pg_command(&self.bin, "pg_ctl", self.as_postgres_user);
+        stop.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        if let Err(e) = run_within(&mut stop, "pg_ctl stop", STEP_LIMIT) {
+            panic!("stopping PostgreSQL: {e}\n{}", self.log_tail());
+        }
+    }
+
+    /// Starts the server again on the same port after [`Postgres::stop`].
+    pub fn start(&self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("starting PostgreSQL again: {e}\n{}", self.log_tail());
+        }
+    }
+
+    fn try_start_server(&self) -> Result<(), String> {
+        let socket_dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        let mut start = pg_command(&self.bin, "pg_ctl", self.as_postgres_user);
+        start
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
+                self.port,
+                socket_dir.display(),
+                self.ssl_options
+            ))
+            .arg("-l")
+            .arg(socket_dir.join("log"))
+            .args(["-w", "-t", "60", "start"]);
+        run_within(&mut start, "pg_ctl start", STEP_LIMIT).map(|_| ())
     }
 
     /// The last lines of the server's log (for failure messages).
@@ -166,6 +210,7 @@ fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
         port: 0,
         password,
         as_postgres_user,
+        ssl_options,
     };
     let data = server.data_dir();
     let mut initdb = pg_command(&server.bin, "initdb", as_postgres_user);
@@ -180,26 +225,8 @@ fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
     let mut last = String::new();
     for _ in 0..3 {
         server.port = free_port()?;
-        let socket_dir = server
-            .dir
-            .as_ref()
-            .map(|d| d.path().to_path_buf())
-            .unwrap_or_default();
-        let mut start = pg_command(&server.bin, "pg_ctl", as_postgres_user);
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-o")
-            .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{ssl_options}",
-                server.port,
-                socket_dir.display()
-            ))
-            .arg("-l")
-            .arg(socket_dir.join("log"))
-            .args(["-w", "-t", "60", "start"]);
-        match run_within(&mut start, "pg_ctl start", STEP_LIMIT) {
-            Ok(_) => return Ok(server),
+        match server.try_start_server() {
+            Ok(()) => return Ok(server),
             Err(e) => {
                 last = format!("{e}\nthe server's log:\n{}", server.log_tail());
                 if !last.contains("could not bind") && !last.contains("already in use") {

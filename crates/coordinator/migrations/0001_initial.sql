@@ -84,7 +84,7 @@ CREATE TABLE history (
 ) PARTITION BY RANGE (checked_at);
 CREATE TABLE history_default PARTITION OF history DEFAULT;
 
--- Creates the day partitions of `history` from yesterday to `ahead` days after today (UTC, by
+-- Creates the day partitions of `history` from today to `ahead` days after it (UTC, by
 -- the database's clock), those missing; returns how many it created. Serialised by an advisory
 -- lock so coordinators that call it at once do not race on the catalogue. A day whose rows
 -- already sit in the default partition (results stamped far ahead) keeps them there: its
@@ -98,7 +98,7 @@ DECLARE
     name text;
 BEGIN
     PERFORM pg_advisory_xact_lock(8243, 1);
-    FOR d IN SELECT g::date FROM generate_series(today - 1, today + ahead, interval '1 day') g LOOP
+    FOR d IN SELECT g::date FROM generate_series(today, today + ahead, interval '1 day') g LOOP
         name := 'history_' || to_char(d, 'YYYYMMDD');
         CONTINUE WHEN to_regclass(name) IS NOT NULL;
         BEGIN

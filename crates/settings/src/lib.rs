@@ -167,8 +167,37 @@ pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<(T, String), Config
         },
     };
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let layer = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let layer = toml::from_str(&text).map_err(|e| fail(describe_toml_error(&e, &text)))?;
     Ok((layer, text))
+}
+
+/// A TOML error without the file's values: the line, column and key, never what follows the
+/// `=` (a password or a token on that line would otherwise reach the terminal and the logs).
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    // serde quotes a mistyped string value ("invalid type: string \"…\""): not that either.
+    let mut message = String::new();
+    for (i, part) in e.message().trim_end().split('"').enumerate() {
+        match i {
+            0 => message.push_str(part),
+            _ if i % 2 == 1 => message.push_str("\"…"),
+            _ => {
+                message.push('"');
+                message.push_str(part);
+            }
+        }
+    }
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    let shown = match line.split_once('=') {
+        Some((key, _)) => format!("{} = …", key.trim()),
+        None => line.trim().chars().take(80).collect(),
+    };
+    format!("line {line_no}, column {column} ({shown}): {message}")
 }
 
 /// Reads the file at `path` (if any) into a second value of the settings
@@ -386,6 +415,26 @@ mod tests {
 
     fn command() -> clap::Command {
         <Flags as clap::CommandFactory>::command()
+    }
+
+    #[test]
+    fn a_file_error_names_line_and_key_but_never_a_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        for text in [
+            "wait = \"1s\"\npassword = \"hunter2-secret\"\n",
+            "wait = \"hunter2-secret\" trailing\n",
+            "loud = \"hunter2-secret\"\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = read_file::<Flags>(&path).expect_err(text).to_string();
+            assert!(!e.contains("hunter2"), "a value reached the message: {e}");
+            assert!(e.contains("line "), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+        std::fs::write(&path, "loud = true\nwait = 1\n").unwrap();
+        let e = read_file::<Flags>(&path).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("(wait = …)"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,77 @@
 //! The store on a temporary directory: ingestion and its dedup, history
 //! paging and pruning, incidents written with their deliveries, the tenant
-//! index and its migration, and that all of it survives a reopen.
+//! index and its migration, and that all of it survives a reopen. Each test of
+//! the contract runs on both backends (`on_sled::…`, `on_postgres::…`, a
+//! private PostgreSQL server per test); the sled file-format tests at the end
+//! run on sled.
 
 use super::*;
 use portwatch_proto::time::{from_unix_micros, to_timestamp};
+
+/// Where a test's store lives.
+enum Place {
+    Sled(tempfile::TempDir),
+    Postgres(portwatch_e2e::external::Postgres),
+}
+
+impl Place {
+    fn sled() -> Place {
+        Place::Sled(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Place {
+        Place::Postgres(portwatch_e2e::external::postgres())
+    }
+
+    /// Opens the store there (again: a reopen sees what was written).
+    async fn open(&self) -> Store {
+        match self {
+            Place::Sled(dir) => Store::open(dir.path()).unwrap(),
+            Place::Postgres(pg) => Store::new(
+                postgres::PgStore::open(postgres::PgSettings {
+                    url: pg.url(),
+                    ca_file: None,
+                    password: Some(pg.password().to_string()),
+                    pool_size: 4,
+                })
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Runs each named test once on sled and once on PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Place::sled()).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Place::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    ingest_dedups_replays_and_keeps_latest_moving_forward,
+    history_pages_by_time_and_region_and_prunes,
+    state_survives_reopen,
+    an_incident_and_its_deliveries_are_written_together_and_survive_reopen,
+    the_tenant_index_counts_and_lists_each_tenant_apart,
+    a_batch_of_monitors_counts_each_once,
+    a_monitor_moved_to_another_tenant_leaves_the_first_ones_index,
+);
 
 fn result(monitor: &str, at_us: u64, outcome: v1::Outcome) -> v1::CheckResult {
     v1::CheckResult {
@@ -15,10 +83,8 @@ fn result(monitor: &str, at_us: u64, outcome: v1::Outcome) -> v1::CheckResult {
     }
 }
 
-#[tokio::test]
-async fn ingest_dedups_replays_and_keeps_latest_moving_forward() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn ingest_dedups_replays_and_keeps_latest_moving_forward(place: Place) {
+    let store = place.open().await;
     let (a, b, c) = (
         result("m1", 2_000_000, v1::Outcome::Ok),
         result("m1", 3_000_000, v1::Outcome::Refused),
@@ -50,10 +116,8 @@ async fn ingest_dedups_replays_and_keeps_latest_moving_forward() {
     assert_eq!(store.acked_seq("agent-1").unwrap(), 3);
 }
 
-#[tokio::test]
-async fn history_pages_by_time_and_region_and_prunes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn history_pages_by_time_and_region_and_prunes(place: Place) {
+    let store = place.open().await;
     let rs: Vec<_> = (0..10u64)
         .map(|i| result("m1", (i + 1) * 1_000_000, v1::Outcome::Ok))
         .collect();
@@ -94,11 +158,9 @@ async fn history_pages_by_time_and_region_and_prunes() {
     assert_eq!(store.history_len(), 7);
 }
 
-#[tokio::test]
-async fn state_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+async fn state_survives_reopen(place: Place) {
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = place.open().await;
         store
             .put_monitor(&v1::Monitor {
                 id: "m1".into(),
@@ -118,7 +180,7 @@ async fn state_survives_reopen() {
             .await
             .unwrap();
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = place.open().await;
     assert_eq!(store.get_monitor("m1").unwrap().map(|m| m.port), Some(22));
     assert_eq!(
         store.open_incident("m1").unwrap().map(|i| i.id),
@@ -151,11 +213,9 @@ fn delivery(id: &str, state: v1::DeliveryState, next_us: u64) -> OutboxRecord {
     }
 }
 
-#[tokio::test]
-async fn an_incident_and_its_deliveries_are_written_together_and_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+async fn an_incident_and_its_deliveries_are_written_together_and_survive_reopen(place: Place) {
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = place.open().await;
         let open = v1::Incident {
             id: "i1".into(),
             monitor_id: "m1".into(),
@@ -181,7 +241,7 @@ async fn an_incident_and_its_deliveries_are_written_together_and_survive_reopen(
         );
         assert!(store.get_incident("i2").unwrap().is_none());
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = place.open().await;
     assert!(store.open_incident("m1").unwrap().is_some());
     assert_eq!(
         store.pending_deliveries().unwrap(),
@@ -232,11 +292,9 @@ fn ids(ms: &[v1::Monitor]) -> Vec<&str> {
     ms.iter().map(|m| m.id.as_str()).collect()
 }
 
-#[tokio::test]
-async fn the_tenant_index_counts_and_lists_each_tenant_apart() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_tenant_index_counts_and_lists_each_tenant_apart(place: Place) {
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = place.open().await;
         // Written out of order, interleaved with another tenant's.
         for id in ["m3", "m1", "m5", "m2", "m4"] {
             store.put_monitor(&monitor("acme", id)).unwrap();
@@ -287,7 +345,7 @@ async fn the_tenant_index_counts_and_lists_each_tenant_apart() {
         store.flush().await.unwrap();
     }
     // Durable, and not rebuilt (the marker is set) but still exact.
-    let store = Store::open(dir.path()).unwrap();
+    let store = place.open().await;
     assert_eq!(store.tenant_monitor_count("acme").unwrap(), 4);
     assert_eq!(store.tenant_monitor_count("other").unwrap(), 5);
     for id in ["m1", "m2", "m4", "m5"] {
@@ -304,10 +362,8 @@ async fn the_tenant_index_counts_and_lists_each_tenant_apart() {
     assert_eq!(store.tenant_monitors("other", "", 100).unwrap().len(), 5);
 }
 
-#[tokio::test]
-async fn a_batch_of_monitors_counts_each_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn a_batch_of_monitors_counts_each_once(place: Place) {
+    let store = place.open().await;
     let mut batch: Vec<v1::Monitor> = (0..50)
         .map(|i| monitor("acme", &format!("m{i:02}")))
         .collect();
@@ -320,10 +376,8 @@ async fn a_batch_of_monitors_counts_each_once() {
     assert_eq!(store.tenant_monitors("acme", "m47", 10).unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn a_monitor_moved_to_another_tenant_leaves_the_first_ones_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+async fn a_monitor_moved_to_another_tenant_leaves_the_first_ones_index(place: Place) {
+    let store = place.open().await;
     store.put_monitor(&monitor("a", "m1")).unwrap();
     store.put_monitor(&monitor("a", "m2")).unwrap();
     store.put_monitor(&monitor("b", "m1")).unwrap();

@@ -1,0 +1,309 @@
+//! What only the PostgreSQL backend has: retention by whole day partitions, a database restart
+//! ridden out (writes refused while it is down, healed without a restart of the coordinator), and
+//! a coordinator that refuses to start on a database it cannot use, naming the key to fix and
+//! never the password. Each test starts a private server (`portwatch_e2e::external::postgres`).
+//! The contract both backends keep is tested on both in `store::tests` and by the suites that
+//! run again on PostgreSQL (`*_on_postgres.rs`).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use portwatch_coordinator::store::postgres::{self, PgSettings, PgStore};
+use portwatch_coordinator::store::{Ingest, Store, StoreError};
+use portwatch_e2e::external::{Postgres, postgres as start_postgres};
+use portwatch_proto::time::{from_unix_micros, to_timestamp};
+use portwatch_proto::v1;
+
+const DAY_US: u64 = 86_400_000_000;
+
+fn settings(pg: &Postgres) -> PgSettings {
+    PgSettings {
+        url: pg.url(),
+        ca_file: None,
+        password: Some(pg.password().to_string()),
+        pool_size: 4,
+    }
+}
+
+async fn open(pg: &Postgres) -> Store {
+    Store::new(
+        PgStore::open(settings(pg))
+            .await
+            .unwrap_or_else(|e| panic!("opening the store: {e}\n{}", pg.log_tail())),
+    )
+}
+
+async fn client(pg: &Postgres) -> tokio_postgres::Client {
+    postgres::connect(&pg.url(), None, Some(pg.password()))
+        .await
+        .expect("a connection of the test's own")
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}
+
+fn result(monitor: &str, at_us: u64) -> v1::CheckResult {
+    v1::CheckResult {
+        monitor_id: monitor.into(),
+        checked_at: Some(to_timestamp(from_unix_micros(at_us))),
+        outcome: v1::Outcome::Ok as i32,
+        ..Default::default()
+    }
+}
+
+async fn partitions(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'history'::regclass ORDER BY 1",
+        &[],
+    )
+    .await
+    .expect("the partitions")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// `history_YYYYMMDD` of the UTC day holding `us`, computed by the database.
+async fn partition_of(c: &tokio_postgres::Client, us: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_micros(us);
+    c.query_one(
+        "SELECT 'history_' || to_char($1::timestamptz AT TIME ZONE 'UTC', 'YYYYMMDD')",
+        &[&at],
+    )
+    .await
+    .expect("a partition name")
+    .get(0)
+}
+
+#[tokio::test]
+async fn retention_drops_whole_day_partitions_and_keeps_the_rest() {
+    let pg = start_postgres();
+    let store = open(&pg).await;
+    let c = client(&pg).await;
+    let now = now_us();
+    let start_of_today = now - now % DAY_US;
+    let yesterday = start_of_today - DAY_US / 2;
+
+    let have = partitions(&c).await;
+    let (p_yesterday, p_today, p_ahead) = (
+        partition_of(&c, yesterday).await,
+        partition_of(&c, now).await,
+        partition_of(&c, now + 3 * DAY_US).await,
+    );
+    for p in [&p_today, &p_ahead] {
+        assert!(have.contains(p), "{p} is created at open: {have:?}");
+    }
+    // Yesterday's, as a coordinator running since then created it ahead of time.
+    let from = UNIX_EPOCH + Duration::from_micros(start_of_today - DAY_US);
+    let to = UNIX_EPOCH + Duration::from_micros(start_of_today);
+    c.batch_execute(&format!(
+        "CREATE TABLE {p_yesterday} PARTITION OF history FOR VALUES FROM ('{}') TO ('{}')",
+        humantime::format_rfc3339(from),
+        humantime::format_rfc3339(to)
+    ))
+    .await
+    .unwrap();
+
+    let rs = [
+        result("m1", yesterday),
+        result("m1", yesterday + 1),
+        result("m1", now),
+    ];
+    let batch: Vec<Ingest> = rs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Ingest {
+            seq: i as u64 + 1,
+            result: r,
+        })
+        .collect();
+    store.ingest("a1", "eu", &batch, 0).await.unwrap();
+    let in_yesterday: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {p_yesterday}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_yesterday, 2, "rows land in their day's partition");
+
+    let removed = store.prune_history(start_of_today).unwrap();
+    assert_eq!(removed, 2, "the rows of the dropped partition are counted");
+    let after = partitions(&c).await;
+    assert!(
+        !after.contains(&p_yesterday),
+        "yesterday's partition is dropped whole: {after:?}"
+    );
+    assert!(after.contains(&p_today), "{after:?}");
+    assert_eq!(store.history_len(), 1);
+    let left = store.history("m1", 0, u64::MAX, None, None, 10).unwrap();
+    assert_eq!(left.results.len(), 1, "today's result stays");
+}
+
+#[tokio::test]
+async fn a_database_restart_refuses_writes_until_the_store_heals() {
+    let pg = start_postgres();
+    let store = open(&pg).await;
+    let tenant = |id: &str| v1::Tenant {
+        id: id.into(),
+        name: id.into(),
+        ..Default::default()
+    };
+    store.put_tenant(&tenant("before")).unwrap();
+    assert!(store.is_writable());
+
+    pg.stop();
+    let err = store
+        .put_tenant(&tenant("during"))
+        .expect_err("no write while the database is down");
+    assert!(
+        matches!(err, StoreError::Unavailable(_)),
+        "a lost database is UNAVAILABLE (retry), not an internal error: {err:?}"
+    );
+    let state = store.state();
+    assert!(!state.writable, "{state:?}");
+    assert!(!state.cause.is_empty(), "{state:?}");
+    // Refused at once now, without waiting for the database.
+    let started = Instant::now();
+    assert!(store.put_tenant(&tenant("during")).is_err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(store.try_reopen().is_err(), "nothing to reconnect to yet");
+
+    pg.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.try_reopen() {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "still not healed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(store.is_writable());
+    store.put_tenant(&tenant("after")).unwrap();
+    let ids: Vec<String> = store
+        .list_tenants()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["after", "before"], "nothing committed was lost");
+}
+
+/// Runs the coordinator on `config` and returns its exit code and stderr.
+fn run_coordinator(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portwatch-coordinator"));
+    cmd.arg("--config")
+        .arg(&path)
+        .env_remove("PORTWATCH_OPERATOR_TOKEN")
+        .env_remove("PORTWATCH_POSTGRES_PASSWORD")
+        .env_remove("PORTWATCH_STORE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_database_it_cannot_use_stops_the_coordinator_at_start_naming_the_key() {
+    let pg = start_postgres();
+    let dir = tempfile::tempdir().unwrap();
+    let base = "listen = \"127.0.0.1:0\"\noperator_token = \"0123456789abcdefg\"\ninsecure_plaintext = true\n";
+    let secret = pg.password().to_string();
+    let pwfile = dir.path().join("pw");
+
+    // Configuration errors: exit 2, the key named.
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{base}store = \"mysql\"\n"), "config: store"),
+        (
+            format!("{base}store = \"postgres\"\n"),
+            "config: postgres_url",
+        ),
+        (
+            format!(
+                "{base}store = \"postgres\"\npostgres_url = \"{}\"\npostgres_password_file = \"{}/missing\"\n",
+                pg.url(),
+                dir.path().display()
+            ),
+            "config: postgres_password_file",
+        ),
+        (
+            format!("{base}data_dir = \"/tmp/x\"\npostgres_password = \"{secret}\"\n"),
+            "config file",
+        ),
+    ];
+    for (config, needle) in &cases {
+        let (code, stderr) = run_coordinator(dir.path(), config, &[]);
+        assert_eq!(code, 2, "{config}\n{stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(!stderr.contains(&secret), "the password leaked: {stderr}");
+    }
+
+    // The database: unreachable, a wrong password, a newer schema. Exit 1 before anything
+    // listens, the key named, the password never shown.
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(&pwfile, "not-the-password\n").unwrap();
+    let with = |url: String, pw: &str| {
+        format!(
+            "{base}store = \"postgres\"\npostgres_url = \"{url}\"\npostgres_password_file = \"{}\"\n{pw}",
+            pwfile.display()
+        )
+    };
+    let unreachable = with(
+        format!("postgres://portwatch:{secret}@127.0.0.1:{closed_port}/postgres"),
+        "",
+    );
+    let (code, stderr) = run_coordinator(dir.path(), &unreachable, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("postgres_url"), "{stderr}");
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(!stderr.contains(&secret), "the password leaked: {stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+
+    let (code, stderr) = run_coordinator(dir.path(), &with(pg.url(), ""), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("postgres_url"), "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+
+    // The right password (from the environment this time) against a database a newer release
+    // migrated.
+    let newer = format!(
+        "{base}store = \"postgres\"\npostgres_url = \"{}\"\n",
+        pg.url()
+    );
+    {
+        let mut c = client(&pg).await;
+        postgres::migrate(&mut c).await.unwrap();
+        c.execute(
+            "INSERT INTO portwatch_schema (version, name) VALUES (9999, 'from the future')",
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let (code, stderr) = run_coordinator(
+        dir.path(),
+        &newer,
+        &[("PORTWATCH_POSTGRES_PASSWORD", secret.as_str())],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("postgres_url"), "{stderr}");
+    assert!(stderr.contains("newer"), "{stderr}");
+    assert!(!stderr.contains(&secret), "the password leaked: {stderr}");
+}
