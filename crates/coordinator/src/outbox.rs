@@ -52,6 +52,11 @@ pub struct OutboxSettings {
     pub retry_max: Duration,
     /// Give up this long after the delivery was created.
     pub retry_horizon: Duration,
+    /// How long a worker holds a delivery it attempts (`Storage::claim_delivery`):
+    /// longer than one attempt may take, so that no other coordinator's worker
+    /// starts the same delivery meanwhile; after a crash, how long the
+    /// delivery waits before another worker takes it.
+    pub claim_for: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -60,6 +65,7 @@ impl Default for OutboxSettings {
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
             retry_horizon: Duration::from_secs(24 * 3600),
+            claim_for: Duration::from_secs(35),
         }
     }
 }
@@ -257,6 +263,8 @@ pub fn notification(r: &OutboxRecord) -> Option<Notification<'_>> {
 
 /// Sends what the outbox holds.
 pub struct Worker {
+    /// Names this worker's claims: unique per process.
+    id: String,
     store: Store,
     senders: Arc<Senders>,
     settings: OutboxSettings,
@@ -271,6 +279,11 @@ impl Worker {
         wake: Arc<Notify>,
     ) -> Worker {
         Worker {
+            id: format!(
+                "outbox-{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            ),
             store,
             senders,
             settings,
@@ -349,9 +362,12 @@ impl Worker {
         }
     }
 
-    /// One attempt for one delivery, recorded and flushed.
+    /// One attempt for one delivery, claimed first (another coordinator's
+    /// worker may hold it, or have attempted it since the pending list was
+    /// read), then recorded and flushed.
     async fn attempt(&self, id: &str) {
-        let mut rec = match self.store.get_delivery(id) {
+        let claim_ms = u64::try_from(self.settings.claim_for.as_millis()).unwrap_or(u64::MAX);
+        let mut rec = match self.store.claim_delivery(id, &self.id, claim_ms) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {

@@ -216,6 +216,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 retry_initial: config.delivery_retry_initial,
                 retry_max: config.delivery_retry_max,
                 retry_horizon: config.delivery_retry_horizon,
+                claim_for: config.delivery_timeout * 2 + Duration::from_secs(5),
             };
             move |beat| {
                 Worker::new(store.clone(), senders.clone(), settings, wake.clone())

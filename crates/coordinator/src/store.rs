@@ -35,10 +35,10 @@
 //! An open refuses files that lost durable writes (`seal`). `backup` writes and
 //! restores the whole store as one file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portwatch_proto::v1;
 use prost::Message;
@@ -285,6 +285,9 @@ pub(crate) struct Trees {
     /// Delivery id -> next attempt (unix µs, BE) for every PENDING delivery.
     outbox_pending: Tree,
     region_outages: Tree,
+    /// Delivery id -> the outbox worker attempting it and until when
+    /// (`claim_delivery`); in memory, as one process is the only writer.
+    claims: std::sync::Mutex<HashMap<String, (String, Instant)>>,
 }
 
 const SEP: u8 = 0;
@@ -454,6 +457,7 @@ impl Trees {
             outbox: db.open_tree("outbox")?,
             outbox_pending: db.open_tree("outbox_pending")?,
             region_outages: db.open_tree("region_outages")?,
+            claims: std::sync::Mutex::default(),
             db,
         };
         if store.meta.get(TENANT_INDEX_KEY)?.is_none() {
@@ -1177,12 +1181,53 @@ impl Trees {
             .transpose()
     }
 
-    /// Updates one delivery (after an attempt) and its place in the pending index.
+    /// Updates one delivery (after an attempt) and its place in the pending
+    /// index, and lets go of its claim.
     pub fn put_delivery(&self, r: &OutboxRecord) -> Result<()> {
         (&self.outbox, &self.outbox_pending).transaction(|(outbox, pending)| {
             write_deliveries(outbox, pending, std::slice::from_ref(r))
         })?;
+        self.claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(r.id());
         Ok(())
+    }
+
+    /// The delivery, claimed by `worker` for `claim_for_ms`, if it is PENDING,
+    /// due, and not claimed by another worker whose claim still holds.
+    pub fn claim_delivery(
+        &self,
+        id: &str,
+        worker: &str,
+        claim_for_ms: u64,
+    ) -> Result<Option<OutboxRecord>> {
+        let Some(due_us) = self.outbox_pending.get(id.as_bytes())?.map(|v| seq_of(&v)) else {
+            return Ok(None);
+        };
+        let now_us = portwatch_proto::time::unix_micros(std::time::SystemTime::now());
+        if due_us > now_us {
+            return Ok(None);
+        }
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some((holder, until)) = claims.get(id)
+            && holder != worker
+            && *until > now
+        {
+            return Ok(None);
+        }
+        let Some(rec) = self.get_delivery(id)? else {
+            return Ok(None);
+        };
+        claims.insert(
+            id.to_string(),
+            (
+                worker.to_string(),
+                now + Duration::from_millis(claim_for_ms),
+            ),
+        );
+        Ok(Some(rec))
     }
 
     /// Every delivery, newest first (ids sort by creation time).

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portwatch_coordinator::store::postgres::{self, PgSettings, PgStore};
-use portwatch_coordinator::store::{Ingest, Store, StoreError};
+use portwatch_coordinator::store::{Ingest, OutboxRecord, Store, StoreError};
 use portwatch_e2e::external::{Postgres, postgres as start_postgres};
 use portwatch_proto::time::{from_unix_micros, to_timestamp};
 use portwatch_proto::v1;
@@ -191,6 +191,60 @@ async fn a_database_restart_refuses_writes_until_the_store_heals() {
         .map(|t| t.id)
         .collect();
     assert_eq!(ids, ["after", "before"], "nothing committed was lost");
+}
+
+#[tokio::test]
+async fn coordinators_sharing_the_database_never_claim_one_delivery_twice() {
+    let pg = start_postgres();
+    let (a, b) = (open(&pg).await, open(&pg).await);
+    let ids: Vec<String> = (0..120).map(|i| format!("d{i:03}")).collect();
+    let records: Vec<OutboxRecord> = ids
+        .iter()
+        .map(|id| OutboxRecord {
+            delivery: Some(v1::Delivery {
+                id: id.clone(),
+                channel_id: "ch".into(),
+                subject_id: "i1".into(),
+                kind: v1::DeliveryKind::Opened as i32,
+                state: v1::DeliveryState::Pending as i32,
+                created_at: Some(to_timestamp(from_unix_micros(1))),
+                next_attempt_at: Some(to_timestamp(from_unix_micros(1))),
+                ..Default::default()
+            }),
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .collect();
+    let incident = v1::Incident {
+        id: "i1".into(),
+        monitor_id: "m1".into(),
+        ..Default::default()
+    };
+    a.put_incident_with_deliveries(&incident, &records).unwrap();
+
+    // Four workers, two per coordinator, all going after every delivery at once.
+    let mut workers = Vec::new();
+    for (n, store) in [a.clone(), a, b.clone(), b].into_iter().enumerate() {
+        let ids = ids.clone();
+        workers.push(tokio::task::spawn_blocking(move || {
+            let me = format!("worker-{n}");
+            ids.iter()
+                .filter(|id| {
+                    store
+                        .claim_delivery(id, &me, 60_000)
+                        .expect("claim")
+                        .is_some()
+                })
+                .cloned()
+                .collect::<Vec<String>>()
+        }));
+    }
+    let mut claimed: Vec<String> = Vec::new();
+    for w in workers {
+        claimed.extend(w.await.unwrap());
+    }
+    claimed.sort();
+    assert_eq!(claimed, ids, "each delivery claimed exactly once");
 }
 
 /// Runs the coordinator on `config` and returns its exit code and stderr.

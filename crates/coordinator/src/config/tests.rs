@@ -310,3 +310,44 @@ fn notify_ca_file_is_read_and_checked_at_start() {
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     }
 }
+
+#[test]
+fn postgres_settings_are_read_and_their_password_never_shown() {
+    let args = Args {
+        store: Some("postgres".into()),
+        postgres_url: Some("postgres://pw:urlsecret@db.internal:5432/portwatch".into()),
+        postgres_password: Some("envsecret".into()),
+        postgres_pool_size: Some(3),
+        operator_token: Some("0123456789abcdefg".into()),
+        insecure_plaintext: true,
+        ..Args::default()
+    };
+    let c = Config::merge(args, FileConfig::default()).unwrap();
+    let StoreChoice::Postgres(pg) = &c.store else {
+        panic!("not postgres: {:?}", c.store)
+    };
+    assert_eq!(pg.password.as_deref(), Some("envsecret"));
+    assert_eq!(pg.pool_size, 3);
+    assert!(c.data_dir.as_os_str().is_empty(), "no data_dir needed");
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("urlsecret") && !shown.contains("envsecret"),
+        "{shown}"
+    );
+
+    // Without a URL, or with a store nobody knows: the key is named.
+    let no_url = Args {
+        store: Some("postgres".into()),
+        operator_token: Some("0123456789abcdefg".into()),
+        insecure_plaintext: true,
+        ..Args::default()
+    };
+    let e = Config::merge(no_url, FileConfig::default()).unwrap_err();
+    assert_eq!(e.key, "postgres_url", "{e}");
+    let bad = Args {
+        store: Some("mysql".into()),
+        ..Args::default()
+    };
+    let e = Config::merge(bad, FileConfig::default()).unwrap_err();
+    assert_eq!(e.key, "store", "{e}");
+}

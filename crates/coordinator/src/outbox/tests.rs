@@ -24,6 +24,7 @@ fn backoff_doubles_caps_and_jitters_within_half() {
         retry_initial: Duration::from_secs(10),
         retry_max: Duration::from_secs(60),
         retry_horizon: Duration::from_secs(3600),
+        ..OutboxSettings::default()
     };
     let table = [(1, 10), (2, 20), (3, 40), (4, 60), (40, 60)];
     for (attempts, full) in table {
@@ -152,6 +153,7 @@ fn attempts_retry_until_the_horizon_or_a_refusal() {
         retry_initial: Duration::from_secs(10),
         retry_max: Duration::from_secs(60),
         retry_horizon: Duration::from_secs(100),
+        ..OutboxSettings::default()
     };
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
     let fresh = || v1::Delivery {

@@ -17,7 +17,12 @@
 //!   `StoreError::Unavailable` and touch nothing, reads go on where the backend
 //!   can serve them, `state`/`subscribe` say why, and `try_reopen` heals it;
 //! - a record that does not decode is `StoreError::Corrupt` (damage), never a
-//!   panic.
+//!   panic;
+//! - `claim_delivery` gives a due PENDING delivery to one outbox worker at a
+//!   time, for `claim_for_ms` or until that worker records its attempt
+//!   (`put_delivery`): several coordinators sharing one database never attempt
+//!   the same delivery at once. A claim is not durable: after a crash it is
+//!   simply free once its time is up.
 //!
 //! The calls are synchronous except those that wait for durability: the hub
 //! takes its decisions under one lock and writes their consequences before it
@@ -83,6 +88,7 @@ macro_rules! storage_calls {
             write fn delete_channel(&self, id: &str) -> Result<bool>;
             read fn get_delivery(&self, id: &str) -> Result<Option<OutboxRecord>>;
             write fn put_delivery(&self, r: &OutboxRecord) -> Result<()>;
+            write fn claim_delivery(&self, id: &str, worker: &str, claim_for_ms: u64) -> Result<Option<OutboxRecord>>;
             read fn list_deliveries(&self) -> Result<Vec<OutboxRecord>>;
             read fn delivery_channels(&self, subject_id: &str, kind: v1::DeliveryKind) -> Result<Vec<String>>;
             read fn pending_deliveries(&self) -> Result<Vec<(String, u64)>>;

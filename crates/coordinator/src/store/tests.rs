@@ -71,6 +71,7 @@ on_both_backends!(
     the_tenant_index_counts_and_lists_each_tenant_apart,
     a_batch_of_monitors_counts_each_once,
     a_monitor_moved_to_another_tenant_leaves_the_first_ones_index,
+    one_outbox_worker_at_a_time_holds_a_due_delivery,
 );
 
 fn result(monitor: &str, at_us: u64, outcome: v1::Outcome) -> v1::CheckResult {
@@ -276,6 +277,53 @@ async fn an_incident_and_its_deliveries_are_written_together_and_survive_reopen(
     );
     assert!(store.get_delivery("d1").unwrap().is_none());
     assert!(store.get_delivery("d2").unwrap().is_some());
+}
+
+async fn one_outbox_worker_at_a_time_holds_a_due_delivery(place: Place) {
+    let store = place.open().await;
+    let now_us = portwatch_proto::time::unix_micros(std::time::SystemTime::now());
+    let later = now_us + 3_600_000_000;
+    let open = v1::Incident {
+        id: "i1".into(),
+        monitor_id: "m1".into(),
+        ..Default::default()
+    };
+    let ds = [
+        delivery("d1", v1::DeliveryState::Pending, 1),
+        delivery("d2", v1::DeliveryState::Pending, later),
+        delivery("d3", v1::DeliveryState::Delivered, 1),
+        delivery("d4", v1::DeliveryState::Pending, 1),
+    ];
+    store.put_incident_with_deliveries(&open, &ds).unwrap();
+    let claim = |id: &str, worker: &str, ms: u64| {
+        store
+            .claim_delivery(id, worker, ms)
+            .unwrap()
+            .map(|r| r.id().to_string())
+    };
+
+    assert_eq!(claim("d1", "w1", 60_000).as_deref(), Some("d1"));
+    assert_eq!(claim("d1", "w2", 60_000), None, "held by w1");
+    assert_eq!(
+        claim("d1", "w1", 60_000).as_deref(),
+        Some("d1"),
+        "its holder may renew it"
+    );
+    assert_eq!(claim("d2", "w1", 60_000), None, "not due yet");
+    assert_eq!(claim("d3", "w1", 60_000), None, "already delivered");
+    assert_eq!(claim("nope", "w1", 60_000), None);
+
+    // Recording the attempt lets go of the claim: due again, anyone may take it.
+    store
+        .put_delivery(&delivery("d1", v1::DeliveryState::Pending, 2))
+        .unwrap();
+    assert_eq!(claim("d1", "w2", 60_000).as_deref(), Some("d1"));
+
+    // A claim whose holder vanished runs out.
+    assert_eq!(claim("d4", "w1", 100).as_deref(), Some("d4"));
+    assert_eq!(claim("d4", "w2", 100), None);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(claim("d4", "w2", 60_000).as_deref(), Some("d4"));
 }
 
 fn monitor(tenant: &str, id: &str) -> v1::Monitor {

@@ -722,11 +722,44 @@ impl Conn<'_> {
         record("outbox", row)
     }
 
+    /// Records an attempt and lets go of the delivery's claim, in one transaction.
     pub(super) async fn put_delivery(&mut self, r: &OutboxRecord) -> Result<()> {
         let tx = self.client()?.transaction().await?;
         write_deliveries(&tx, std::slice::from_ref(r)).await?;
+        tx.execute(
+            "UPDATE deliveries SET claimed_by = NULL, claim_until = NULL WHERE id = $1",
+            &[&r.id()],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Claims a due PENDING delivery for `worker` until the database's clock passes
+    /// `claim_for_ms` from now. A row another transaction holds is skipped, not waited for
+    /// (`SKIP LOCKED`): its holder is claiming or recording it.
+    pub(super) async fn claim_delivery(
+        &mut self,
+        id: &str,
+        worker: &str,
+        claim_for_ms: u64,
+    ) -> Result<Option<OutboxRecord>> {
+        let ms = big(claim_for_ms);
+        let row = self
+            .client()?
+            .query_opt(
+                "UPDATE deliveries
+                 SET claimed_by = $2, claim_until = now() + $3::bigint * interval '1 millisecond'
+                 WHERE id = (
+                     SELECT id FROM deliveries
+                     WHERE id = $1 AND pending AND due_at <= now()
+                       AND (claim_until IS NULL OR claim_until < now() OR claimed_by = $2)
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING record",
+                &[&id, &worker, &ms],
+            )
+            .await?;
+        record("outbox", row)
     }
 
     pub(super) async fn list_deliveries(&mut self) -> Result<Vec<OutboxRecord>> {
