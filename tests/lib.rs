@@ -41,6 +41,7 @@ pub fn crypto() {
 }
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written to `dir`.
+#[derive(Clone)]
 pub struct TestCert {
     pub cert_pem: String,
     pub cert: PathBuf,
@@ -171,6 +172,14 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: sending a signal to our own child.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
     }
 
     /// SIGTERM, then wait (bounded) for the exit status.
@@ -365,6 +374,12 @@ impl Coordinator {
         Self::start_inner(bin, dir, extra, None, Some(size_mib))
     }
 
+    /// Like [`Coordinator::start`], presenting `cert` (coordinators of one
+    /// cluster share a certificate, so one agent configuration trusts them all).
+    pub fn start_with_cert(bin: &Path, dir: &Path, extra: &str, cert: &TestCert) -> Coordinator {
+        Self::start_inner_with(bin, dir, extra, None, None, Some(cert.clone()))
+    }
+
     fn start_inner(
         bin: &Path,
         dir: &Path,
@@ -372,7 +387,18 @@ impl Coordinator {
         limit: Option<u64>,
         tmpfs_mib: Option<u64>,
     ) -> Coordinator {
-        let cert = TestCert::generate(dir);
+        Self::start_inner_with(bin, dir, extra, limit, tmpfs_mib, None)
+    }
+
+    fn start_inner_with(
+        bin: &Path,
+        dir: &Path,
+        extra: &str,
+        limit: Option<u64>,
+        tmpfs_mib: Option<u64>,
+        cert: Option<TestCert>,
+    ) -> Coordinator {
+        let cert = cert.unwrap_or_else(|| TestCert::generate(dir));
         // On PostgreSQL: a private server of this coordinator's, unless the
         // test chose a store itself. Its keys go first: `extra` may end in
         // TOML tables.

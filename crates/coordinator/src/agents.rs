@@ -158,6 +158,9 @@ impl v1::agent_service_server::AgentService for AgentApi {
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let grant = self.auth.agent(request.metadata())?;
+        if !self.hub.is_active() {
+            return Err(self.hub.standby_status());
+        }
         let region = grant.region.clone();
         let store = self.hub.store();
         let reg = store

@@ -74,6 +74,15 @@ pub struct Args {
     )]
     #[serde(skip)]
     pub postgres_password: Option<String>,
+    /// This coordinator's name in the active lease (default: host name and
+    /// listen port); keep it stable across restarts.
+    #[arg(long, env = "PORTWATCH_COORDINATOR_ID")]
+    pub coordinator_id: Option<String>,
+    /// How long the active coordinator's lease lasts without renewal, e.g.
+    /// "10s" (PostgreSQL): how long a dead active coordinator leaves the
+    /// others waiting.
+    #[arg(long, env = "PORTWATCH_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
     /// Connections to PostgreSQL at most (default 8).
     #[arg(long, env = "PORTWATCH_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<u32>,
@@ -271,6 +280,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Which backend keeps the coordinator's state.
     pub store: StoreChoice,
+    /// This coordinator's name in the active lease (None: host name and
+    /// listen port, decided once the port is bound).
+    pub coordinator_id: Option<String>,
+    /// The active lease's time to live (PostgreSQL).
+    pub lease_ttl: Duration,
     pub operator_token: String,
     /// None only with `insecure_plaintext` on a loopback address.
     pub tls: Option<Tls>,
@@ -425,6 +439,19 @@ impl Config {
             metrics_listen: layer!(args, file, metrics_listen).get(),
             data_dir,
             store,
+            coordinator_id: layer!(args, file, coordinator_id)
+                .parse(|id: String| {
+                    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+                        Err("must be 1 to 200 characters, no control characters".to_string())
+                    } else {
+                        Ok(id)
+                    }
+                })?,
+            lease_ttl: layer!(args, file, lease_ttl).duration(
+                "10s",
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            )?,
             operator_token,
             tls,
             retention: layer!(args, file, retention).duration(

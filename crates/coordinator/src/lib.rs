@@ -7,6 +7,7 @@ pub mod agents;
 pub mod auth;
 pub mod changes;
 pub mod channels;
+pub mod cluster;
 pub mod config;
 pub mod consensus;
 pub mod flapping;

@@ -18,6 +18,7 @@ use crate::admin::AdminApi;
 use crate::agents::AgentApi;
 use crate::auth::{Api, Auth};
 use crate::channels::Senders;
+use crate::cluster::{self, LeaseSettings};
 use crate::config::{Config, StoreChoice};
 use crate::health::Health;
 use crate::hub::{Hub, HubSettings};
@@ -38,24 +39,35 @@ const OUTBOX_ROUND: Duration = Duration::from_secs(5);
 /// Opens the store the configuration chooses. An error names the key to fix; a PostgreSQL
 /// database that cannot be reached, refuses the password or has a newer schema stops the start
 /// here, before anything listens.
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
+async fn open_store(config: &Config) -> anyhow::Result<(Store, Option<PgStore>)> {
     match &config.store {
         StoreChoice::Sled => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("data_dir: creating {}", config.data_dir.display()))?;
-            Store::open_with_cache(&config.data_dir, config.store_cache_bytes).with_context(|| {
-                format!(
-                    "data_dir: opening the store in {}",
-                    config.data_dir.display()
-                )
-            })
+            let store = Store::open_with_cache(&config.data_dir, config.store_cache_bytes)
+                .with_context(|| {
+                    format!(
+                        "data_dir: opening the store in {}",
+                        config.data_dir.display()
+                    )
+                })?;
+            Ok((store, None))
         }
         StoreChoice::Postgres(settings) => {
-            let store = PgStore::open(settings.clone()).await?;
+            let pg = PgStore::open(settings.clone()).await?;
             info!(database = %redact_url(&settings.url), "store: PostgreSQL");
-            Ok(Store::new(store))
+            Ok((Store::new(pg.clone()), Some(pg)))
         }
     }
+}
+
+/// This machine's name (for the default `coordinator_id`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "coordinator".into())
 }
 
 /// The key naming where the store lives, for a message about it.
@@ -68,7 +80,7 @@ fn store_key(config: &Config) -> String {
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
+    let (store, leased) = open_store(&config).await?;
     let hub = Hub::load(
         store.clone(),
         HubSettings {
@@ -162,6 +174,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "https"
     } else {
         "http"
+    };
+    // On PostgreSQL, the active lease is tried once before anything is served.
+    let cluster_stop = CancellationToken::new();
+    let cluster = match leased {
+        Some(pg) => {
+            let settings = LeaseSettings {
+                owner: config
+                    .coordinator_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", host_name(), bound.port())),
+                ttl: config.lease_ttl,
+            };
+            info!(owner = %settings.owner, lease_ttl = ?settings.ttl, "cluster: taking part in the active lease");
+            let first = cluster::start(&pg, &hub, &settings).await;
+            Some(tokio::spawn(cluster::run(
+                pg,
+                hub.clone(),
+                settings,
+                first,
+                cluster_stop.clone(),
+            )))
+        }
+        None => None,
     };
     println!("portwatch-coordinator listening on {scheme}://{bound}");
     info!(
@@ -275,6 +310,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if tokio::time::timeout(DRAIN_WAIT, &mut serve).await.is_err() {
         warn!("some streams did not close in time");
     }
+    if let Some(cluster) = cluster {
+        cluster_stop.cancel();
+        if tokio::time::timeout(DRAIN_WAIT, cluster).await.is_err() {
+            warn!("the lease was not released in time; it runs out on its own");
+        }
+    }
     maintenance.abort();
     watchdog.abort();
     recovery_stop.cancel();
@@ -348,8 +389,11 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken, be
             }
         })
         .await;
-        loops::step(L, "evaluation", hub.evaluate_all()).await;
-        loops::step(L, "region notices", hub.region_notices()).await;
+        // A standby decides nothing: the active coordinator does.
+        if hub.is_active() {
+            loops::step(L, "evaluation", hub.evaluate_all()).await;
+            loops::step(L, "region notices", hub.region_notices()).await;
+        }
         loops::infallible_step(L, "gauges", async {
             for (region, n) in hub.agents_per_region() {
                 metrics::gauge!("portwatch_agents_online", "region" => region).set(n as f64);

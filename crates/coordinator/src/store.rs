@@ -79,6 +79,10 @@ pub enum StoreError {
     /// a lost connection is `Unavailable`).
     #[error("storage: database: {0}")]
     Database(String),
+    /// A deciding write of a coordinator whose term as the active one is
+    /// over (PostgreSQL leases): refused, nothing written.
+    #[error("storage: fenced: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -89,7 +93,10 @@ impl StoreError {
         match self {
             StoreError::Sled(e) => matches!(e, sled::Error::Io(_) | sled::Error::ReportableBug(_)),
             StoreError::Unavailable(_) | StoreError::Panicked { .. } => true,
-            StoreError::Corrupt { .. } | StoreError::Damaged(_) | StoreError::Database(_) => false,
+            StoreError::Corrupt { .. }
+            | StoreError::Damaged(_)
+            | StoreError::Database(_)
+            | StoreError::Fenced(_) => false,
         }
     }
 
@@ -101,7 +108,7 @@ impl StoreError {
             StoreError::Corrupt { .. } | StoreError::Damaged(_) | StoreError::Panicked { .. } => {
                 true
             }
-            StoreError::Unavailable(_) | StoreError::Database(_) => false,
+            StoreError::Unavailable(_) | StoreError::Database(_) | StoreError::Fenced(_) => false,
         }
     }
 
@@ -109,6 +116,11 @@ impl StoreError {
     /// (waiting will not help), UNAVAILABLE while the store cannot write
     /// (retry later: nothing acknowledged is lost), INTERNAL otherwise.
     pub fn into_status(self) -> tonic::Status {
+        if let StoreError::Fenced(_) = self {
+            return tonic::Status::unavailable(format!(
+                "{self}; retry: the active coordinator answers"
+            ));
+        }
         if self.is_damage() {
             tonic::Status::data_loss(format!(
                 "{self}; the coordinator's store is damaged: its operator must restore it \

@@ -247,6 +247,77 @@ async fn coordinators_sharing_the_database_never_claim_one_delivery_twice() {
     assert_eq!(claimed, ids, "each delivery claimed exactly once");
 }
 
+#[tokio::test]
+async fn a_former_active_coordinator_is_fenced_by_the_database() {
+    let pg = start_postgres();
+    let (a_pg, b_pg) = (
+        PgStore::open(settings(&pg)).await.unwrap(),
+        PgStore::open(settings(&pg)).await.unwrap(),
+    );
+    let (a, b) = (Store::new(a_pg.clone()), Store::new(b_pg.clone()));
+    a_pg.join_lease("coord-a");
+    b_pg.join_lease("coord-b");
+    let incident = |id: &str| v1::Incident {
+        id: id.into(),
+        monitor_id: format!("m-{id}"),
+        ..Default::default()
+    };
+
+    // Before any term, nothing decides.
+    assert!(matches!(
+        a.put_incident(&incident("early")),
+        Err(StoreError::Fenced(_))
+    ));
+
+    let ttl = Duration::from_millis(600);
+    let term_a = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("free");
+    assert_eq!(term_a.epoch, 1);
+    assert!(
+        b_pg.acquire_lease("coord-b", ttl).await.unwrap().is_none(),
+        "taken and not expired"
+    );
+    a.put_incident(&incident("i1")).expect("the active one writes");
+    assert!(matches!(
+        b.put_incident(&incident("i2")),
+        Err(StoreError::Fenced(_))
+    ), "a standby's deciding writes are refused");
+
+    // A pauses past its lease; B takes over with the next epoch.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let term_b = b_pg.acquire_lease("coord-b", ttl).await.unwrap().expect("expired");
+    assert_eq!(term_b.epoch, 2);
+    let holder = b_pg.lease_holder().await.unwrap().expect("held");
+    assert_eq!((holder.owner.as_str(), holder.epoch), ("coord-b", 2));
+    assert!(holder.expires_in_ms > 0);
+
+    // A wakes up believing it is active: its writes, all of them in one transaction, are
+    // refused, and nothing of them lands.
+    let stale = a.put_incident_with_deliveries(&incident("i3"), &[]);
+    assert!(matches!(stale, Err(StoreError::Fenced(_))), "{stale:?}");
+    assert!(a.get_incident("i3").unwrap().is_none());
+    assert!(
+        !a_pg.renew_lease(&term_a, ttl).await.unwrap(),
+        "its renewal is refused: it must stand down"
+    );
+    assert!(
+        a.is_writable(),
+        "fencing is no store failure: reads and undecided writes go on"
+    );
+    b.put_incident(&incident("i4")).expect("the new active one writes");
+
+    // A clean stop hands over at once.
+    b_pg.release_lease(&term_b).await.unwrap();
+    let term_a2 = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("released");
+    assert_eq!(term_a2.epoch, 3);
+    // A restarted coordinator of the same name takes its own unexpired term back (new epoch).
+    let again = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("its own");
+    assert_eq!(again.epoch, 4);
+    assert!(matches!(
+        a.put_incident(&incident("i5")).map_err(|e| e.to_string()),
+        Ok(())
+    ));
+}
+
 /// Runs the coordinator on `config` and returns its exit code and stderr.
 fn run_coordinator(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> (i32, String) {
     let path = dir.join("c.toml");

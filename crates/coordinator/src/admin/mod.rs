@@ -149,6 +149,9 @@ impl AdminApi {
     /// the rest itself, after this.
     fn begin<T>(&self, request: &Request<T>, scope: Scope<'_>) -> Result<Call<'_>, Status> {
         let (caller, token_hash) = self.auth.admin_with_hash(request.metadata())?;
+        if !self.hub.is_active() {
+            return Err(self.hub.standby_status());
+        }
         let tenant = match scope {
             Scope::Anyone => String::new(),
             Scope::Operator(what) => {

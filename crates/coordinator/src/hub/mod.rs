@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 use portwatch_check::Outcome;
 use portwatch_proto::time::{from_timestamp, to_timestamp};
 use portwatch_proto::v1;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::consensus::{self, RegionState};
 use crate::flapping::Flap;
@@ -158,6 +158,10 @@ pub struct Hub {
     /// Held across an incident's (or region outage's) decide-write-flush, so a
     /// transition is decided against the state the previous one left.
     transitions: tokio::sync::Mutex<()>,
+    /// Whether this coordinator is the active one (always, on sled; on
+    /// PostgreSQL while it holds the lease, `cluster`). A standby decides
+    /// nothing and refuses agents and admin calls.
+    active: watch::Sender<bool>,
 }
 
 fn now() -> SystemTime {
@@ -219,6 +223,7 @@ impl Hub {
             started,
             outbox_wake: Arc::new(Notify::new()),
             transitions: tokio::sync::Mutex::new(()),
+            active: watch::Sender::new(true),
         }))
     }
 
@@ -274,6 +279,47 @@ impl Hub {
     /// closes an incident (deleting a monitor).
     pub async fn hold_transitions(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.transitions.lock().await
+    }
+
+    /// Whether this coordinator decides now (see [`Hub::set_active`]).
+    pub fn is_active(&self) -> bool {
+        *self.active.borrow()
+    }
+
+    /// Follows [`Hub::is_active`].
+    pub fn watch_active(&self) -> watch::Receiver<bool> {
+        self.active.subscribe()
+    }
+
+    /// Makes this coordinator the active one, or a standby. Becoming active,
+    /// every region without an agent here counts as offline from now (the
+    /// agents are on their way from the previous active coordinator); standing
+    /// by, every agent is asked to drain so it moves to the active one.
+    pub fn set_active(&self, active: bool) {
+        let was = self.active.send_replace(active);
+        if was == active {
+            return;
+        }
+        if active {
+            let t = now();
+            let mut st = self.lock();
+            let names: Vec<String> = st.regions.keys().cloned().collect();
+            for name in names {
+                if st.sessions.get(&name).is_none_or(Vec::is_empty) {
+                    st.offline_since.insert(name, t);
+                }
+            }
+        } else {
+            self.drain_all("this coordinator is now a standby; the active one takes agents");
+        }
+    }
+
+    /// The answer of a standby to an agent or an admin call.
+    pub fn standby_status(&self) -> tonic::Status {
+        tonic::Status::unavailable(
+            "this coordinator is a standby: another coordinator holds the active lease; \
+             connect to the active one (or retry: a standby takes over when the lease runs out)",
+        )
     }
 
     /// The open incident of a monitor, as the live view holds it.

@@ -14,10 +14,12 @@
 
 mod backend;
 mod connect;
+mod lease;
 pub mod migrate;
 mod tables;
 
 pub use backend::{CALL_TIMEOUT, DEFAULT_POOL_SIZE, OpenError, PgSettings, PgStore};
+pub use lease::{Holder, Term};
 
 pub use connect::{ConnectError, POSTGRES_URL_KEY, connect, redact_url};
 pub use migrate::{MIGRATIONS, MigrateError, Migration, migrate};

@@ -41,6 +41,7 @@ use super::super::{
     TokenRecord,
 };
 use super::connect::{ConnectError, connect, redact_url};
+use super::lease::Term;
 use super::migrate::{MigrateError, migrate};
 
 /// Longest a call may wait for the database (a connection from the pool included) before the
@@ -139,6 +140,8 @@ pub(super) struct Pool {
 /// A connection taken from the pool; it goes back when dropped, unless it broke.
 pub(super) struct Conn<'p> {
     client: Option<Client>,
+    /// The term deciding writes on this connection are fenced with.
+    pub(super) term: Option<Term>,
     pool: &'p Pool,
     _permit: SemaphorePermit<'p>,
 }
@@ -185,6 +188,7 @@ impl Pool {
         };
         Ok(Conn {
             client: Some(client),
+            term: None,
             pool: self,
             _permit: permit,
         })
@@ -212,6 +216,9 @@ impl Pool {
 
 struct Shared {
     pool: Pool,
+    /// The active coordinator's term this store's deciding writes are fenced with
+    /// (`lease.rs`); None: not fenced (a coordinator that never took part in leasing).
+    term: std::sync::RwLock<Option<Term>>,
     state: watch::Sender<StoreState>,
     closed: AtomicBool,
     /// Where, for logs and errors: the URL without its password.
@@ -310,6 +317,7 @@ impl PgStore {
                     ..StoreState::default()
                 }),
                 closed: AtomicBool::new(false),
+                term: std::sync::RwLock::new(None),
                 shown,
                 runtime,
             }),
@@ -384,15 +392,59 @@ impl PgStore {
         self.observe(conn)
     }
 
-    /// A connection for a write: refused at once while not writable.
+    /// A connection for a write: refused at once while not writable; its deciding
+    /// writes are fenced with the current term.
     fn write(&self, call: &'static str) -> Result<Conn<'_>> {
         self.check_open()?;
         let state = self.shared.state.borrow().clone();
         if !state.writable {
             return Err(StoreError::Unavailable(state.cause));
         }
-        let conn = self.block(call, self.shared.pool.get());
+        let mut conn = self.observe(self.block(call, self.shared.pool.get()))?;
+        conn.term = self.term();
+        Ok(conn)
+    }
+
+    /// The term deciding writes are fenced with now.
+    pub(super) fn term(&self) -> Option<Term> {
+        self.shared
+            .term
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_term(&self, term: Option<Term>) {
+        *self.shared.term.write().unwrap_or_else(|e| e.into_inner()) = term;
+    }
+
+    /// A connection for the lease calls: taken whether or not the store is writable.
+    pub(super) async fn conn_async(&self, call: &'static str) -> Result<Conn<'_>> {
+        self.check_open()?;
+        let conn = match tokio::time::timeout(CALL_TIMEOUT, self.shared.pool.get()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "no connection to PostgreSQL for {call} within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
         self.observe(conn)
+    }
+
+    /// Awaits a query within [`CALL_TIMEOUT`], its failure noted.
+    pub(super) async fn timed<T>(
+        &self,
+        call: &'static str,
+        fut: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let r = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "PostgreSQL did not answer {call} within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+        };
+        self.observe(r)
     }
 
     /// A connection for an async write, within [`CALL_TIMEOUT`].
@@ -402,13 +454,16 @@ impl PgStore {
         if !state.writable {
             return Err(StoreError::Unavailable(state.cause));
         }
-        let conn = match tokio::time::timeout(CALL_TIMEOUT, self.shared.pool.get()).await {
+        let mut conn = match tokio::time::timeout(CALL_TIMEOUT, self.shared.pool.get()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!(
                 "no connection to PostgreSQL for {call} within {} s",
                 CALL_TIMEOUT.as_secs()
             ))),
         };
+        if let Ok(c) = &mut conn {
+            c.term = self.term();
+        }
         self.observe(conn)
     }
 

@@ -20,6 +20,7 @@ use super::super::{
     checked_at_us, decode, ts_micros,
 };
 use super::backend::Conn;
+use super::lease;
 
 /// The latest instant stored (the end of year 9999): times beyond it (an "until forever" bound)
 /// are clamped, since PostgreSQL's `timestamptz` ends there too.
@@ -419,12 +420,14 @@ impl Conn<'_> {
         id: &str,
         closing: Option<&v1::Incident>,
     ) -> Result<bool> {
+        let term = self.term.clone();
         let tx = self.client()?.transaction().await?;
         let existed = tx
             .execute("DELETE FROM monitors WHERE id = $1", &[&id])
             .await?
             > 0;
         if existed && let Some(i) = closing.filter(|i| i.monitor_id == id) {
+            lease::check(&tx, term.as_ref()).await?;
             write_incident(&tx, i).await?;
         }
         tx.execute("DELETE FROM latest_results WHERE monitor_id = $1", &[&id])
@@ -640,7 +643,9 @@ impl Conn<'_> {
         i: &v1::Incident,
         deliveries: &[OutboxRecord],
     ) -> Result<()> {
+        let term = self.term.clone();
         let tx = self.client()?.transaction().await?;
+        lease::check(&tx, term.as_ref()).await?;
         write_incident(&tx, i).await?;
         write_deliveries(&tx, deliveries).await?;
         tx.commit().await?;
@@ -828,7 +833,9 @@ impl Conn<'_> {
         outage: Option<&RegionOutage>,
         deliveries: &[OutboxRecord],
     ) -> Result<()> {
+        let term = self.term.clone();
         let tx = self.client()?.transaction().await?;
+        lease::check(&tx, term.as_ref()).await?;
         match outage {
             Some(o) => {
                 tx.execute(
