@@ -148,8 +148,13 @@ pub async fn run(
     if let Some((t, _)) = term {
         hub.set_active(false);
         match pg.release_lease(&t).await {
-            Ok(()) => info!(epoch = t.epoch, "cluster: the lease is released for a standby"),
-            Err(e) => warn!(error = %e, "cluster: could not release the lease; it runs out on its own"),
+            Ok(()) => info!(
+                epoch = t.epoch,
+                "cluster: the lease is released for a standby"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cluster: could not release the lease; it runs out on its own")
+            }
         }
     }
 }

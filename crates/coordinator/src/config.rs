@@ -439,14 +439,13 @@ impl Config {
             metrics_listen: layer!(args, file, metrics_listen).get(),
             data_dir,
             store,
-            coordinator_id: layer!(args, file, coordinator_id)
-                .parse(|id: String| {
-                    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-                        Err("must be 1 to 200 characters, no control characters".to_string())
-                    } else {
-                        Ok(id)
-                    }
-                })?,
+            coordinator_id: layer!(args, file, coordinator_id).parse(|id: String| {
+                if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+                    Err("must be 1 to 200 characters, no control characters".to_string())
+                } else {
+                    Ok(id)
+                }
+            })?,
             lease_ttl: layer!(args, file, lease_ttl).duration(
                 "10s",
                 Duration::from_secs(1),

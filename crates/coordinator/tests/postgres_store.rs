@@ -270,21 +270,30 @@ async fn a_former_active_coordinator_is_fenced_by_the_database() {
     ));
 
     let ttl = Duration::from_millis(600);
-    let term_a = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("free");
+    let term_a = a_pg
+        .acquire_lease("coord-a", ttl)
+        .await
+        .unwrap()
+        .expect("free");
     assert_eq!(term_a.epoch, 1);
     assert!(
         b_pg.acquire_lease("coord-b", ttl).await.unwrap().is_none(),
         "taken and not expired"
     );
-    a.put_incident(&incident("i1")).expect("the active one writes");
-    assert!(matches!(
-        b.put_incident(&incident("i2")),
-        Err(StoreError::Fenced(_))
-    ), "a standby's deciding writes are refused");
+    a.put_incident(&incident("i1"))
+        .expect("the active one writes");
+    assert!(
+        matches!(b.put_incident(&incident("i2")), Err(StoreError::Fenced(_))),
+        "a standby's deciding writes are refused"
+    );
 
     // A pauses past its lease; B takes over with the next epoch.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let term_b = b_pg.acquire_lease("coord-b", ttl).await.unwrap().expect("expired");
+    let term_b = b_pg
+        .acquire_lease("coord-b", ttl)
+        .await
+        .unwrap()
+        .expect("expired");
     assert_eq!(term_b.epoch, 2);
     let holder = b_pg.lease_holder().await.unwrap().expect("held");
     assert_eq!((holder.owner.as_str(), holder.epoch), ("coord-b", 2));
@@ -303,14 +312,23 @@ async fn a_former_active_coordinator_is_fenced_by_the_database() {
         a.is_writable(),
         "fencing is no store failure: reads and undecided writes go on"
     );
-    b.put_incident(&incident("i4")).expect("the new active one writes");
+    b.put_incident(&incident("i4"))
+        .expect("the new active one writes");
 
     // A clean stop hands over at once.
     b_pg.release_lease(&term_b).await.unwrap();
-    let term_a2 = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("released");
+    let term_a2 = a_pg
+        .acquire_lease("coord-a", ttl)
+        .await
+        .unwrap()
+        .expect("released");
     assert_eq!(term_a2.epoch, 3);
     // A restarted coordinator of the same name takes its own unexpired term back (new epoch).
-    let again = a_pg.acquire_lease("coord-a", ttl).await.unwrap().expect("its own");
+    let again = a_pg
+        .acquire_lease("coord-a", ttl)
+        .await
+        .unwrap()
+        .expect("its own");
     assert_eq!(again.epoch, 4);
     assert!(matches!(
         a.put_incident(&incident("i5")).map_err(|e| e.to_string()),
