@@ -325,7 +325,7 @@ async fn a_database_restart_under_load_loses_nothing_acknowledged() {
     let started = std::time::SystemTime::now();
 
     // The coordinators heal on their own; the agents' spools held what could not be stored.
-    c.wait_all_up(&c.coordinators()[c.active().await]).await;
+    c.wait_all_up(c.coordinators()[c.active().await]).await;
     let admin = c.active_admin().await;
     let during = eventually("results checked while the database was down", WAIT, || {
         let admin = admin.clone();
