@@ -3,6 +3,8 @@
 #
 #   deploy/local.sh            build, start, run the demo, then stream live events until Ctrl-C
 #   deploy/local.sh --smoke    the same scenario non-interactively; exit 0 when it passed, 1 if not
+#   deploy/local.sh --cluster  the same on a private PostgreSQL with three coordinators, then
+#                              kills the active coordinator and shows monitoring going on
 #
 # What it does (everything on loopback, state in a temp dir that is removed at exit):
 #   1. builds the workspace binaries (debug profile: about half the time of release),
@@ -16,10 +18,17 @@
 #   7. shows checks from all three regions (`portwatch status`), closes one port so
 #      a consensus incident opens (`portwatch incidents --open`), reopens it so the
 #      incident closes.
+# With --cluster, step 3 starts a private PostgreSQL server instead (the distribution's
+# `postgresql` package: PostgreSQL's initdb/pg_ctl, run as the `postgres` user when root) and
+# three coordinators sharing it (one active, two standbys); agents know all three addresses.
+# After step 7 the active coordinator is killed (SIGKILL): a standby takes over, the agents
+# move to it, and a port closed afterwards still opens an incident.
 # Ctrl-C (or any exit) stops every process it started and removes the temp dir.
 #
 # Options:
 #   --smoke, --ci      non-interactive: assert each step, exit 0/1
+#   --cluster          three coordinators on a private PostgreSQL (PORTWATCH_PG_BIN: the
+#                      directory of initdb and pg_ctl, when not under /usr/lib/postgresql)
 #   --bin-dir DIR      use prebuilt binaries from DIR (skips the build)
 #   --no-build         use target/debug as it is
 #   --keep             keep the temp dir (logs, data) after exit
@@ -27,6 +36,7 @@
 set -euo pipefail
 
 MODE=interactive
+CLUSTER=0
 BUILD=1
 BIN_DIR=""
 KEEP=0
@@ -37,6 +47,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke | --ci) MODE=smoke ;;
+        --cluster) CLUSTER=1 ;;
         --bin-dir)
             [ $# -ge 2 ] || { echo "local.sh: --bin-dir needs a directory" >&2; exit 2; }
             BIN_DIR=$2
@@ -66,6 +77,7 @@ PW="$BIN_DIR/portwatch"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/portwatch-local.XXXXXX")
 PIDS=()
+PG_DATA=""
 
 # Stops everything this script started: SIGTERM (graceful), then SIGKILL after 5 s.
 cleanup() {
@@ -84,6 +96,10 @@ cleanup() {
         done
         kill -KILL "${PIDS[@]}" 2>/dev/null || true
         wait 2>/dev/null || true
+    fi
+    if [ -n "$PG_DATA" ]; then
+        echo "==> stopping PostgreSQL"
+        pg pg_ctl stop -D "$PG_DATA" -m fast -w -t 30 >/dev/null 2>&1 || true
     fi
     if [ "$KEEP" = 1 ]; then
         echo "==> kept $WORK"
@@ -153,11 +169,12 @@ step "development certificates"
 "$PW" dev-certs --out "$WORK/certs" >/dev/null
 echo "    $WORK/certs: ca.pem, server.pem/key, client.pem/key"
 
-step "coordinator (sled in $WORK/coordinator-data, TLS on 127.0.0.1)"
 OPERATOR_TOKEN="op-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
-cat >"$WORK/coordinator.toml" <<EOF
+# The configuration every coordinator shares; $1: its store keys.
+coordinator_config() {
+    cat <<EOF
 listen = "127.0.0.1:0"
-data_dir = "$WORK/coordinator-data"
+$1
 operator_token = "$OPERATOR_TOKEN"
 tls_cert = "$WORK/certs/server.pem"
 tls_key = "$WORK/certs/server.key"
@@ -172,11 +189,84 @@ port_monitors = true
 max_monitors = 100
 min_interval = "1s"
 EOF
-start coordinator "$BIN_DIR/portwatch-coordinator" --config "$WORK/coordinator.toml"
-COORD_PID=$LAST_PID
-LINE=$(wait_line "$WORK/coordinator.out" "listening on https://" "$COORD_PID")
-ADDR=${LINE##*https://}
-echo "    listening on https://$ADDR"
+}
+
+# Runs one of PostgreSQL's programs ($1), as the postgres user when root (initdb refuses root).
+pg() {
+    local prog=$PG_BIN/$1
+    shift
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$prog" "$@"
+    else
+        "$prog" "$@"
+    fi
+}
+
+# A loopback port nobody answers on.
+free_port() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    fail "no free port"
+}
+
+COORD_ADDRS=()
+COORD_PIDS=()
+if [ "$CLUSTER" = 1 ]; then
+    step "PostgreSQL (a private server in $WORK/pg, on 127.0.0.1)"
+    PG_BIN=${PORTWATCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+    [ -n "$PG_BIN" ] && [ -x "$PG_BIN/initdb" ] ||
+        fail "PostgreSQL's server programs are not installed: apt-get install postgresql (or set PORTWATCH_PG_BIN)"
+    mkdir -p "$WORK/pg"
+    PG_PASSWORD="pw-$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')"
+    printf '%s\n' "$PG_PASSWORD" >"$WORK/pg/pwfile"
+    (umask 077 && printf '%s\n' "$PG_PASSWORD" >"$WORK/postgres-password")
+    if [ "$(id -u)" = 0 ]; then
+        id postgres >/dev/null 2>&1 || fail "no postgres user (the postgresql package creates it)"
+        chown -R postgres "$WORK/pg"
+        chmod 755 "$WORK"
+        runuser -u postgres -- test -x "$WORK/pg" ||
+            fail "the postgres user cannot reach $WORK (a parent directory is private): set TMPDIR to a directory it can reach"
+    fi
+    pg initdb -D "$WORK/pg/data" -U portwatch -E UTF8 --auth-local=trust \
+        --auth-host=scram-sha-256 --pwfile="$WORK/pg/pwfile" >"$WORK/initdb.log" 2>&1 ||
+        fail "initdb (see $WORK/initdb.log)"
+    PG_PORT=$(free_port)
+    pg pg_ctl -D "$WORK/pg/data" -o "-p $PG_PORT -k $WORK/pg -c listen_addresses=127.0.0.1" \
+        -l "$WORK/pg/log" -w -t 60 start >"$WORK/pg_ctl.log" 2>&1 || fail "pg_ctl start"
+    PG_DATA="$WORK/pg/data"
+    echo "    postgres://portwatch@127.0.0.1:$PG_PORT/postgres"
+
+    step "three coordinators on it (one takes the active lease, two stand by)"
+    for c in a b c; do
+        coordinator_config "store = \"postgres\"
+postgres_url = \"postgres://portwatch@127.0.0.1:$PG_PORT/postgres\"
+postgres_password_file = \"$WORK/postgres-password\"
+coordinator_id = \"coord-$c\"
+lease_ttl = \"3s\"" >"$WORK/coordinator-$c.toml"
+        start "coordinator-$c" "$BIN_DIR/portwatch-coordinator" --config "$WORK/coordinator-$c.toml"
+        COORD_PIDS+=("$LAST_PID")
+        LINE=$(wait_line "$WORK/coordinator-$c.out" "listening on https://" "$LAST_PID")
+        COORD_ADDRS+=("${LINE##*https://}")
+        echo "    coord-$c listening on https://${LINE##*https://}"
+    done
+    ADDR=${COORD_ADDRS[0]}
+else
+    step "coordinator (sled in $WORK/coordinator-data, TLS on 127.0.0.1)"
+    coordinator_config "data_dir = \"$WORK/coordinator-data\"" >"$WORK/coordinator.toml"
+    start coordinator "$BIN_DIR/portwatch-coordinator" --config "$WORK/coordinator.toml"
+    COORD_PID=$LAST_PID
+    LINE=$(wait_line "$WORK/coordinator.out" "listening on https://" "$COORD_PID")
+    ADDR=${LINE##*https://}
+    COORD_ADDRS=("$ADDR")
+    COORD_PIDS=("$COORD_PID")
+    echo "    listening on https://$ADDR"
+fi
 
 export PORTWATCH_ADDR="https://$ADDR"
 export PORTWATCH_CA="$WORK/certs/ca.pem"
@@ -200,8 +290,9 @@ done
 
 step "three agents, one per region (allow_private_targets = true)"
 for r in "${REGIONS[@]}"; do
+    LIST=$(printf '"https://%s", ' "${COORD_ADDRS[@]}")
     cat >"$WORK/agent-$r/agent.toml" <<EOF
-coordinator = "https://$ADDR"
+coordinator = [${LIST%, }]
 token_file = "$WORK/agent-$r/token"
 ca = "$WORK/certs/ca.pem"
 tls_server_name = "localhost"
@@ -281,10 +372,60 @@ wait_line "$WORK/listen-db-again.out" "listening on" "$LAST_PID" >/dev/null
 wait_until "the db incident closed" no_open_incident
 "$PW" incidents
 
+# The coordinator that answers the admin API: the active one (standbys refuse).
+answering() {
+    local a
+    for a in "${COORD_ADDRS[@]}"; do
+        if PORTWATCH_ADDR="https://$a" "$PW" -o json status >/dev/null 2>&1; then
+            echo "$a"
+            return 0
+        fi
+    done
+    return 1
+}
+# True once a coordinator other than $1 answers; points the CLI at it.
+active_moved() {
+    local a
+    a=$(answering) || return 1
+    [ "$a" != "$1" ] || return 1
+    export PORTWATCH_ADDR="https://$a"
+}
+cache_incident_open() {
+    "$PW" -o json incidents --open 2>/dev/null | grep -q '"monitor_name": "cache"'
+}
+
+if [ "$CLUSTER" = 1 ]; then
+    wait_until "every monitor up again" all_up
+    ACTIVE=$(answering) || fail "no coordinator answers"
+    VICTIM=0
+    for i in "${!COORD_ADDRS[@]}"; do
+        if [ "${COORD_ADDRS[$i]}" = "$ACTIVE" ]; then VICTIM=$i; fi
+    done
+    step "killing the active coordinator (https://$ACTIVE, SIGKILL): a standby takes over"
+    kill -KILL "${COORD_PIDS[$VICTIM]}"
+    wait "${COORD_PIDS[$VICTIM]}" 2>/dev/null || true
+    wait_until "another coordinator active and answering" active_moved "$ACTIVE"
+    echo "    now active: $PORTWATCH_ADDR"
+    wait_until "every monitor up, seen by the new active coordinator" all_up
+    "$PW" status
+
+    step "closing the cache port: the new active coordinator opens the incident"
+    kill -TERM "${LISTENER[cache]}"
+    wait "${LISTENER[cache]}" 2>/dev/null || true
+    wait_until "an open incident for cache" cache_incident_open
+    "$PW" incidents --open
+    start "listen-cache-again" "$PW" dev-listen "${PORT[cache]}"
+    wait_line "$WORK/listen-cache-again.out" "listening on" "$LAST_PID" >/dev/null
+fi
+
 if [ "$MODE" = smoke ]; then
     wait_until "every monitor up again" all_up
     echo
-    echo "SMOKE OK: checks from all three regions, incident opened and closed"
+    if [ "$CLUSTER" = 1 ]; then
+        echo "SMOKE OK: three coordinators on PostgreSQL; the active one killed, monitoring went on"
+    else
+        echo "SMOKE OK: checks from all three regions, incident opened and closed"
+    fi
     exit 0
 fi
 

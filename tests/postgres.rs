@@ -281,8 +281,9 @@ fn find_server_binaries() -> Option<PathBuf> {
 }
 
 /// The server binaries, installed from the distribution's packages once if
-/// they are missing (see the module doc).
-fn ensure_server_binaries() -> Result<PathBuf, String> {
+/// they are missing (see the module doc): the directory of `initdb` and
+/// `pg_ctl` (for `deploy/local.sh --cluster`, `PORTWATCH_PG_BIN`).
+pub fn ensure_server_binaries() -> Result<PathBuf, String> {
     if let Some(bin) = find_server_binaries() {
         return Ok(bin);
     }

@@ -46,8 +46,16 @@ struct Script {
 
 impl Script {
     fn start(args: &[&str]) -> Script {
+        Self::start_with(args, &[])
+    }
+
+    /// `start` with environment variables set.
+    fn start_with(args: &[&str], env: &[(&str, &Path)]) -> Script {
+        use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         let tmp = tempfile::tempdir().unwrap();
+        // PostgreSQL runs as its own user when we are root: it must reach the work directory.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut cmd = Command::new("bash");
         cmd.arg(deploy_dir().join("local.sh"))
             .args(args)
@@ -56,6 +64,7 @@ impl Script {
             .env("TMPDIR", tmp.path())
             .env_remove("PORTWATCH_TENANT")
             .env_remove("PORTWATCH_OUTPUT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -208,6 +217,30 @@ fn local_deployment_smoke_reports_up_from_three_regions_and_cleans_up() {
         "Connection refused",
         "ok: the db incident closed",
         "SMOKE OK",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing in:\n{out}");
+    }
+    s.assert_nothing_left();
+}
+
+#[test]
+fn local_cluster_survives_the_active_coordinator_killed_and_cleans_up() {
+    let pg_bin = portwatch_e2e::external::ensure_server_binaries()
+        .unwrap_or_else(|e| panic!("PostgreSQL's server programs: {e}"));
+    let mut s = Script::start_with(&["--cluster", "--smoke"], &[("PORTWATCH_PG_BIN", &pg_bin)]);
+    let status = s.wait(Duration::from_secs(150));
+    let out = s.text();
+    assert!(status.success(), "exit {status:?}; output:\n{out}");
+    for needle in [
+        "three coordinators on it",
+        "ok: every monitor up from all three regions",
+        "ok: the db incident closed",
+        "killing the active coordinator",
+        "ok: another coordinator active and answering",
+        "ok: every monitor up, seen by the new active coordinator",
+        "ok: an open incident for cache",
+        "SMOKE OK: three coordinators on PostgreSQL",
+        "stopping PostgreSQL",
     ] {
         assert!(out.contains(needle), "{needle:?} missing in:\n{out}");
     }
