@@ -34,7 +34,10 @@ use portwatch_proto::{flap, v1};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cli::{ApplyArgs, ConnectArgs, OutputFormat, parse_millis, parse_millis_or_default};
+use crate::cli::{
+    ApplyArgs, ConnectArgs, OutputFormat, parse_millis, parse_millis_or_default,
+    parse_millis_or_off,
+};
 use crate::client::Client;
 use crate::error::{CliError, Result};
 use crate::names::{self, AddressPolicy, CloseMode, Consensus, Family, FlapDetection};
@@ -68,6 +71,10 @@ struct Entry {
     flap_threshold: Option<u32>,
     flap_window: Option<String>,
     flap_stable_for: Option<String>,
+    recover_after: Option<u32>,
+    /// A duration, or "off".
+    remind_every: Option<String>,
+    remind_max: Option<u32>,
 }
 
 /// A monitor as the file wants it, checked and normalised. `None` = not managed.
@@ -90,6 +97,12 @@ pub struct Desired {
     pub flap_threshold: Option<u32>,
     pub flap_window_ms: Option<u64>,
     pub flap_stable_for_ms: Option<u64>,
+    /// 0 = the coordinator's default (1).
+    pub recover_after: Option<u32>,
+    /// 0 = off.
+    pub remind_every_ms: Option<u64>,
+    /// 0 = the coordinator's default (10).
+    pub remind_max: Option<u32>,
 }
 
 /// One setting that differs.
@@ -193,6 +206,20 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
         };
         let flap_window_ms = span("flap_window", e.flap_window)?;
         let flap_stable_for_ms = span("flap_stable_for", e.flap_stable_for)?;
+        let count = |field: &str, v: Option<u32>| match v {
+            Some(n) if n > 100 => Err(CliError::usage(format!(
+                "{at}: {field}: {n} is out of range; 0 (the default) or 1-100"
+            ))),
+            _ => Ok(v),
+        };
+        let recover_after = count("recover_after", e.recover_after)?;
+        let remind_max = count("remind_max", e.remind_max)?;
+        let remind_every_ms = e
+            .remind_every
+            .as_deref()
+            .map(parse_millis_or_off)
+            .transpose()
+            .map_err(|err| CliError::usage(format!("{at}: remind_every: {err}")))?;
         out.push(Desired {
             name: e.name,
             host,
@@ -210,6 +237,9 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             flap_threshold: e.flap_threshold,
             flap_window_ms,
             flap_stable_for_ms,
+            recover_after,
+            remind_every_ms,
+            remind_max,
         });
     }
     Ok(out)
@@ -310,6 +340,31 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
             "flap_stable_for",
             or_default(current.flap_stable_for_ms, &output::millis),
             or_default(v, &output::millis),
+        );
+    }
+    let n = |v: u64| v.to_string();
+    if let Some(v) = d.recover_after {
+        cmp(
+            "recover_after",
+            or_default(u64::from(current.recover_after), &n),
+            or_default(u64::from(v), &n),
+        );
+    }
+    if let Some(v) = d.remind_every_ms {
+        let every = |v: u64| {
+            if v == 0 {
+                "off".to_string()
+            } else {
+                output::millis(v)
+            }
+        };
+        cmp("remind_every", every(current.remind_every_ms), every(v));
+    }
+    if let Some(v) = d.remind_max {
+        cmp(
+            "remind_max",
+            or_default(u64::from(current.remind_max), &n),
+            or_default(u64::from(v), &n),
         );
     }
     out
@@ -541,6 +596,18 @@ fn update_request(
         req.flap_stable_for_ms = d.flap_stable_for_ms;
         any = true;
     }
+    if changed("recover_after") {
+        req.recover_after = d.recover_after;
+        any = true;
+    }
+    if changed("remind_every") {
+        req.remind_every_ms = d.remind_every_ms;
+        any = true;
+    }
+    if changed("remind_max") {
+        req.remind_max = d.remind_max;
+        any = true;
+    }
     if any {
         // The name is the identity; sent explicitly so a default name never
         // follows a new host or port and loses the monitor for the next apply.
@@ -625,6 +692,9 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
                     flap_threshold: d.flap_threshold.unwrap_or(0),
                     flap_window_ms: d.flap_window_ms.unwrap_or(0),
                     flap_stable_for_ms: d.flap_stable_for_ms.unwrap_or(0),
+                    recover_after: d.recover_after.unwrap_or(0),
+                    remind_every_ms: d.remind_every_ms.unwrap_or(0),
+                    remind_max: d.remind_max.unwrap_or(0),
                 })
                 .await
                 .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?

@@ -104,6 +104,9 @@ pub enum Command {
     /// Incidents, newest first.
     #[command(after_help = help::INCIDENTS)]
     Incidents(IncidentsArgs),
+    /// One incident: show it with its timeline, or acknowledge it.
+    #[command(subcommand)]
+    Incident(IncidentCmd),
     /// Probe regions and their live agents.
     Regions,
     /// Probe agents, online and known (operator).
@@ -230,6 +233,17 @@ pub struct MonitorAdd {
     /// closes, e.g. 5m; "default" = 5 intervals.
     #[arg(long, value_parser = parse_millis_or_default)]
     pub flap_stable_for: Option<u64>,
+    /// All-up rounds (every region's latest N results up) before an incident
+    /// closes, 1-100 (default 1).
+    #[arg(long)]
+    pub recover_after: Option<u32>,
+    /// Repeat the notice while an incident stays open and unacknowledged, e.g.
+    /// 30m (at least 1m); "off" (the default) sends none.
+    #[arg(long, value_parser = parse_millis_or_off)]
+    pub remind_every: Option<u64>,
+    /// At most this many reminders per incident, 1-100 (default 10).
+    #[arg(long)]
+    pub remind_max: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -285,6 +299,16 @@ pub struct MonitorUpdate {
     /// e.g. 5m; "default" = back to 5 intervals.
     #[arg(long, value_parser = parse_millis_or_default)]
     pub flap_stable_for: Option<u64>,
+    /// All-up rounds before an incident closes, 1-100; 0 = back to the default (1).
+    #[arg(long)]
+    pub recover_after: Option<u32>,
+    /// Repeat the notice while an incident stays open and unacknowledged, e.g.
+    /// 30m (at least 1m); "off" stops reminders.
+    #[arg(long, value_parser = parse_millis_or_off)]
+    pub remind_every: Option<u64>,
+    /// At most this many reminders per incident, 1-100; 0 = back to the default (10).
+    #[arg(long)]
+    pub remind_max: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +340,25 @@ pub struct IncidentsArgs {
     /// Show at most this many (0 = all).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCmd {
+    /// An incident with its first steps and its timeline (opened, confirmed
+    /// by region, notified, reminded, acknowledged, resolved).
+    Show {
+        /// Incident id.
+        id: String,
+    },
+    /// Acknowledge an open incident: its reminders stop, PagerDuty gets an
+    /// `acknowledge` event, the recovery notice names who acknowledged.
+    Ack {
+        /// Incident id.
+        id: String,
+        /// A note for the others on call (up to 500 characters).
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -611,6 +654,15 @@ pub fn parse_millis_or_default(s: &str) -> Result<u64, String> {
         Ok(0)
     } else {
         parse_millis(s).map_err(|e| format!("{e}; or \"default\""))
+    }
+}
+
+/// A duration, or "off" (0).
+pub fn parse_millis_or_off(s: &str) -> Result<u64, String> {
+    if s == "off" {
+        Ok(0)
+    } else {
+        parse_millis(s).map_err(|e| format!("{e}; or \"off\""))
     }
 }
 

@@ -293,6 +293,8 @@ pub fn delivery_kind(v: i32) -> Option<&'static str> {
         Ok(v1::DeliveryKind::RegionOffline) => Some("region_offline"),
         Ok(v1::DeliveryKind::RegionOnline) => Some("region_online"),
         Ok(v1::DeliveryKind::Flapping) => Some("flapping"),
+        Ok(v1::DeliveryKind::Reminder) => Some("reminder"),
+        Ok(v1::DeliveryKind::Acknowledged) => Some("acknowledged"),
         Err(_) => Some(UNRECOGNIZED),
     }
 }

@@ -91,6 +91,9 @@ pub fn monitor(m: &v1::Monitor) -> Value {
         "flap_threshold": flap.threshold,
         "flap_window_ms": ms(flap.window),
         "flap_stable_for_ms": ms(flap.stable_for),
+        "recover_after": m.recover_after.max(1),
+        "remind_every_ms": m.remind_every_ms,
+        "remind_max": if m.remind_max == 0 { 10 } else { m.remind_max },
         "paused": m.paused,
         "created_at": ts_json(m.created_at.as_ref()),
         "updated_at": ts_json(m.updated_at.as_ref()),
@@ -172,6 +175,19 @@ pub fn incident(i: &v1::Incident) -> Value {
         "stable_since": ts_json(i.stable_since.as_ref()),
         "open_evidence": i.open_evidence.iter().map(evidence).collect::<Vec<_>>(),
         "close_evidence": i.close_evidence.iter().map(evidence).collect::<Vec<_>>(),
+        "first_steps": i.first_steps,
+        "acknowledged_at": ts_json(i.acknowledged_at.as_ref()),
+        "acknowledged_by": i.acknowledged_by,
+        "acknowledged_note": i.acknowledged_note,
+        "reminders_sent": i.reminders_sent,
+        "last_reminded_at": ts_json(i.last_reminded_at.as_ref()),
+        "timeline": i.timeline.iter().map(|e| json!({
+            "at": ts_json(e.at.as_ref()),
+            "kind": e.kind,
+            "text": e.text,
+            "region": e.region,
+            "channel_id": e.channel_id,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -249,6 +265,9 @@ pub fn event(e: &v1::Event) -> Value {
         }
         Some(Kind::IncidentFlapping(i)) => {
             json!({ "at": at, "type": "incident_flapping", "incident": incident(i) })
+        }
+        Some(Kind::IncidentAcknowledged(i)) => {
+            json!({ "at": at, "type": "incident_acknowledged", "incident": incident(i) })
         }
         Some(Kind::RegionState(c)) => json!({
             "at": at,

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod cluster;
 pub mod config;
 pub mod consensus;
+pub mod first_steps;
 pub mod flapping;
 pub mod health;
 pub mod hub;

@@ -92,6 +92,8 @@ pub fn kind_word(kind: v1::DeliveryKind) -> &'static str {
         v1::DeliveryKind::RegionOffline => "offline",
         v1::DeliveryKind::RegionOnline => "online",
         v1::DeliveryKind::Flapping => "flapping",
+        v1::DeliveryKind::Reminder => "reminder",
+        v1::DeliveryKind::Acknowledged => "acknowledged",
         v1::DeliveryKind::Unspecified => "unspecified",
     }
 }
@@ -200,11 +202,71 @@ pub fn plan_flapping(
     }
     incident_channels(monitor, channels, told)
         .into_iter()
-        .filter(|c| !matches!(c.config, Some(v1::channel::Config::Pagerduty(_))))
+        .filter(|c| !is_pagerduty(c))
         .map(|c| OutboxRecord {
             incident: Some(incident.clone()),
             flap: Some(terms),
             ..record(c, &incident.id, v1::DeliveryKind::Flapping, now)
+        })
+        .collect()
+}
+
+fn is_pagerduty(c: &v1::Channel) -> bool {
+    matches!(c.config, Some(v1::channel::Config::Pagerduty(_)))
+}
+
+/// The `incident.reminders_sent`-th reminder of an open incident: one delivery
+/// for each channel told of its opening (`told`) except PagerDuty (its alert
+/// stays triggered and PagerDuty escalates by its own rules). Each reminder has
+/// keys of its own: `{incident}:reminder-{n}:{channel}`.
+pub fn plan_reminder(
+    monitor: &v1::Monitor,
+    channels: &[v1::Channel],
+    told: &[String],
+    incident: &v1::Incident,
+    now: SystemTime,
+) -> Vec<OutboxRecord> {
+    if told.is_empty() {
+        return Vec::new();
+    }
+    incident_channels(monitor, channels, told)
+        .into_iter()
+        .filter(|c| !is_pagerduty(c))
+        .map(|c| {
+            let mut r = OutboxRecord {
+                incident: Some(incident.clone()),
+                ..record(c, &incident.id, v1::DeliveryKind::Reminder, now)
+            };
+            if let Some(d) = &mut r.delivery {
+                d.idempotency_key = format!(
+                    "{}:reminder-{}:{}",
+                    incident.id, incident.reminders_sent, c.id
+                );
+            }
+            r
+        })
+        .collect()
+}
+
+/// An acknowledgement: one `acknowledge` event for each PagerDuty channel told
+/// of the opening (the other channels see it in the recovery notice and the
+/// incident's timeline).
+pub fn plan_acknowledged(
+    monitor: &v1::Monitor,
+    channels: &[v1::Channel],
+    told: &[String],
+    incident: &v1::Incident,
+    now: SystemTime,
+) -> Vec<OutboxRecord> {
+    if told.is_empty() {
+        return Vec::new();
+    }
+    incident_channels(monitor, channels, told)
+        .into_iter()
+        .filter(|c| is_pagerduty(c))
+        .map(|c| OutboxRecord {
+            incident: Some(incident.clone()),
+            ..record(c, &incident.id, v1::DeliveryKind::Acknowledged, now)
         })
         .collect()
 }
@@ -252,6 +314,8 @@ pub fn notification(r: &OutboxRecord) -> Option<Notification<'_>> {
         v1::DeliveryKind::RegionOffline => Notice::RegionOffline(r.outage.as_ref()?),
         v1::DeliveryKind::RegionOnline => Notice::RegionOnline(r.outage.as_ref()?),
         v1::DeliveryKind::Flapping => Notice::Flapping(r.incident.as_ref()?, r.flap.as_ref()?),
+        v1::DeliveryKind::Reminder => Notice::Reminder(r.incident.as_ref()?),
+        v1::DeliveryKind::Acknowledged => Notice::Acknowledged(r.incident.as_ref()?),
         v1::DeliveryKind::Unspecified => return None,
     };
     Some(Notification {

@@ -21,6 +21,17 @@ pub struct PlanLimits {
     /// Shortest check interval.
     #[serde(with = "humantime_serde_compat")]
     pub min_interval: Duration,
+    /// Shortest reminder period a monitor may ask for (`remind_every_ms`);
+    /// 1 minute unless the plan says otherwise.
+    #[serde(with = "humantime_serde_compat", default = "default_min_remind_every")]
+    pub min_remind_every: Duration,
+}
+
+/// `min_remind_every` of every plan unless its config says otherwise.
+pub const DEFAULT_MIN_REMIND_EVERY: Duration = Duration::from_secs(60);
+
+fn default_min_remind_every() -> Duration {
+    DEFAULT_MIN_REMIND_EVERY
 }
 
 /// The limits of every plan.
@@ -39,6 +50,7 @@ impl Default for Plans {
             port_monitors,
             max_monitors,
             min_interval: Duration::from_secs(secs),
+            min_remind_every: DEFAULT_MIN_REMIND_EVERY,
         };
         Plans {
             free: plan(false, 10, 300),
@@ -103,6 +115,12 @@ mod tests {
         .unwrap();
         assert_eq!(p.enterprise.max_monitors, 3);
         assert_eq!(p.enterprise.min_interval, Duration::from_secs(1));
+        assert_eq!(p.enterprise.min_remind_every, DEFAULT_MIN_REMIND_EVERY);
+        let p: Plans = toml::from_str(
+            "[pro]\nport_monitors = true\nmax_monitors = 3\nmin_interval = \"1s\"\nmin_remind_every = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.pro.min_remind_every, Duration::from_secs(5));
         assert_eq!(p.basic, Plans::default().basic);
         assert!(toml::from_str::<Plans>("[gold]\nport_monitors = true").is_err());
     }

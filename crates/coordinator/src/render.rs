@@ -9,9 +9,13 @@
 //!
 //! Guarantees:
 //! - subjects are `TCP Port Unreachable: {host}:{port}` (opened),
+//!   `TCP Port Still Unreachable: {host}:{port}` (a reminder),
 //!   `TCP Port Flapping: {host}:{port}` (the monitor was found flapping; the
-//!   incident stays open) and `TCP Port Reachable Again: {host}:{port}`
-//!   (resolved), IPv6 hosts bracketed;
+//!   incident stays open), `TCP Port Acknowledged: {host}:{port}` and
+//!   `TCP Port Reachable Again: {host}:{port}` (resolved), IPv6 hosts
+//!   bracketed;
+//! - every "Unreachable" notice and reminder carries the incident's first
+//!   steps (`first_steps`), chosen by its failure reason;
 //! - user-supplied text (monitor names, agent details) is stripped of control
 //!   characters everywhere and escaped for Slack's markup;
 //! - the email body is plain text without links.
@@ -36,6 +40,11 @@ const PD_SUMMARY_MAX: usize = 1024;
 #[derive(Clone, Copy, Debug)]
 pub enum Notice<'a> {
     Opened(&'a v1::Incident),
+    /// The incident is still open and unacknowledged: its `reminders_sent`-th
+    /// reminder, planned at `last_reminded_at`.
+    Reminder(&'a v1::Incident),
+    /// Someone acknowledged the open incident.
+    Acknowledged(&'a v1::Incident),
     Resolved(&'a v1::Incident),
     /// The incident's monitor was found flapping, with the terms that held it.
     Flapping(&'a v1::Incident, &'a FlapTerms),
@@ -57,6 +66,8 @@ impl Notice<'_> {
     pub fn event(&self) -> &'static str {
         match self {
             Notice::Opened(_) => "incident.opened",
+            Notice::Reminder(_) => "incident.reminder",
+            Notice::Acknowledged(_) => "incident.acknowledged",
             Notice::Resolved(_) => "incident.resolved",
             Notice::Flapping(..) => "incident.flapping",
             Notice::RegionOffline(_) => "region.offline",
@@ -67,7 +78,9 @@ impl Notice<'_> {
     /// The severity receivers should page with.
     pub fn severity(&self) -> &'static str {
         match self {
-            Notice::Opened(i) | Notice::Resolved(i) if !i.severity.is_empty() => {
+            Notice::Opened(i) | Notice::Reminder(i) | Notice::Resolved(i)
+                if !i.severity.is_empty() =>
+            {
                 match i.severity.as_str() {
                     "warning" => "warning",
                     "info" => "info",
@@ -75,10 +88,10 @@ impl Notice<'_> {
                     _ => "critical",
                 }
             }
-            Notice::Opened(_) | Notice::Resolved(_) => "critical",
+            Notice::Opened(_) | Notice::Reminder(_) | Notice::Resolved(_) => "critical",
             // Already paged by the opening: this one says why nothing follows.
             Notice::Flapping(..) | Notice::RegionOffline(_) => "warning",
-            Notice::RegionOnline(_) => "info",
+            Notice::RegionOnline(_) | Notice::Acknowledged(_) => "info",
         }
     }
 }
@@ -187,7 +200,7 @@ fn region_reason(e: &v1::RegionEvidence) -> String {
 /// The evidence that goes with the notice: at open (also for flapping), or at close.
 fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
     match n {
-        Notice::Opened(i) | Notice::Flapping(i, _) => &i.open_evidence,
+        Notice::Opened(i) | Notice::Reminder(i) | Notice::Flapping(i, _) => &i.open_evidence,
         Notice::Resolved(i) => &i.close_evidence,
         _ => &[],
     }
@@ -197,6 +210,8 @@ fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
 pub fn subject(n: &Notification<'_>) -> String {
     let s = match n.notice {
         Notice::Opened(i) => format!("TCP Port Unreachable: {}", target(&i.host, i.port)),
+        Notice::Reminder(i) => format!("TCP Port Still Unreachable: {}", target(&i.host, i.port)),
+        Notice::Acknowledged(i) => format!("TCP Port Acknowledged: {}", target(&i.host, i.port)),
         Notice::Resolved(i) => format!("TCP Port Reachable Again: {}", target(&i.host, i.port)),
         Notice::Flapping(i, _) => format!("TCP Port Flapping: {}", target(&i.host, i.port)),
         Notice::RegionOffline(o) => format!("Probe region offline: {}", clean(&o.region)),
@@ -266,16 +281,27 @@ pub fn text(n: &Notification<'_>) -> String {
     }
     let mut fields: Vec<(&str, String)> = Vec::new();
     match n.notice {
-        Notice::Opened(i) | Notice::Resolved(i) | Notice::Flapping(i, _) => {
+        Notice::Opened(i)
+        | Notice::Reminder(i)
+        | Notice::Acknowledged(i)
+        | Notice::Resolved(i)
+        | Notice::Flapping(i, _) => {
             fields.push(("Monitor", clean(&i.monitor_name)));
             fields.push(("Host", clean(&i.host)));
             fields.push(("Port", i.port.to_string()));
             fields.push(("Severity", n.notice.severity().to_string()));
             fields.push(("Failure reason", reason_text(i)));
             fields.push(("Opened at", time(i.opened_at.as_ref())));
+            if let Notice::Reminder(_) = n.notice {
+                fields.push(("Down for", down_for(i)));
+                fields.push(("Reminder", i.reminders_sent.to_string()));
+            }
             if let Notice::Resolved(_) = n.notice {
                 fields.push(("Resolved at", time(i.closed_at.as_ref())));
                 fields.push(("Down for", span(i.opened_at.as_ref(), i.closed_at.as_ref())));
+            }
+            if i.acknowledged_at.is_some() {
+                fields.push(("Acknowledged", acknowledged_text(i)));
             }
             if let Notice::Flapping(_, f) = n.notice {
                 fields.push(("Flapping since", time(i.flapping_since.as_ref())));
@@ -301,9 +327,20 @@ pub fn text(n: &Notification<'_>) -> String {
         let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
     }
     match n.notice {
-        Notice::Opened(_) => {
+        Notice::Opened(i) | Notice::Reminder(i) => {
             let _ = writeln!(out, "\nRegions when the incident opened:\n");
             out.push_str(&region_table(&n.notice));
+            let _ = writeln!(out, "\nWhat to try first:\n");
+            for step in steps(i) {
+                let _ = writeln!(out, "- {step}");
+            }
+        }
+        Notice::Acknowledged(_) => {
+            let _ = writeln!(
+                out,
+                "\nThe incident stays open until the port is reachable again; \
+                 no more reminders are sent for it."
+            );
         }
         Notice::Resolved(_) => {
             let _ = writeln!(out, "\nRegions when the incident resolved:\n");
@@ -347,6 +384,35 @@ fn regions_json(n: &Notice<'_>) -> Value {
     )
 }
 
+/// The incident's first steps: as stored at its opening, or worked out now
+/// for an incident stored before they were.
+fn steps(i: &v1::Incident) -> Vec<String> {
+    if i.first_steps.is_empty() {
+        crate::first_steps::for_incident(i)
+    } else {
+        i.first_steps.iter().map(|s| clean(s)).collect()
+    }
+}
+
+/// How long a reminded incident has been down, as of its reminder.
+fn down_for(i: &v1::Incident) -> String {
+    span(i.opened_at.as_ref(), i.last_reminded_at.as_ref())
+}
+
+/// "operator at 2026-12-03T10:00:00Z: looking into it".
+fn acknowledged_text(i: &v1::Incident) -> String {
+    let mut s = format!(
+        "by {} at {}",
+        clean(&i.acknowledged_by),
+        time(i.acknowledged_at.as_ref())
+    );
+    let note = clean(i.acknowledged_note.trim());
+    if !note.is_empty() {
+        let _ = write!(s, ": {note}");
+    }
+    s
+}
+
 /// How many state changes the incident quotes, and within what window.
 fn changes_text(i: &v1::Incident, f: &FlapTerms) -> String {
     let n = if i.state_changes.is_empty() {
@@ -388,6 +454,14 @@ fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
         "opened_at": time_json(i.opened_at.as_ref()),
         "closed_at": time_json(i.closed_at.as_ref()),
         "flapping_since": time_json(i.flapping_since.as_ref()),
+        "acknowledged_at": time_json(i.acknowledged_at.as_ref()),
+        "acknowledged_by": i.acknowledged_by,
+        "acknowledged_note": i.acknowledged_note,
+        "reminders_sent": i.reminders_sent,
+        "first_steps": match n {
+            Notice::Opened(_) | Notice::Reminder(_) => Value::from(steps(i)),
+            _ => Value::Null,
+        },
         "regions": regions_json(n),
     })
 }
@@ -412,8 +486,16 @@ pub fn webhook(n: &Notification<'_>) -> Value {
         "severity": n.notice.severity(),
     });
     match n.notice {
-        Notice::Opened(i) | Notice::Resolved(i) => {
+        Notice::Opened(i) | Notice::Acknowledged(i) | Notice::Resolved(i) => {
             body["incident"] = incident_json(&n.notice, i);
+        }
+        Notice::Reminder(i) => {
+            body["incident"] = incident_json(&n.notice, i);
+            body["reminder"] = json!({
+                "number": i.reminders_sent,
+                "at": time_json(i.last_reminded_at.as_ref()),
+                "down_for_s": down_secs(i),
+            });
         }
         Notice::Flapping(i, f) => {
             body["incident"] = incident_json(&n.notice, i);
@@ -432,6 +514,17 @@ pub fn webhook(n: &Notification<'_>) -> Value {
     body
 }
 
+/// Whole seconds from the opening to the reminder.
+fn down_secs(i: &v1::Incident) -> u64 {
+    match (
+        i.opened_at.as_ref().and_then(from_timestamp),
+        i.last_reminded_at.as_ref().and_then(from_timestamp),
+    ) {
+        (Some(a), Some(b)) => b.duration_since(a).unwrap_or_default().as_secs(),
+        _ => 0,
+    }
+}
+
 /// Slack's markup reserves `&`, `<` and `>`; everything else is literal.
 fn markup_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -448,8 +541,11 @@ fn slack_escape(s: &str) -> String {
 /// monospaced table.
 pub fn slack(n: &Notification<'_>) -> Value {
     let headline = match n.notice {
-        Notice::Opened(_) | Notice::RegionOffline(_) => {
+        Notice::Opened(_) | Notice::Reminder(_) | Notice::RegionOffline(_) => {
             format!(":red_circle: *{}*", slack_escape(&subject(n)))
+        }
+        Notice::Acknowledged(_) => {
+            format!(":eyes: *{}*", slack_escape(&subject(n)))
         }
         Notice::Resolved(_) | Notice::RegionOnline(_) => {
             format!(":large_green_circle: *{}*", slack_escape(&subject(n)))
@@ -463,7 +559,7 @@ pub fn slack(n: &Notification<'_>) -> Value {
         lines.push("_Test notification: nothing is down._".to_string());
     }
     match n.notice {
-        Notice::Opened(i) | Notice::Resolved(i) => {
+        Notice::Opened(i) | Notice::Reminder(i) | Notice::Acknowledged(i) | Notice::Resolved(i) => {
             lines.push(format!(
                 "*Monitor:* {}   *Severity:* {}",
                 slack_escape(&i.monitor_name),
@@ -482,13 +578,35 @@ pub fn slack(n: &Notification<'_>) -> Value {
                     span(i.opened_at.as_ref(), i.closed_at.as_ref())
                 );
             }
+            if let Notice::Reminder(_) = n.notice {
+                let _ = write!(
+                    when,
+                    "   *Down for:* {}   *Reminder:* {}",
+                    down_for(i),
+                    i.reminders_sent
+                );
+            }
             lines.push(when);
+            if i.acknowledged_at.is_some() {
+                lines.push(format!(
+                    "*Acknowledged:* {}",
+                    slack_escape(&acknowledged_text(i))
+                ));
+            }
             lines.push(format!("*Incident:* `{}`", slack_escape(&i.id)));
-            // The table's cells are already cleaned; its newlines are its rows.
-            lines.push(format!(
-                "```\n{}```",
-                markup_escape(&region_table(&n.notice))
-            ));
+            if !matches!(n.notice, Notice::Acknowledged(_)) {
+                // The table's cells are already cleaned; its newlines are its rows.
+                lines.push(format!(
+                    "```\n{}```",
+                    markup_escape(&region_table(&n.notice))
+                ));
+            }
+            if let Notice::Opened(_) | Notice::Reminder(_) = n.notice {
+                lines.push("*What to try first:*".to_string());
+                for step in steps(i) {
+                    lines.push(format!("• {}", markup_escape(&step)));
+                }
+            }
         }
         Notice::Flapping(i, f) => {
             lines.push(format!(
@@ -531,7 +649,11 @@ pub fn slack(n: &Notification<'_>) -> Value {
 /// The PagerDuty dedup key: the incident id, or the region outage id.
 pub fn dedup_key(n: &Notice<'_>) -> String {
     match n {
-        Notice::Opened(i) | Notice::Resolved(i) | Notice::Flapping(i, _) => i.id.clone(),
+        Notice::Opened(i)
+        | Notice::Reminder(i)
+        | Notice::Acknowledged(i)
+        | Notice::Resolved(i)
+        | Notice::Flapping(i, _) => i.id.clone(),
         Notice::RegionOffline(o) | Notice::RegionOnline(o) => o.id.clone(),
     }
 }
@@ -546,17 +668,23 @@ fn truncate(s: String, max: usize) -> String {
     }
 }
 
-/// The PagerDuty Events API v2 body: `trigger` on open/offline, `resolve` on
-/// resolved/online, one `dedup_key` for both. None for a flapping notice:
-/// PagerDuty's alert is already triggered and stays so until the recovery (the
-/// outbox plans no such delivery).
+/// The PagerDuty Events API v2 body: `trigger` on open/offline, `acknowledge`
+/// on an acknowledgement, `resolve` on resolved/online, one `dedup_key` for
+/// all. None for a flapping notice or a reminder: PagerDuty's alert is already
+/// triggered and stays so until the recovery, and PagerDuty escalates by its
+/// own rules (the outbox plans no such delivery).
 pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Option<Value> {
     let dedup = dedup_key(&n.notice);
     let body = match n.notice {
-        Notice::Flapping(..) => return None,
+        Notice::Flapping(..) | Notice::Reminder(_) => return None,
         Notice::Resolved(_) | Notice::RegionOnline(_) => json!({
             "routing_key": routing_key,
             "event_action": "resolve",
+            "dedup_key": dedup,
+        }),
+        Notice::Acknowledged(_) => json!({
+            "routing_key": routing_key,
+            "event_action": "acknowledge",
             "dedup_key": dedup,
         }),
         Notice::Opened(i) => json!({
@@ -576,6 +704,7 @@ pub fn pagerduty(n: &Notification<'_>, routing_key: &str) -> Option<Value> {
                     "incident_id": i.id,
                     "monitor_id": i.monitor_id,
                     "failure_reason": reason_text(i),
+                    "first_steps": steps(i),
                     "idempotency_key": n.key,
                     "test": n.test,
                     "regions": regions_json(&n.notice),
@@ -658,6 +787,7 @@ pub fn sample_incident(id: &str, at: SystemTime) -> v1::Incident {
         flapping_since: None,
         stable_since: None,
         state_changes: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -314,6 +314,9 @@ pub struct MonitorDraft {
     pub flap_threshold: u32,
     pub flap_window_ms: u64,
     pub flap_stable_for_ms: u64,
+    pub recover_after: u32,
+    pub remind_every_ms: u64,
+    pub remind_max: u32,
 }
 
 impl From<&v1::CreateMonitorRequest> for MonitorDraft {
@@ -334,6 +337,9 @@ impl From<&v1::CreateMonitorRequest> for MonitorDraft {
             flap_threshold: r.flap_threshold,
             flap_window_ms: r.flap_window_ms,
             flap_stable_for_ms: r.flap_stable_for_ms,
+            recover_after: r.recover_after,
+            remind_every_ms: r.remind_every_ms,
+            remind_max: r.remind_max,
         }
     }
 }
@@ -356,6 +362,9 @@ impl From<&v1::Monitor> for MonitorDraft {
             flap_threshold: m.flap_threshold,
             flap_window_ms: m.flap_window_ms,
             flap_stable_for_ms: m.flap_stable_for_ms,
+            recover_after: m.recover_after,
+            remind_every_ms: m.remind_every_ms,
+            remind_max: m.remind_max,
         }
     }
 }
@@ -386,6 +395,16 @@ pub struct MonitorSpec {
     pub close_mode: CloseMode,
     pub channel_ids: Vec<String>,
     pub flap: FlapSpec,
+    pub alerting: AlertSpec,
+}
+
+/// How a monitor's incidents close and are repeated, checked (0 = the
+/// default, as on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlertSpec {
+    pub recover_after: u32,
+    pub remind_every_ms: u64,
+    pub remind_max: u32,
 }
 
 /// A monitor's flap detection, checked: the switch ON or OFF, the numbers as
@@ -417,6 +436,9 @@ impl MonitorSpec {
         m.flap_threshold = self.flap.threshold;
         m.flap_window_ms = self.flap.window_ms;
         m.flap_stable_for_ms = self.flap.stable_for_ms;
+        m.recover_after = self.alerting.recover_after;
+        m.remind_every_ms = self.alerting.remind_every_ms;
+        m.remind_max = self.alerting.remind_max;
     }
 }
 
@@ -533,6 +555,8 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         flap::DEFAULT_STABLE_INTERVALS,
     )?;
 
+    let alerting = alerting(d, interval_ms, millis(t.limits.min_remind_every))?;
+
     let name = if d.name.is_empty() {
         default_name(&host, port)
     } else {
@@ -556,6 +580,72 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
             window_ms: d.flap_window_ms,
             stable_for_ms: d.flap_stable_for_ms,
         },
+        alerting,
+    })
+}
+
+/// Most rounds `recover_after` may ask for.
+pub const MAX_RECOVER_AFTER: u32 = 100;
+/// Longest reminder period.
+pub const MAX_REMIND_EVERY_MS: u64 = 7 * 24 * 3_600_000;
+/// Reminders per incident when `remind_max` is 0.
+pub const DEFAULT_REMIND_MAX: u32 = 10;
+/// Most reminders `remind_max` may ask for.
+pub const MAX_REMIND_MAX: u32 = 100;
+
+/// `recover_after`, `remind_every_ms` and `remind_max`.
+/// `min_remind_ms`: the plan's shortest reminder period (a reminder every
+/// few seconds would be a second page, not a reminder).
+fn alerting(d: &MonitorDraft, interval_ms: u64, min_remind_ms: u64) -> Result<AlertSpec> {
+    if d.recover_after > MAX_RECOVER_AFTER {
+        return Err(FieldError::invalid(
+            "recover_after",
+            format!(
+                "{} is out of range; must be 0 (the default, 1) or 1-{MAX_RECOVER_AFTER} rounds",
+                d.recover_after
+            ),
+        ));
+    }
+    let every = d.remind_every_ms;
+    if every != 0 {
+        if every < interval_ms {
+            return Err(FieldError::invalid(
+                "remind_every_ms",
+                format!(
+                    "{every} ms is shorter than the interval ({}); must be 0 (off) or at least that",
+                    human_ms(interval_ms)
+                ),
+            ));
+        }
+        if every < min_remind_ms {
+            return Err(FieldError::plan_limit(
+                "remind_every_ms",
+                format!(
+                    "{every} ms is below the plan's shortest reminder period of {}",
+                    human_ms(min_remind_ms)
+                ),
+            ));
+        }
+        if every > MAX_REMIND_EVERY_MS {
+            return Err(FieldError::invalid(
+                "remind_every_ms",
+                format!("{every} ms is longer than 7 days"),
+            ));
+        }
+    }
+    if d.remind_max > MAX_REMIND_MAX {
+        return Err(FieldError::invalid(
+            "remind_max",
+            format!(
+                "{} is out of range; must be 0 (the default, {DEFAULT_REMIND_MAX}) or 1-{MAX_REMIND_MAX}",
+                d.remind_max
+            ),
+        ));
+    }
+    Ok(AlertSpec {
+        recover_after: d.recover_after,
+        remind_every_ms: every,
+        remind_max: d.remind_max,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use portwatch_proto::v1;
 use serde_json::Value;
 
-use crate::cli::{IncidentsArgs, OutputFormat};
+use crate::cli::{IncidentCmd, IncidentsArgs, OutputFormat};
 use crate::client::Client;
 use crate::error::Result;
 use crate::names;
@@ -52,6 +52,98 @@ pub async fn run(c: &mut Client, a: IncidentsArgs, out: OutputFormat) -> Result<
         "no incidents"
     };
     output::either(out, &v, &t, empty)
+}
+
+/// `incident show ID` and `incident ack ID [--note …]`.
+pub async fn incident(c: &mut Client, cmd: IncidentCmd, out: OutputFormat) -> Result<()> {
+    let i = match cmd {
+        IncidentCmd::Show { id } => c
+            .admin
+            .get_incident(v1::GetIncidentRequest {
+                tenant_id: c.tenant.clone(),
+                id,
+            })
+            .await?
+            .into_inner(),
+        IncidentCmd::Ack { id, note } => {
+            c.admin
+                .acknowledge_incident(v1::AcknowledgeIncidentRequest {
+                    tenant_id: c.tenant.clone(),
+                    id: id.clone(),
+                    note: note.unwrap_or_default(),
+                })
+                .await?;
+            // Read back with its timeline.
+            c.admin
+                .get_incident(v1::GetIncidentRequest {
+                    tenant_id: c.tenant.clone(),
+                    id,
+                })
+                .await?
+                .into_inner()
+        }
+    };
+    match out {
+        OutputFormat::Json => output::json(&views::incident(&i)),
+        OutputFormat::Table => output::print(&show_text(&i)),
+    }
+}
+
+/// One incident for people: the facts, the first steps, the timeline.
+pub fn show_text(i: &v1::Incident) -> String {
+    let mut s = format!(
+        "{}  {}  {}  {}\nreason: {}   opened: {}   closed: {}\n",
+        i.id,
+        i.monitor_name,
+        target(&i.host, i.port),
+        if i.closed_at.is_none() {
+            "OPEN"
+        } else {
+            "closed"
+        },
+        if i.reason_text.is_empty() {
+            names::outcome_text(i.reason).to_string()
+        } else {
+            i.reason_text.clone()
+        },
+        output::ts(i.opened_at.as_ref()),
+        if i.closed_at.is_none() {
+            "-".to_string()
+        } else {
+            output::ts(i.closed_at.as_ref())
+        },
+    );
+    if i.acknowledged_at.is_some() {
+        s.push_str(&format!(
+            "acknowledged by {} at {}{}\n",
+            i.acknowledged_by,
+            output::ts(i.acknowledged_at.as_ref()),
+            if i.acknowledged_note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", i.acknowledged_note)
+            }
+        ));
+    }
+    if !i.first_steps.is_empty() && i.closed_at.is_none() {
+        s.push_str("\nwhat to try first:\n");
+        for step in &i.first_steps {
+            s.push_str(&format!("  - {step}\n"));
+        }
+    }
+    let mut t = Table::new(&["AT", "WHAT", "DETAIL"]);
+    for e in &i.timeline {
+        t.row(vec![
+            output::ts(e.at.as_ref()),
+            e.kind.clone(),
+            e.text.clone(),
+        ]);
+    }
+    if !t.is_empty() {
+        s.push_str("\ntimeline:\n");
+        s.push_str(&t.render());
+    }
+    s
 }
 
 /// Incidents as a table: how long each lasted (so far), why, and where it was down.

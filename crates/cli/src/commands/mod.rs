@@ -43,6 +43,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status => status::run(&mut Client::connect(&conn).await?, out).await,
         Command::Results(a) => results::run(&mut Client::connect(&conn).await?, a, out).await,
         Command::Incidents(a) => incidents::run(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Incident(cmd) => {
+            incidents::incident(&mut Client::connect(&conn).await?, cmd, out).await
+        }
         Command::Regions => fleet::regions(&mut Client::connect(&conn).await?, out).await,
         Command::Agents(a) => fleet::agents(&mut Client::connect(&conn).await?, a, out).await,
         Command::Region(r) => fleet::region(&mut Client::connect(&conn).await?, r, out).await,

@@ -94,6 +94,9 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         flap_threshold: a.flap_threshold.unwrap_or(0),
         flap_window_ms: a.flap_window.unwrap_or(0),
         flap_stable_for_ms: a.flap_stable_for.unwrap_or(0),
+        recover_after: a.recover_after.unwrap_or(0),
+        remind_every_ms: a.remind_every.unwrap_or(0),
+        remind_max: a.remind_max.unwrap_or(0),
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -126,6 +129,9 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         flap_threshold: u.flap_threshold,
         flap_window_ms: u.flap_window,
         flap_stable_for_ms: u.flap_stable_for,
+        recover_after: u.recover_after,
+        remind_every_ms: u.remind_every,
+        remind_max: u.remind_max,
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -141,7 +147,10 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.flap_detection.is_none()
         && req.flap_threshold.is_none()
         && req.flap_window_ms.is_none()
-        && req.flap_stable_for_ms.is_none();
+        && req.flap_stable_for_ms.is_none()
+        && req.recover_after.is_none()
+        && req.remind_every_ms.is_none()
+        && req.remind_max.is_none();
     if nothing {
         return Err(CliError::usage(
             "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
@@ -187,6 +196,30 @@ pub fn flap_text(m: &v1::Monitor) -> String {
     )
 }
 
+/// How the monitor's incidents close and are repeated: "recovers after 1
+/// all-up round (default), reminders off".
+pub fn alerting_text(m: &v1::Monitor) -> String {
+    let rounds = m.recover_after.max(1);
+    let recover = defaulted(
+        format!(
+            "recovers after {rounds} all-up round{}",
+            if rounds == 1 { "" } else { "s" }
+        ),
+        m.recover_after == 0,
+    );
+    let remind = if m.remind_every_ms == 0 {
+        "reminders off".to_string()
+    } else {
+        let max = if m.remind_max == 0 { 10 } else { m.remind_max };
+        format!(
+            "a reminder every {} while unacknowledged, at most {}",
+            output::millis(m.remind_every_ms),
+            defaulted(max.to_string(), m.remind_max == 0)
+        )
+    };
+    format!("{recover}, {remind}")
+}
+
 /// One monitor as "key  value" lines.
 pub fn details(m: &v1::Monitor) -> Table {
     let mut t = Table::new(&["FIELD", "VALUE"]);
@@ -206,6 +239,7 @@ pub fn details(m: &v1::Monitor) -> Table {
         ("close mode", names::close_mode(m.close_mode).to_string()),
         ("channels", channels_text(&m.channel_ids)),
         ("flap detection", flap_text(m)),
+        ("alerting", alerting_text(m)),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
     ];
@@ -410,6 +444,27 @@ pub fn show_text(
         channels_text(&m.channel_ids),
     ));
     text.push_str(&format!("flap detection: {}\n", flap_text(m)));
+    text.push_str(&format!("alerting: {}\n", alerting_text(m)));
+    if let Some(i) = incident {
+        if i.acknowledged_at.is_some() {
+            text.push_str(&format!(
+                "acknowledged by {} at {}{}\n",
+                i.acknowledged_by,
+                output::ts(i.acknowledged_at.as_ref()),
+                if i.acknowledged_note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", i.acknowledged_note)
+                }
+            ));
+        }
+        if !i.first_steps.is_empty() {
+            text.push_str("what to try first:\n");
+            for step in &i.first_steps {
+                text.push_str(&format!("  - {step}\n"));
+            }
+        }
+    }
     if let Some(i) = incident.filter(|i| i.flapping_since.is_some()) {
         let stable = match i.stable_since.as_ref() {
             Some(at) => format!("every region up since {}", output::ts(Some(at))),

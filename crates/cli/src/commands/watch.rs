@@ -120,6 +120,13 @@ pub fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String 
             target(&i.host, i.port),
             i.id
         ),
+        Some(Kind::IncidentAcknowledged(i)) => format!(
+            "{at}  INCIDENT ACKNOWLEDGED  {} ({})  by {}  {}",
+            i.monitor_name,
+            target(&i.host, i.port),
+            i.acknowledged_by,
+            i.id
+        ),
         Some(Kind::RegionState(c)) => {
             let name = names_by_id
                 .get(&c.monitor_id)

@@ -27,9 +27,12 @@ impl EventFilter {
         let tenant_ok = |t: &str| self.tenant.as_deref().is_none_or(|want| want == t);
         let monitor_ok = |m: &str| self.monitor.as_deref().is_none_or(|want| want == m);
         let keep = match &e.kind {
-            Some(Kind::IncidentOpened(i) | Kind::IncidentClosed(i) | Kind::IncidentFlapping(i)) => {
-                tenant_ok(&i.tenant_id) && monitor_ok(&i.monitor_id)
-            }
+            Some(
+                Kind::IncidentOpened(i)
+                | Kind::IncidentClosed(i)
+                | Kind::IncidentFlapping(i)
+                | Kind::IncidentAcknowledged(i),
+            ) => tenant_ok(&i.tenant_id) && monitor_ok(&i.monitor_id),
             Some(Kind::RegionState(c)) => {
                 monitor_ok(&c.monitor_id)
                     && match &self.tenant {

@@ -436,6 +436,13 @@ impl AdminService for AdminApi {
         AdminApi::get_incident(self, request).await
     }
 
+    async fn acknowledge_incident(
+        &self,
+        request: Request<v1::AcknowledgeIncidentRequest>,
+    ) -> Result<Response<v1::Incident>, Status> {
+        AdminApi::acknowledge_incident(self, request).await
+    }
+
     // ------------------------------------------------------------ channels and deliveries
 
     async fn create_channel(

@@ -210,6 +210,15 @@ impl AdminApi {
         if let Some(v) = req.flap_stable_for_ms {
             d.flap_stable_for_ms = v;
         }
+        if let Some(v) = req.recover_after {
+            d.recover_after = v;
+        }
+        if let Some(v) = req.remind_every_ms {
+            d.remind_every_ms = v;
+        }
+        if let Some(v) = req.remind_max {
+            d.remind_max = v;
+        }
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(
             &d,

@@ -109,6 +109,7 @@ impl Hub {
         }
         st.latest.retain(|(m, _), _| m != id);
         st.last_decisive.retain(|(m, _), _| m != id);
+        st.up_streak.retain(|(m, _), _| m != id);
         st.region_state.retain(|(m, _), _| m != id);
         st.open.remove(id);
         st.flaps.remove(id);

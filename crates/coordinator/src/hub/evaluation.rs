@@ -73,6 +73,14 @@ impl Hub {
                         *e = at;
                     }
                 }
+                // Only results that became the region's latest arrive here,
+                // so each one is newer than the last counted.
+                let streak = st.up_streak.entry(key.clone()).or_insert(0);
+                *streak = if o == Outcome::Ok {
+                    streak.saturating_add(1)
+                } else {
+                    0
+                };
                 if !touched.contains(&r.monitor_id) {
                     touched.push(r.monitor_id.clone());
                 }
@@ -339,8 +347,10 @@ impl Hub {
                     .await?;
             }
             (Action::Close, Decision::Close { ignored }, Some(open)) => {
-                self.close_incident(monitor, eval, ignored, &open.id, t)
-                    .await?;
+                if self.recovered_enough(monitor, ignored) {
+                    self.close_incident(monitor, eval, ignored, &open.id, t)
+                        .await?;
+                }
             }
             (Action::Hold { began }, _, Some(open)) => {
                 self.hold_incident(monitor, &open.id, began, t).await?;
@@ -348,6 +358,28 @@ impl Hub {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether every region of `monitor` (but those `ignored`, offline past
+    /// their grace) has had its last `recover_after` results up: that many
+    /// all-up rounds. With the default (1) the consensus rule's "every region
+    /// up" is already enough. Until then the incident stays open; each new
+    /// result evaluates it again.
+    fn recovered_enough(&self, monitor: &v1::Monitor, ignored: &[String]) -> bool {
+        let rounds = monitor.recover_after.max(1);
+        if rounds <= 1 {
+            return true;
+        }
+        let st = self.lock();
+        monitor
+            .regions
+            .iter()
+            .filter(|r| !ignored.contains(r))
+            .all(|r| {
+                st.up_streak
+                    .get(&(monitor.id.clone(), r.clone()))
+                    .is_some_and(|n| *n >= rounds)
+            })
     }
 
     pub(super) fn evidence(

@@ -20,6 +20,7 @@ use tracing::info;
 
 use super::{Hub, event};
 use crate::consensus;
+use crate::first_steps;
 use crate::flapping::{self, Flap};
 use crate::ids::new_id;
 use crate::outbox;
@@ -84,7 +85,7 @@ impl Hub {
         }
         let evidence = self.evidence(monitor, eval);
         let flap = self.flap_of(&monitor.id);
-        let incident = v1::Incident {
+        let mut incident = v1::Incident {
             id: new_id("inc"),
             tenant_id: monitor.tenant_id.clone(),
             monitor_id: monitor.id.clone(),
@@ -101,7 +102,9 @@ impl Hub {
             flapping_since: flap.flapping_since.filter(|_| flapping).map(to_timestamp),
             stable_since: None,
             state_changes: flap.changes.iter().copied().map(to_timestamp).collect(),
+            ..Default::default()
         };
+        incident.first_steps = first_steps::for_incident(&incident);
         let channels = self.store.list_channels()?;
         let mut deliveries = outbox::plan_incident(
             monitor,
@@ -263,5 +266,163 @@ impl Hub {
             self.emit(event(v1::event::Kind::IncidentFlapping(incident)));
         }
         Ok(())
+    }
+}
+
+/// What `Hub::acknowledge_incident` found.
+#[derive(Debug)]
+pub enum Acknowledged {
+    /// Acknowledged now (and its PagerDuty `acknowledge` events planned).
+    Now(v1::Incident),
+    /// It already was; nothing changed.
+    Already(v1::Incident),
+    /// It is not open (any more).
+    NotOpen,
+}
+
+/// An open incident whose next reminder may be due.
+struct ReminderDue {
+    monitor: v1::Monitor,
+    incident_id: String,
+}
+
+/// Whether `i` of `m` is due a reminder at `t`: reminders on, the incident
+/// neither acknowledged nor flapping (a flapping incident is held quietly
+/// until its recovery), fewer sent than the maximum, and the period passed
+/// since the opening or the last reminder.
+fn reminder_due(m: &v1::Monitor, i: &v1::Incident, t: SystemTime) -> bool {
+    if m.remind_every_ms == 0 || m.paused {
+        return false;
+    }
+    if i.acknowledged_at.is_some() || i.flapping_since.is_some() || i.closed_at.is_some() {
+        return false;
+    }
+    let max = if m.remind_max == 0 {
+        crate::validate::DEFAULT_REMIND_MAX
+    } else {
+        m.remind_max
+    };
+    if i.reminders_sent >= max {
+        return false;
+    }
+    let base = i
+        .last_reminded_at
+        .as_ref()
+        .or(i.opened_at.as_ref())
+        .and_then(from_timestamp);
+    base.and_then(|b| b.checked_add(Duration::from_millis(m.remind_every_ms)))
+        .is_some_and(|due| t >= due)
+}
+
+impl Hub {
+    /// Acknowledges the open incident `incident_id` of monitor `monitor_id`:
+    /// who, when and the note are written with one PagerDuty `acknowledge`
+    /// delivery per PagerDuty channel told of the opening, in one transaction,
+    /// flushed before the outbox is woken. Acknowledging twice changes nothing.
+    pub async fn acknowledge_incident(
+        &self,
+        monitor_id: &str,
+        incident_id: &str,
+        by: String,
+        note: String,
+        t: SystemTime,
+    ) -> Result<Acknowledged, StoreError> {
+        let _transition = self.transitions.lock().await;
+        let (monitor, stored) = {
+            let st = self.lock();
+            let open = st.open.get(monitor_id).filter(|i| i.id == incident_id);
+            match (st.monitors.get(monitor_id), open) {
+                (Some(m), Some(i)) => (m.clone(), i.clone()),
+                _ => return Ok(Acknowledged::NotOpen),
+            }
+        };
+        if stored.acknowledged_at.is_some() {
+            return Ok(Acknowledged::Already(stored));
+        }
+        let mut incident = stored;
+        incident.acknowledged_at = Some(to_timestamp(t));
+        incident.acknowledged_by = by;
+        incident.acknowledged_note = note;
+        let told = self
+            .store
+            .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+        let deliveries =
+            outbox::plan_acknowledged(&monitor, &self.store.list_channels()?, &told, &incident, t);
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, by = %incident.acknowledged_by, deliveries = deliveries.len(), "incident acknowledged");
+        self.lock()
+            .open
+            .insert(monitor.id.clone(), incident.clone());
+        self.emit(event(v1::event::Kind::IncidentAcknowledged(
+            incident.clone(),
+        )));
+        Ok(Acknowledged::Now(incident))
+    }
+
+    /// Plans the reminders that are due at `t` (see `reminder_due`): for each,
+    /// the incident's count and time of the last reminder are written with one
+    /// delivery per channel told of the opening but PagerDuty, in one
+    /// transaction, flushed before the outbox is woken. Returns how many
+    /// incidents were reminded.
+    pub async fn remind_due(&self, t: SystemTime) -> Result<usize, StoreError> {
+        let due: Vec<ReminderDue> = {
+            let st = self.lock();
+            st.open
+                .iter()
+                .filter_map(|(mid, i)| {
+                    let m = st.monitors.get(mid)?;
+                    reminder_due(m, i, t).then(|| ReminderDue {
+                        monitor: m.clone(),
+                        incident_id: i.id.clone(),
+                    })
+                })
+                .collect()
+        };
+        let mut reminded = 0;
+        for d in due {
+            if self.remind(&d.monitor, &d.incident_id, t).await? {
+                reminded += 1;
+            }
+        }
+        Ok(reminded)
+    }
+
+    async fn remind(
+        &self,
+        monitor: &v1::Monitor,
+        incident_id: &str,
+        t: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let _transition = self.transitions.lock().await;
+        // Still open, still the same, still due (an acknowledgement or a close
+        // may have come in between).
+        let Some(mut incident) = self
+            .lock()
+            .open
+            .get(&monitor.id)
+            .filter(|i| i.id == incident_id && reminder_due(monitor, i, t))
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let told = self
+            .store
+            .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+        incident.reminders_sent += 1;
+        incident.last_reminded_at = Some(to_timestamp(t));
+        let deliveries =
+            outbox::plan_reminder(monitor, &self.store.list_channels()?, &told, &incident, t);
+        self.store
+            .put_incident_with_deliveries(&incident, &deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        info!(monitor_id = %monitor.id, incident_id = %incident.id, reminder = incident.reminders_sent, deliveries = deliveries.len(), "incident still open: reminder planned");
+        self.lock().open.insert(monitor.id.clone(), incident);
+        Ok(true)
     }
 }

@@ -63,6 +63,7 @@ mod reload;
 
 pub use assignment::rendezvous;
 pub use evaluation::rules_for;
+pub use incidents::Acknowledged;
 // Ids have a module of their own (`crate::ids`); re-exported here for the
 // callers that still name them through the hub (the admin API).
 
@@ -122,6 +123,10 @@ struct State {
     offline_since: HashMap<String, SystemTime>,
     latest: HashMap<Key, v1::CheckResult>,
     last_decisive: HashMap<Key, SystemTime>,
+    /// Each region's consecutive "up" results, newest last (for
+    /// `recover_after`); a result of any other outcome resets it. Not
+    /// persisted: after a restart an open incident waits for fresh rounds.
+    up_streak: HashMap<Key, u32>,
     region_state: HashMap<Key, RegionState>,
     open: HashMap<String, v1::Incident>,
     last_confirm: HashMap<String, Instant>,

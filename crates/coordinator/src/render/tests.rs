@@ -74,6 +74,7 @@ fn incident() -> v1::Incident {
         flapping_since: None,
         stable_since: None,
         state_changes: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -332,4 +333,79 @@ fn a_flapping_notice_says_the_incident_is_held_and_what_ends_it() {
         "PagerDuty's alert stays triggered: no event"
     );
     assert_eq!(dedup_key(&n.notice), "inc-1");
+}
+
+#[test]
+fn every_unreachable_notice_carries_the_first_steps_for_its_reason() {
+    let i = incident();
+    let n = note(Notice::Opened(&i));
+    let body = text(&n);
+    assert!(body.contains("What to try first:"), "{body}");
+    assert!(body.contains("systemctl status"), "{body}");
+    assert!(body.contains("`nc -zv db.example.com 5432`"), "{body}");
+    let hook = webhook(&n);
+    let steps = hook["incident"]["first_steps"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.as_str().unwrap().contains("0.0.0.0"))
+    );
+    let sl = slack(&n)["text"].as_str().unwrap().to_string();
+    assert!(sl.contains("*What to try first:*"), "{sl}");
+    let pd = pagerduty(&n, "rk").unwrap();
+    assert!(
+        pd["payload"]["custom_details"]["first_steps"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    // A recovery has nothing to try.
+    let resolved = text(&note(Notice::Resolved(&i)));
+    assert!(!resolved.contains("What to try first"), "{resolved}");
+    // A timed-out incident gets the firewall advice, not the refused one.
+    let mut t = incident();
+    t.reason = v1::Outcome::TimedOut as i32;
+    let body = text(&note(Notice::Opened(&t)));
+    assert!(body.contains("firewall or security group"), "{body}");
+    assert!(!body.contains("systemctl"), "{body}");
+}
+
+#[test]
+fn a_reminder_says_how_long_and_which_one_and_pagerduty_gets_none() {
+    let mut i = incident();
+    i.reminders_sent = 2;
+    i.last_reminded_at = ts(1_700_000_000 + 2 * 3600 + 300);
+    let n = note(Notice::Reminder(&i));
+    assert_eq!(
+        subject(&n),
+        "TCP Port Still Unreachable: db.example.com:5432"
+    );
+    let body = text(&n);
+    assert!(body.contains("Down for:"), "{body}");
+    assert!(body.contains("2h 5m"), "{body}");
+    assert!(body.contains("Reminder:"), "{body}");
+    assert!(body.contains("What to try first:"), "{body}");
+    let hook = webhook(&n);
+    assert_eq!(hook["event"], "incident.reminder");
+    assert_eq!(hook["reminder"]["number"], 2);
+    assert_eq!(hook["reminder"]["down_for_s"], 2 * 3600 + 300);
+    assert!(pagerduty(&n, "rk").is_none());
+}
+
+#[test]
+fn an_acknowledgement_is_a_pagerduty_acknowledge_and_shows_in_the_recovery() {
+    let mut i = incident();
+    i.acknowledged_at = ts(1_700_000_060);
+    i.acknowledged_by = "token tok-1 (alice)".into();
+    i.acknowledged_note = "restarting the pool".into();
+    let ack = pagerduty(&note(Notice::Acknowledged(&i)), "rk").unwrap();
+    assert_eq!(ack["event_action"], "acknowledge");
+    assert_eq!(ack["dedup_key"], "inc-1");
+    i.closed_at = ts(1_700_000_600);
+    let body = text(&note(Notice::Resolved(&i)));
+    assert!(
+        body.contains("by token tok-1 (alice) at 2023-11-14T22:14:20Z: restarting the pool"),
+        "{body}"
+    );
+    let hook = webhook(&note(Notice::Resolved(&i)));
+    assert_eq!(hook["incident"]["acknowledged_by"], "token tok-1 (alice)");
 }

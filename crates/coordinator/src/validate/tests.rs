@@ -28,6 +28,7 @@ fn fast() -> PlanLimits {
         port_monitors: true,
         max_monitors: 100,
         min_interval: Duration::from_secs(2),
+        min_remind_every: Duration::from_secs(60),
     }
 }
 
@@ -230,6 +231,25 @@ fn table() -> Vec<Bad> {
         bad("unknown flap detection", "flap_detection", |d| {
             d.flap_detection = 3
         }),
+        bad("recover_after 101", "recover_after", |d| {
+            d.recover_after = 101
+        }),
+        bad("reminders faster than the checks", "remind_every_ms", |d| {
+            d.interval_ms = 120_000;
+            d.remind_every_ms = 90_000;
+        }),
+        bad("reminders longer than a week", "remind_every_ms", |d| {
+            d.remind_every_ms = 8 * 24 * 3_600_000
+        }),
+        limit(
+            "reminders below the plan's period",
+            "remind_every_ms",
+            |d| {
+                d.interval_ms = 10_000;
+                d.remind_every_ms = 30_000
+            },
+        ),
+        bad("remind_max 101", "remind_max", |d| d.remind_max = 101),
         bad("flap threshold 1", "flap_threshold", |d| {
             d.flap_threshold = 1
         }),
@@ -435,6 +455,7 @@ fn the_default_interval_respects_a_slower_plan() {
         port_monitors: true,
         max_monitors: 5,
         min_interval: Duration::from_secs(120),
+        min_remind_every: Duration::from_secs(60),
     };
     let spec = monitor(
         &good(),
@@ -711,5 +732,28 @@ fn channels_are_normalised() {
     assert_eq!(
         channel(&w, &tenant).unwrap().name,
         "webhook hooks.example.com"
+    );
+}
+
+#[test]
+fn alerting_settings_are_kept_as_given() {
+    let mut d = good();
+    d.recover_after = 3;
+    d.remind_every_ms = 15 * 60_000;
+    d.remind_max = 4;
+    let spec = check(&d).unwrap();
+    assert_eq!(
+        spec.alerting,
+        AlertSpec {
+            recover_after: 3,
+            remind_every_ms: 15 * 60_000,
+            remind_max: 4
+        }
+    );
+    let mut m = v1::Monitor::default();
+    spec.write_to(&mut m);
+    assert_eq!(
+        (m.recover_after, m.remind_every_ms, m.remind_max),
+        (3, 900_000, 4)
     );
 }
