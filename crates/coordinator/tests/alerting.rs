@@ -1,0 +1,370 @@
+//! The life of an alert around an incident, end to end: the coordinator as a
+//! real process, incidents driven by hand-driven agents in three regions, and
+//! real receivers on loopback (a webhook consumer and a PagerDuty Events API
+//! stand-in) counting what arrives. Each test asserts what the on-call
+//! engineer (and their receivers) would see: the first steps in the page,
+//! reminders with keys of their own until someone acknowledges, PagerDuty's
+//! `acknowledge`, the acknowledgement in the recovery, the incident's
+//! timeline, and an incident that closes only after `recover_after` rounds.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use portwatch_e2e::{Admin, FakeAgent, HttpReceiver, Recorded, World, eventually};
+use portwatch_proto::v1;
+use serde_json::Value;
+use tonic::Code;
+
+/// Reminders may come every second here (production plans: every minute).
+const PLANS: &str = "[plans.enterprise]\nport_monitors = true\nmax_monitors = 100\nmin_interval = \"1s\"\nmin_remind_every = \"1s\"\n";
+const FAST: &str = "allow_private_channel_targets = true\ndelivery_retry_initial = \"100ms\"\ndelivery_retry_max = \"300ms\"\ndelivery_timeout = \"2s\"\nevaluate_every = \"200ms\"\n";
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn world() -> World {
+    World::builder()
+        .coordinator_bin(env!("CARGO_BIN_EXE_portwatch-coordinator"))
+        .config(FAST)
+        .plans(PLANS)
+        .public_regions(&["eu", "us", "ap"])
+        .start()
+        .await
+}
+
+async fn channel(admin: &mut Admin, config: v1::channel::Config, name: &str) -> v1::Channel {
+    admin
+        .create_channel(v1::CreateChannelRequest {
+            tenant_id: String::new(),
+            channel: Some(v1::Channel {
+                name: name.into(),
+                is_default: true,
+                config: Some(config),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create channel")
+        .into_inner()
+}
+
+async fn webhook(w: &mut World, hook: &HttpReceiver) -> v1::Channel {
+    let config = v1::channel::Config::Webhook(v1::WebhookConfig {
+        url: hook.url("/hook"),
+        secret: "whsec-0123456789abcdef".into(),
+    });
+    channel(&mut w.tenant, config, "hook").await
+}
+
+/// A PagerDuty stand-in answering as the Events API does.
+async fn pagerduty(w: &mut World) -> (HttpReceiver, v1::Channel) {
+    let pd = HttpReceiver::start(|_, _| {
+        (
+            202,
+            "{\"status\":\"success\",\"message\":\"Event processed\"}".to_string(),
+        )
+    })
+    .await;
+    let config = v1::channel::Config::Pagerduty(v1::PagerDutyConfig {
+        routing_key: "R0UT1NGKEY0123456789abcdef012345".into(),
+        base_url: pd.url(""),
+    });
+    let ch = channel(&mut w.tenant, config, "pagerduty").await;
+    (pd, ch)
+}
+
+async fn monitor(w: &mut World, edit: impl FnOnce(&mut v1::CreateMonitorRequest)) -> v1::Monitor {
+    let mut req = v1::CreateMonitorRequest {
+        name: "orders db".into(),
+        host: "db.example.com".into(),
+        port: 5432,
+        regions: vec!["eu".into(), "us".into(), "ap".into()],
+        interval_ms: 1000,
+        timeout_ms: 1000,
+        ..Default::default()
+    };
+    edit(&mut req);
+    w.tenant.create_monitor(req).await.unwrap().into_inner()
+}
+
+async fn open_incidents(admin: &Admin) -> Vec<v1::Incident> {
+    admin
+        .clone()
+        .list_incidents(v1::ListIncidentsRequest {
+            open_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents
+}
+
+/// Two of three regions report refused: the incident opens. Returns it.
+async fn open_incident(w: &World, ag: &mut [FakeAgent], m: &v1::Monitor) -> v1::Incident {
+    for a in ag.iter_mut() {
+        a.report_acked(&m.id, v1::Outcome::Ok).await;
+    }
+    for a in ag.iter_mut().take(2) {
+        a.report_acked(&m.id, v1::Outcome::Refused).await;
+    }
+    let t = w.tenant.clone();
+    eventually("the incident opens", WAIT, || {
+        let t = t.clone();
+        async move { open_incidents(&t).await.into_iter().next() }
+    })
+    .await
+}
+
+/// One round: every region reports `outcome`.
+async fn round(ag: &mut [FakeAgent], m: &v1::Monitor, outcome: v1::Outcome) {
+    for a in ag.iter_mut() {
+        a.report_acked(&m.id, outcome).await;
+    }
+}
+
+fn json(r: &Recorded) -> Value {
+    serde_json::from_slice(&r.body).expect("a JSON body")
+}
+
+fn keys(rs: &[Recorded]) -> Vec<String> {
+    rs.iter()
+        .map(|r| r.header("idempotency-key").unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn get(admin: &Admin, id: &str) -> v1::Incident {
+    admin
+        .clone()
+        .get_incident(v1::GetIncidentRequest {
+            tenant_id: String::new(),
+            id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn ack(admin: &Admin, id: &str, note: &str) -> Result<v1::Incident, tonic::Status> {
+    admin
+        .clone()
+        .acknowledge_incident(v1::AcknowledgeIncidentRequest {
+            tenant_id: String::new(),
+            id: id.into(),
+            note: note.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_page_says_what_to_try_first_and_reminders_stop_at_their_maximum() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    let wh = webhook(&mut w, &hook).await;
+    let (pd, _) = pagerduty(&mut w).await;
+    let m = monitor(&mut w, |r| {
+        r.remind_every_ms = 1000;
+        r.remind_max = 2;
+    })
+    .await;
+    let mut ag = w.connect_agents().await;
+    let incident = open_incident(&w, &mut ag, &m).await;
+
+    // The opening, then exactly two reminders, each with its own key.
+    let got = hook.wait_for(3, WAIT).await;
+    let opened = json(&got[0]);
+    assert_eq!(opened["event"], "incident.opened");
+    let steps: Vec<&str> = opened["incident"]["first_steps"]
+        .as_array()
+        .expect("first steps in the page")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        steps.iter().any(|s| s.contains("systemctl status")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&"From a network known to reach it: `nc -zv db.example.com 5432`"),
+        "{steps:?}"
+    );
+    for (n, r) in got[1..3].iter().enumerate() {
+        let body = json(r);
+        assert_eq!(r.header("x-portwatch-event"), Some("incident.reminder"));
+        assert_eq!(
+            body["subject"],
+            "TCP Port Still Unreachable: db.example.com:5432"
+        );
+        assert_eq!(body["reminder"]["number"], n + 1);
+        assert!(body["incident"]["first_steps"].is_array());
+    }
+    assert_eq!(
+        keys(&got[..3]),
+        [
+            format!("{}:opened:{}", incident.id, wh.id),
+            format!("{}:reminder-1:{}", incident.id, wh.id),
+            format!("{}:reminder-2:{}", incident.id, wh.id),
+        ]
+    );
+    // The maximum holds: three more reminder periods bring nothing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(hook.requests().len(), 3, "{:?}", keys(&hook.requests()));
+    // PagerDuty escalates by its own rules: the trigger only, no reminders.
+    assert_eq!(pd.requests().len(), 1);
+    assert_eq!(json(&pd.requests()[0])["event_action"], "trigger");
+    let stored = get(&w.tenant, &incident.id).await;
+    assert_eq!(stored.reminders_sent, 2);
+    assert!(stored.first_steps.iter().any(|s| s.contains("0.0.0.0")));
+}
+
+#[tokio::test]
+async fn acknowledging_stops_reminders_tells_pagerduty_and_shows_in_the_recovery() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    let wh = webhook(&mut w, &hook).await;
+    let (pd, _) = pagerduty(&mut w).await;
+    let m = monitor(&mut w, |r| r.remind_every_ms = 1500).await;
+    let mut ag = w.connect_agents().await;
+    let incident = open_incident(&w, &mut ag, &m).await;
+    // The opening and the first reminder.
+    hook.wait_for(2, WAIT).await;
+
+    let acked = ack(&w.tenant, &incident.id, "restarting the pool")
+        .await
+        .expect("acknowledge");
+    assert!(acked.acknowledged_at.is_some());
+    assert!(
+        acked.acknowledged_by.starts_with("token "),
+        "{}",
+        acked.acknowledged_by
+    );
+    assert_eq!(acked.acknowledged_note, "restarting the pool");
+    // Again: nothing changes, no second acknowledge event.
+    let again = ack(&w.tenant, &incident.id, "other note").await.unwrap();
+    assert_eq!(again.acknowledged_at, acked.acknowledged_at);
+    assert_eq!(again.acknowledged_note, "restarting the pool");
+
+    // PagerDuty: trigger, then acknowledge on the same dedup key.
+    let got = pd.wait_for(2, WAIT).await;
+    let a = json(&got[1]);
+    assert_eq!(a["event_action"], "acknowledge");
+    assert_eq!(a["dedup_key"], incident.id.as_str());
+
+    // No reminder after the acknowledgement (three periods' worth of waiting).
+    let before = hook.requests().len();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let after = hook.requests();
+    assert_eq!(after.len(), before, "{:?}", keys(&after));
+    assert_eq!(pd.requests().len(), 2);
+
+    // The recovery names who acknowledged.
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    let resolved = eventually("the recovery arrives", WAIT, || {
+        let rs = hook.requests();
+        async move {
+            rs.into_iter()
+                .find(|r| r.header("x-portwatch-event") == Some("incident.resolved"))
+        }
+    })
+    .await;
+    let body = json(&resolved);
+    assert_eq!(
+        body["incident"]["acknowledged_by"],
+        acked.acknowledged_by.as_str()
+    );
+    assert_eq!(body["incident"]["acknowledged_note"], "restarting the pool");
+    assert_eq!(
+        resolved.header("idempotency-key"),
+        Some(format!("{}:resolved:{}", incident.id, wh.id).as_str())
+    );
+    let got = pd.wait_for(3, WAIT).await;
+    assert_eq!(json(&got[2])["event_action"], "resolve");
+
+    // The timeline tells the story in order.
+    let i = get(&w.tenant, &incident.id).await;
+    let kinds: Vec<&str> = i.timeline.iter().map(|e| e.kind.as_str()).collect();
+    for k in [
+        "opened",
+        "confirmed",
+        "reminded",
+        "acknowledged",
+        "notified",
+        "resolved",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
+    assert!(pos("reminded") < pos("acknowledged"), "{kinds:?}");
+    assert!(pos("acknowledged") < pos("resolved"), "{kinds:?}");
+    // Only the recovery notices come after the resolution.
+    assert!(
+        kinds[pos("resolved") + 1..]
+            .iter()
+            .all(|k| *k == "notified"),
+        "{kinds:?}"
+    );
+    let confirmed: HashSet<&str> = i
+        .timeline
+        .iter()
+        .filter(|e| e.kind == "confirmed")
+        .map(|e| e.region.as_str())
+        .collect();
+    assert_eq!(confirmed.len(), 2, "two regions confirmed the outage");
+
+    // A closed incident cannot be acknowledged; another tenant's is not found.
+    let closed = ack(&w.tenant, &incident.id, "").await.unwrap_err();
+    assert_eq!(closed.code(), Code::FailedPrecondition);
+    assert!(closed.message().starts_with("id: "), "{}", closed.message());
+    let missing = ack(&w.tenant, "inc-nope", "").await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let bad = ack(&w.tenant, &incident.id, "a\nb").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("note: "), "{}", bad.message());
+}
+
+#[tokio::test]
+async fn an_incident_closes_only_after_recover_after_all_up_rounds() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    webhook(&mut w, &hook).await;
+    let m = monitor(&mut w, |r| {
+        r.recover_after = 3;
+        r.flap_detection = v1::FlapDetection::Off as i32;
+    })
+    .await;
+    let mut ag = w.connect_agents().await;
+    let incident = open_incident(&w, &mut ag, &m).await;
+
+    // Two all-up rounds: still open.
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(open_incidents(&w.tenant).await.len(), 1);
+    // One region fails again (below the quorum): its count starts over.
+    ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        open_incidents(&w.tenant).await.len(),
+        1,
+        "eu has had two up results since its failure"
+    );
+    // The third round closes it.
+    round(&mut ag, &m, v1::Outcome::Ok).await;
+    let t = w.tenant.clone();
+    eventually("the incident closes", WAIT, || {
+        let t = t.clone();
+        async move { open_incidents(&t).await.is_empty().then_some(()) }
+    })
+    .await;
+    // One opening, one recovery: nothing in between was sent.
+    let got = hook.wait_for(2, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = hook.requests();
+    assert_eq!(all.len(), 2, "{:?}", keys(&all));
+    assert_eq!(
+        got[1].header("x-portwatch-event"),
+        Some("incident.resolved")
+    );
+    assert!(get(&w.tenant, &incident.id).await.closed_at.is_some());
+}
