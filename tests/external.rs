@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use crate::postgres::{Postgres, ensure_server_binaries, postgres, postgres_with_tls};
+pub use crate::postgres::{
+    Postgres, ensure_server_binaries, postgres, postgres_durable, postgres_with_tls,
+};
 
 /// The file inside a prepared directory that says it is complete, and for what.
 const STAMP_FILE: &str = ".portwatch-stamp";

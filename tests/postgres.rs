@@ -49,6 +49,8 @@ pub struct Postgres {
     as_postgres_user: bool,
     /// Server options beyond the port and socket directory (TLS).
     ssl_options: String,
+    /// `fsync` as PostgreSQL's own setting: off for tests (speed), on for benchmarks.
+    fsync: bool,
 }
 
 impl Postgres {
@@ -105,9 +107,10 @@ impl Postgres {
             .arg(self.data_dir())
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={}{}",
                 self.port,
                 socket_dir.display(),
+                if self.fsync { "on" } else { "off" },
                 self.ssl_options
             ))
             .arg("-l")
@@ -161,7 +164,18 @@ pub fn try_postgres() -> Result<Postgres, String> {
     try_start(None)
 }
 
+/// [`postgres`] with `fsync` on, as a production server runs: for benchmarks, where what a
+/// durable commit costs is the figure.
+pub fn postgres_durable() -> Postgres {
+    try_start_with(None, true)
+        .unwrap_or_else(|e| panic!("starting a private PostgreSQL server: {e}"))
+}
+
 fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
+    try_start_with(tls, false)
+}
+
+fn try_start_with(tls: Option<(&Path, &Path)>, fsync: bool) -> Result<Postgres, String> {
     let bin = ensure_server_binaries()?;
     let as_postgres_user = is_root();
     let dir = tempfile::Builder::new()
@@ -211,13 +225,15 @@ fn try_start(tls: Option<(&Path, &Path)>) -> Result<Postgres, String> {
         password,
         as_postgres_user,
         ssl_options,
+        fsync,
     };
     let data = server.data_dir();
     let mut initdb = pg_command(&server.bin, "initdb", as_postgres_user);
     initdb
         .arg("-D")
         .arg(&data)
-        .args(["-U", USER, "-E", "UTF8", "--no-sync"])
+        .args(["-U", USER, "-E", "UTF8"])
+        .args(if fsync { &[][..] } else { &["--no-sync"][..] })
         .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
         .arg(format!("--pwfile={}", pwfile.display()));
     run_within(&mut initdb, "initdb", STEP_LIMIT)?;

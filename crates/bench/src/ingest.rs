@@ -133,6 +133,16 @@ pub async fn links(world: &World) -> anyhow::Result<Vec<Link>> {
 async fn store_only(monitors: &[String], per_region: u64) -> anyhow::Result<Round> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let store = Store::open(dir.path()).context("opening a scratch store")?;
+    store_only_on(store, monitors, per_region, 0).await
+}
+
+/// The store-only baseline on any backend: 5 concurrent writers, batches of [`BATCH`].
+pub async fn store_only_on(
+    store: Store,
+    monitors: &[String],
+    per_region: u64,
+    run: usize,
+) -> anyhow::Result<Round> {
     let c0 = cpu_self();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -141,7 +151,10 @@ async fn store_only(monitors: &[String], per_region: u64) -> anyhow::Result<Roun
         let monitors = monitors.to_vec();
         tasks.push(tokio::spawn(async move {
             let region = format!("r{r}");
-            let agent = format!("bench-agent-{r}");
+            // Agents of their own per run: a store acknowledges an agent's
+            // sequence number once, so a second run under the same names
+            // would measure the duplicate check, not the writes.
+            let agent = format!("bench-agent-{run}-{r}");
             let mut seq = 0u64;
             let mut cursor = r * monitors.len() / REGIONS;
             let mut lat = Vec::new();

@@ -19,6 +19,7 @@ mod drive;
 mod ingest;
 mod link;
 mod memory_disk;
+mod postgres;
 mod raw;
 mod report;
 mod scheduler;
@@ -54,6 +55,9 @@ pub enum Figure {
     /// CreateMonitor calls/s and latency with 100k other monitors in the store
     /// (not part of `all`: run it by name).
     CreateMonitor,
+    /// The PostgreSQL backend beside sled: store ingest, bytes per result,
+    /// CreateMonitor calls/s, takeover after kill -9 (not part of `all`).
+    Postgres,
     /// Every figure of the default set (1–7), in order.
     All,
 }
@@ -79,6 +83,7 @@ impl Figure {
             Figure::TimeToAlert => "time-to-alert",
             Figure::MemoryDisk => "memory-disk",
             Figure::CreateMonitor => "create-monitor",
+            Figure::Postgres => "postgres",
             Figure::All => "all",
         }
     }
@@ -237,6 +242,7 @@ fn main() -> ExitCode {
             Figure::TimeToAlert => time_to_alert::run(&rt, &opts),
             Figure::MemoryDisk => memory_disk::run(&rt, &opts),
             Figure::CreateMonitor => create_monitor::run(&rt, &opts),
+            Figure::Postgres => postgres::run(&rt, &opts),
             Figure::All => Ok(()),
         });
         let outcome = std::panic::catch_unwind(run)

@@ -450,3 +450,36 @@ async fn a_database_it_cannot_use_stops_the_coordinator_at_start_naming_the_key(
     assert!(stderr.contains("newer"), "{stderr}");
     assert!(!stderr.contains(&secret), "the password leaked: {stderr}");
 }
+
+/// The hub calls the store synchronously from inside a task of its own runtime, hundreds of
+/// times in a row at a start (a lookup per monitor). Each call must finish however many came
+/// before it in the same task: the task's cooperative budget, spent after ~128 operations, must
+/// not make the store's waits spin (found by the benchmark: a standby with 500 monitors never
+/// finished starting). The calls run on a thread and runtime of their own, so that a spin fails
+/// the test at the deadline instead of hanging it.
+#[tokio::test]
+async fn a_thousand_synchronous_calls_in_one_task_all_finish() {
+    let pg = start_postgres();
+    let store = open(&pg).await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let open = rt.block_on(async move {
+            let mut open = 0;
+            for i in 0..1000 {
+                if store.open_incident(&format!("mon-{i}")).unwrap().is_some() {
+                    open += 1;
+                }
+            }
+            open
+        });
+        let _ = tx.send(open);
+    });
+    let open = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("1000 lookups in one task finish within a minute");
+    assert_eq!(open, 0);
+}

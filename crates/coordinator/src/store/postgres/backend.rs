@@ -328,7 +328,13 @@ impl PgStore {
     /// runtime).
     fn block<T>(&self, call: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         let _in = self.shared.runtime.handle.enter();
-        let timed = tokio::time::timeout(CALL_TIMEOUT, fut);
+        // Unconstrained: the caller may be a task of another runtime (the
+        // hub's calls are synchronous), whose cooperative budget this thread
+        // carries. Once spent, every budget-aware poll (the pool's semaphore,
+        // the sockets) would answer Pending and wake itself, and since the
+        // caller never yields back to its scheduler, the budget would never
+        // be refilled: a start loading a few hundred monitors spun forever.
+        let timed = tokio::task::unconstrained(tokio::time::timeout(CALL_TIMEOUT, fut));
         match block_on(timed) {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(format!(
