@@ -75,6 +75,7 @@ struct Entry {
     /// A duration, or "off".
     remind_every: Option<String>,
     remind_max: Option<u32>,
+    tags: Option<Vec<String>>,
 }
 
 /// A monitor as the file wants it, checked and normalised. `None` = not managed.
@@ -103,6 +104,7 @@ pub struct Desired {
     pub remind_every_ms: Option<u64>,
     /// 0 = the coordinator's default (10).
     pub remind_max: Option<u32>,
+    pub tags: Option<Vec<String>>,
 }
 
 /// One setting that differs.
@@ -240,6 +242,7 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             recover_after,
             remind_every_ms,
             remind_max,
+            tags: e.tags,
         });
     }
     Ok(out)
@@ -359,6 +362,9 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
             }
         };
         cmp("remind_every", every(current.remind_every_ms), every(v));
+    }
+    if let Some(v) = &d.tags {
+        cmp("tags", current.tags.join(","), v.join(","));
     }
     if let Some(v) = d.remind_max {
         cmp(
@@ -608,6 +614,11 @@ fn update_request(
         req.remind_max = d.remind_max;
         any = true;
     }
+    if changed("tags") {
+        req.set_tags = true;
+        req.tags = d.tags.clone().unwrap_or_default();
+        any = true;
+    }
     if any {
         // The name is the identity; sent explicitly so a default name never
         // follows a new host or port and loses the monitor for the next apply.
@@ -695,6 +706,7 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
                     recover_after: d.recover_after.unwrap_or(0),
                     remind_every_ms: d.remind_every_ms.unwrap_or(0),
                     remind_max: d.remind_max.unwrap_or(0),
+                    tags: d.tags.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?

@@ -97,7 +97,7 @@ pub enum Command {
     Monitor(MonitorCmd),
     /// Every monitor, one line each, with a mark per region.
     #[command(after_help = help::STATUS)]
-    Status,
+    Status(StatusArgs),
     /// Check results of one monitor (newest last).
     #[command(after_help = help::RESULTS)]
     Results(ResultsArgs),
@@ -107,6 +107,9 @@ pub enum Command {
     /// One incident: show it with its timeline, or acknowledge it.
     #[command(subcommand)]
     Incident(IncidentCmd),
+    /// Maintenance windows: nobody is notified about the monitors they cover.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
     /// Probe regions and their live agents.
     Regions,
     /// Probe agents, online and known (operator).
@@ -172,6 +175,75 @@ pub enum MonitorCmd {
     Pause(MonitorRef),
     /// Start checking a paused monitor again.
     Resume(MonitorRef),
+    /// Notify nobody about a monitor for a while (a one-off maintenance
+    /// window from now); results and incidents are still recorded.
+    Mute(MonitorMute),
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorMute {
+    /// Monitor id or name.
+    pub monitor: String,
+    /// How long, e.g. 2h (1m to 7d).
+    #[arg(long = "for", value_parser = parse_millis)]
+    pub duration: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Only monitors carrying this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaintenanceCmd {
+    /// Create a window: one-off (--start, --end) or weekly (--weekly, --at,
+    /// --for, --tz), covering --monitors, --tags or --all.
+    Add(MaintenanceAdd),
+    /// The tenant's windows, in force first, with their next occurrence.
+    #[command(alias = "ls")]
+    List,
+    /// Delete a window.
+    #[command(alias = "delete", alias = "remove")]
+    Rm {
+        /// Window id.
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MaintenanceAdd {
+    /// A name for people ("database upgrade").
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Monitors it covers (ids or names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub monitors: Vec<String>,
+    /// Monitors carrying any of these tags, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Every monitor of the tenant.
+    #[arg(long)]
+    pub all: bool,
+    /// One-off: the start, RFC 3339 ("2026-12-24T22:00:00Z").
+    #[arg(long, requires = "end", conflicts_with = "weekly")]
+    pub start: Option<String>,
+    /// One-off: the end, RFC 3339.
+    #[arg(long, requires = "start")]
+    pub end: Option<String>,
+    /// Weekly: the days, comma-separated (mon,tue,wed,thu,fri,sat,sun).
+    #[arg(long, value_delimiter = ',', requires_all = ["at", "for_", "tz"])]
+    pub weekly: Vec<String>,
+    /// Weekly: the local start time, HH:MM.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Weekly: how long each occurrence lasts, e.g. 2h.
+    #[arg(long = "for", id = "for_", value_parser = parse_millis)]
+    pub duration: Option<u64>,
+    /// Weekly: the IANA time zone of --at ("Europe/Berlin", "UTC").
+    #[arg(long)]
+    pub tz: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +251,9 @@ pub struct MonitorList {
     /// Print only the names, one per line (for scripts and shell completion).
     #[arg(long)]
     pub names: bool,
+    /// Only monitors carrying this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +319,10 @@ pub struct MonitorAdd {
     /// At most this many reminders per incident, 1-100 (default 10).
     #[arg(long)]
     pub remind_max: Option<u32>,
+    /// Tags for choosing monitors (maintenance windows, --tag filters),
+    /// comma-separated: lower-case letters, digits and . _ : -.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +388,12 @@ pub struct MonitorUpdate {
     /// At most this many reminders per incident, 1-100; 0 = back to the default (10).
     #[arg(long)]
     pub remind_max: Option<u32>,
+    /// Replace the tags (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "clear_tags")]
+    pub tags: Option<Vec<String>>,
+    /// Remove every tag.
+    #[arg(long)]
+    pub clear_tags: bool,
 }
 
 #[derive(Args, Debug)]

@@ -194,6 +194,12 @@ impl Client {
 
     /// Every monitor of the tenant, following pages.
     pub async fn all_monitors(&mut self) -> Result<Vec<v1::Monitor>> {
+        self.monitors_tagged("").await
+    }
+
+    /// Every monitor of the tenant carrying `tag` (every one when empty),
+    /// following pages.
+    pub async fn monitors_tagged(&mut self, tag: &str) -> Result<Vec<v1::Monitor>> {
         let mut out = Vec::new();
         let mut page_token = String::new();
         loop {
@@ -203,6 +209,7 @@ impl Client {
                     tenant_id: self.tenant.clone(),
                     page_size: 1000,
                     page_token: page_token.clone(),
+                    tag: tag.to_string(),
                 })
                 .await?
                 .into_inner();

@@ -94,6 +94,7 @@ pub fn monitor(m: &v1::Monitor) -> Value {
         "recover_after": m.recover_after.max(1),
         "remind_every_ms": m.remind_every_ms,
         "remind_max": if m.remind_max == 0 { 10 } else { m.remind_max },
+        "tags": m.tags,
         "paused": m.paused,
         "created_at": ts_json(m.created_at.as_ref()),
         "updated_at": ts_json(m.updated_at.as_ref()),
@@ -176,6 +177,9 @@ pub fn incident(i: &v1::Incident) -> Value {
         "open_evidence": i.open_evidence.iter().map(evidence).collect::<Vec<_>>(),
         "close_evidence": i.close_evidence.iter().map(evidence).collect::<Vec<_>>(),
         "first_steps": i.first_steps,
+        "maintenance_window_id": i.maintenance_window_id,
+        "in_maintenance_since": ts_json(i.in_maintenance_since.as_ref()),
+        "released_at": ts_json(i.released_at.as_ref()),
         "acknowledged_at": ts_json(i.acknowledged_at.as_ref()),
         "acknowledged_by": i.acknowledged_by,
         "acknowledged_note": i.acknowledged_note,
@@ -188,6 +192,29 @@ pub fn incident(i: &v1::Incident) -> Value {
             "region": e.region,
             "channel_id": e.channel_id,
         })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn maintenance_window(w: &v1::MaintenanceWindow) -> Value {
+    json!({
+        "id": w.id,
+        "tenant_id": w.tenant_id,
+        "name": w.name,
+        "monitor_ids": w.monitor_ids,
+        "tags": w.tags,
+        "all_monitors": w.all_monitors,
+        "starts_at": ts_json(w.starts_at.as_ref()),
+        "ends_at": ts_json(w.ends_at.as_ref()),
+        "weekly": w.weekly.as_ref().map(|r| json!({
+            "days": r.days,
+            "start": r.start,
+            "duration_ms": r.duration_ms,
+            "time_zone": r.time_zone,
+        })),
+        "active": w.active,
+        "next_start": ts_json(w.next_start.as_ref()),
+        "next_end": ts_json(w.next_end.as_ref()),
+        "created_at": ts_json(w.created_at.as_ref()),
     })
 }
 

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod ids;
 pub mod listener;
 pub mod loops;
+pub mod maintenance;
 pub mod outbox;
 pub mod plans;
 pub mod recovery;

@@ -393,6 +393,12 @@ async fn maintain(hub: Arc<Hub>, config: Config, shutdown: CancellationToken, be
         if hub.is_active() {
             loops::step(L, "evaluation", hub.evaluate_all()).await;
             loops::step(L, "reminders", hub.remind_due(std::time::SystemTime::now())).await;
+            loops::step(
+                L,
+                "maintenance release",
+                hub.release_maintenance(std::time::SystemTime::now()),
+            )
+            .await;
             loops::step(L, "region notices", hub.region_notices()).await;
         }
         loops::infallible_step(L, "gauges", async {

@@ -293,6 +293,8 @@ pub(crate) struct Trees {
     incidents: Tree,
     open_incidents: Tree,
     channels: Tree,
+    /// Maintenance windows by id.
+    maintenance: Tree,
     outbox: Tree,
     /// Delivery id -> next attempt (unix µs, BE) for every PENDING delivery.
     outbox_pending: Tree,
@@ -466,6 +468,7 @@ impl Trees {
             incidents: db.open_tree("incidents")?,
             open_incidents: db.open_tree("open_incidents")?,
             channels: db.open_tree("channels")?,
+            maintenance: db.open_tree("maintenance")?,
             outbox: db.open_tree("outbox")?,
             outbox_pending: db.open_tree("outbox_pending")?,
             region_outages: db.open_tree("region_outages")?,
@@ -554,6 +557,7 @@ impl Trees {
         all::<v1::Incident>(&self.incidents, "incidents")?;
         sized(&self.open_incidents, "open_incidents", None)?;
         all::<v1::Channel>(&self.channels, "channels")?;
+        all::<v1::MaintenanceWindow>(&self.maintenance, "maintenance")?;
         all::<OutboxRecord>(&self.outbox, "outbox")?;
         sized(&self.outbox_pending, "outbox_pending", Some(8))?;
         all::<RegionOutage>(&self.region_outages, "region_outages")?;
@@ -1177,6 +1181,27 @@ impl Trees {
 
     pub fn delete_channel(&self, id: &str) -> Result<bool> {
         Ok(self.channels.remove(id.as_bytes())?.is_some())
+    }
+
+    // ------------------------------------------------------------ maintenance
+
+    pub fn put_maintenance(&self, w: &v1::MaintenanceWindow) -> Result<()> {
+        self.maintenance
+            .insert(w.id.as_bytes(), w.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Every maintenance window, oldest first (ids sort by creation time).
+    pub fn list_maintenance(&self) -> Result<Vec<v1::MaintenanceWindow>> {
+        self.maintenance
+            .iter()
+            .values()
+            .map(|v| decode("maintenance", &v?))
+            .collect()
+    }
+
+    pub fn delete_maintenance(&self, id: &str) -> Result<bool> {
+        Ok(self.maintenance.remove(id.as_bytes())?.is_some())
     }
 
     // ------------------------------------------------------------ outbox

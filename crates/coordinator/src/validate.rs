@@ -317,6 +317,7 @@ pub struct MonitorDraft {
     pub recover_after: u32,
     pub remind_every_ms: u64,
     pub remind_max: u32,
+    pub tags: Vec<String>,
 }
 
 impl From<&v1::CreateMonitorRequest> for MonitorDraft {
@@ -340,6 +341,7 @@ impl From<&v1::CreateMonitorRequest> for MonitorDraft {
             recover_after: r.recover_after,
             remind_every_ms: r.remind_every_ms,
             remind_max: r.remind_max,
+            tags: r.tags.clone(),
         }
     }
 }
@@ -365,6 +367,7 @@ impl From<&v1::Monitor> for MonitorDraft {
             recover_after: m.recover_after,
             remind_every_ms: m.remind_every_ms,
             remind_max: m.remind_max,
+            tags: m.tags.clone(),
         }
     }
 }
@@ -396,6 +399,7 @@ pub struct MonitorSpec {
     pub channel_ids: Vec<String>,
     pub flap: FlapSpec,
     pub alerting: AlertSpec,
+    pub tags: Vec<String>,
 }
 
 /// How a monitor's incidents close and are repeated, checked (0 = the
@@ -439,6 +443,7 @@ impl MonitorSpec {
         m.recover_after = self.alerting.recover_after;
         m.remind_every_ms = self.alerting.remind_every_ms;
         m.remind_max = self.alerting.remind_max;
+        m.tags = self.tags.clone();
     }
 }
 
@@ -556,6 +561,7 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
     )?;
 
     let alerting = alerting(d, interval_ms, millis(t.limits.min_remind_every))?;
+    let tags = tags("tags", &d.tags)?;
 
     let name = if d.name.is_empty() {
         default_name(&host, port)
@@ -581,7 +587,51 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
             stable_for_ms: d.flap_stable_for_ms,
         },
         alerting,
+        tags,
     })
+}
+
+/// Most tags on one monitor (or one maintenance window).
+pub const MAX_TAGS: usize = 20;
+/// Longest tag.
+pub const MAX_TAG: usize = 63;
+
+/// One tag: `[a-z0-9][a-z0-9._:-]*`, at most [`MAX_TAG`] characters.
+pub fn tag(field: &'static str, t: &str) -> Result<()> {
+    let ok = !t.is_empty()
+        && t.len() <= MAX_TAG
+        && t.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && t.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::invalid(
+            field,
+            format!(
+                "{t:?} is not a tag; use lower-case letters, digits and . _ : - (starting with a letter or digit), at most {MAX_TAG} characters"
+            ),
+        ))
+    }
+}
+
+/// A list of tags, checked, without repeats (first occurrence kept).
+pub fn tags(field: &'static str, tags: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        tag(field, t)?;
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    if out.len() > MAX_TAGS {
+        return Err(FieldError::invalid(
+            field,
+            format!("{} tags; at most {MAX_TAGS}", out.len()),
+        ));
+    }
+    Ok(out)
 }
 
 /// Most rounds `recover_after` may ask for.

@@ -368,3 +368,243 @@ async fn an_incident_closes_only_after_recover_after_all_up_rounds() {
     );
     assert!(get(&w.tenant, &incident.id).await.closed_at.is_some());
 }
+
+async fn incident_of(admin: &Admin, monitor_id: &str) -> Option<v1::Incident> {
+    admin
+        .clone()
+        .list_incidents(v1::ListIncidentsRequest {
+            monitor_id: monitor_id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents
+        .into_iter()
+        .next()
+}
+
+/// Two of three regions report `outcome` for `m` (the third reports ok).
+async fn two_regions(ag: &mut [FakeAgent], m: &v1::Monitor, outcome: v1::Outcome) {
+    ag[2].report_acked(&m.id, v1::Outcome::Ok).await;
+    for a in ag.iter_mut().take(2) {
+        a.report_acked(&m.id, outcome).await;
+    }
+}
+
+#[tokio::test]
+async fn a_maintenance_window_silences_its_monitors_and_tells_only_what_is_still_down_after() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    let wh = webhook(&mut w, &hook).await;
+    let tagged = |name: &'static str| {
+        move |r: &mut v1::CreateMonitorRequest| {
+            r.name = name.into();
+            r.host = format!("{name}.example.com");
+            r.tags = vec!["db".into()];
+        }
+    };
+    // Down before the window (already paged), down and back inside it, down
+    // inside it and still down after it.
+    let before = monitor(&mut w, tagged("before")).await;
+    let inside = monitor(&mut w, tagged("inside")).await;
+    let after = monitor(&mut w, tagged("after")).await;
+    let mut ag = w.connect_agents().await;
+    two_regions(&mut ag, &before, v1::Outcome::Refused).await;
+    hook.wait_for(1, WAIT).await;
+
+    // A one-off window over the tag, from now for 61 s (windows last a minute at least).
+    let now = std::time::SystemTime::now();
+    let ts = portwatch_proto::time::to_timestamp;
+    let window = w
+        .tenant
+        .create_maintenance_window(v1::CreateMaintenanceWindowRequest {
+            tenant_id: String::new(),
+            window: Some(v1::MaintenanceWindow {
+                name: "database upgrade".into(),
+                tags: vec!["db".into()],
+                starts_at: Some(ts(now)),
+                ends_at: Some(ts(now + Duration::from_secs(61))),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create the window")
+        .into_inner();
+    assert!(window.active, "{window:?}");
+    let listed = w
+        .tenant
+        .list_maintenance_windows(v1::ListMaintenanceWindowsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .windows;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].next_end, window.ends_at);
+    let status = w
+        .tenant
+        .get_monitor_status(v1::GetMonitorStatusRequest {
+            tenant_id: String::new(),
+            id: after.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.maintenance_window_id, window.id);
+
+    // Inside the window: one incident opens and closes, another opens; both
+    // are recorded as in maintenance, nobody hears of either.
+    two_regions(&mut ag, &inside, v1::Outcome::Refused).await;
+    two_regions(&mut ag, &after, v1::Outcome::TimedOut).await;
+    let t = w.tenant.clone();
+    let held = eventually("both incidents open", WAIT, || {
+        let t = t.clone();
+        let (a, b) = (inside.id.clone(), after.id.clone());
+        async move {
+            let a = incident_of(&t, &a).await?;
+            let b = incident_of(&t, &b).await?;
+            Some((a, b))
+        }
+    })
+    .await;
+    assert_eq!(held.0.maintenance_window_id, window.id);
+    assert_eq!(held.1.maintenance_window_id, window.id);
+    round(&mut ag, &inside, v1::Outcome::Ok).await;
+    eventually("the one inside closes", WAIT, || {
+        let t = t.clone();
+        let id = inside.id.clone();
+        async move { incident_of(&t, &id).await?.closed_at.map(|_| ()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.requests().len(), 1, "{:?}", keys(&hook.requests()));
+
+    // The window ends with `after` still down: its "Unreachable" goes then,
+    // once; `before` (already paged) and `inside` (recovered) get nothing.
+    let got = hook.wait_for(2, Duration::from_secs(80)).await;
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        Some(format!("{}:opened:{}", held.1.id, wh.id).as_str())
+    );
+    let body = json(&got[1]);
+    assert_eq!(
+        body["subject"],
+        "TCP Port Unreachable: after.example.com:5432"
+    );
+    assert!(
+        body["incident"]["first_steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("firewall")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = hook.requests();
+    assert_eq!(all.len(), 2, "{:?}", keys(&all));
+    let released = get(&w.tenant, &held.1.id).await;
+    assert!(released.maintenance_window_id.is_empty());
+    let kinds: Vec<&str> = released.timeline.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains(&"maintenance"), "{kinds:?}");
+    assert!(kinds.contains(&"released"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn bad_maintenance_windows_and_mutes_name_the_field_and_change_nothing() {
+    let mut w = world().await;
+    let m = monitor(&mut w, |_| {}).await;
+    let create = |window: v1::MaintenanceWindow| v1::CreateMaintenanceWindowRequest {
+        tenant_id: String::new(),
+        window: Some(window),
+    };
+    let weekly = |tz: &str| v1::MaintenanceWindow {
+        all_monitors: true,
+        weekly: Some(v1::WeeklyRecurrence {
+            days: vec!["sun".into()],
+            start: "02:00".into(),
+            duration_ms: 7_200_000,
+            time_zone: tz.into(),
+        }),
+        ..Default::default()
+    };
+    let cases = [
+        (weekly("Mars/Olympus"), "window.weekly.time_zone: "),
+        (
+            v1::MaintenanceWindow {
+                all_monitors: false,
+                ..weekly("UTC")
+            },
+            "window.monitor_ids: ",
+        ),
+        (
+            v1::MaintenanceWindow {
+                monitor_ids: vec!["mon-nope".into()],
+                all_monitors: false,
+                ..weekly("UTC")
+            },
+            "window.monitor_ids: ",
+        ),
+        (
+            v1::MaintenanceWindow {
+                tags: vec!["Not A Tag".into()],
+                ..weekly("UTC")
+            },
+            "window.tags: ",
+        ),
+    ];
+    for (window, prefix) in cases {
+        let e = w
+            .tenant
+            .create_maintenance_window(create(window))
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with(prefix), "{}", e.message());
+    }
+    let e = w
+        .tenant
+        .mute_monitor(v1::MuteMonitorRequest {
+            tenant_id: String::new(),
+            monitor_id: m.id.clone(),
+            duration_ms: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("duration_ms: "), "{}", e.message());
+    let listed = w
+        .tenant
+        .list_maintenance_windows(v1::ListMaintenanceWindowsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .windows;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // A good weekly window shows its next occurrence; a mute is in force at once.
+    let good = w
+        .tenant
+        .create_maintenance_window(create(weekly("Europe/Berlin")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(good.next_start.is_some() && good.next_end.is_some());
+    let mute = w
+        .tenant
+        .mute_monitor(v1::MuteMonitorRequest {
+            tenant_id: String::new(),
+            monitor_id: m.id.clone(),
+            duration_ms: 2 * 3_600_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(mute.active);
+    assert_eq!(mute.monitor_ids, [m.id.clone()]);
+    // Another tenant's window is not ours to delete.
+    let e =
+        w.op.delete_maintenance_window(v1::DeleteMaintenanceWindowRequest {
+            tenant_id: "acme".into(),
+            id: "mw-nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -8,6 +8,7 @@ mod dev;
 mod docs;
 mod fleet;
 mod incidents;
+mod maintenance;
 mod monitor;
 mod results;
 mod status;
@@ -40,9 +41,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         // Everything else talks to the coordinator.
         Command::Whoami => whoami(&mut Client::connect(&conn).await?, out).await,
         Command::Monitor(m) => monitor::run(&mut Client::connect(&conn).await?, m, out).await,
-        Command::Status => status::run(&mut Client::connect(&conn).await?, out).await,
+        Command::Status(a) => status::run(&mut Client::connect(&conn).await?, a, out).await,
         Command::Results(a) => results::run(&mut Client::connect(&conn).await?, a, out).await,
         Command::Incidents(a) => incidents::run(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Maintenance(cmd) => {
+            maintenance::run(&mut Client::connect(&conn).await?, cmd, out).await
+        }
         Command::Incident(cmd) => {
             incidents::incident(&mut Client::connect(&conn).await?, cmd, out).await
         }

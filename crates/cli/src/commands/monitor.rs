@@ -25,7 +25,29 @@ pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<(
     match cmd {
         MonitorCmd::Add(a) => add(c, a, out).await,
         MonitorCmd::List(l) if l.names => names_only(c).await,
-        MonitorCmd::List(_) => list(c, out).await,
+        MonitorCmd::List(l) => list(c, l.tag.as_deref().unwrap_or(""), out).await,
+        MonitorCmd::Mute(m) => {
+            let monitor = c.find_monitor(&m.monitor).await?;
+            let w = c
+                .admin
+                .mute_monitor(v1::MuteMonitorRequest {
+                    tenant_id: c.tenant.clone(),
+                    monitor_id: monitor.id.clone(),
+                    duration_ms: m.duration,
+                })
+                .await?
+                .into_inner();
+            match out {
+                OutputFormat::Json => output::json(&views::maintenance_window(&w)),
+                OutputFormat::Table => output::line(&format!(
+                    "muted monitor {} ({}) until {} (window {})",
+                    monitor.id,
+                    monitor.name,
+                    output::ts(w.ends_at.as_ref()),
+                    w.id
+                )),
+            }
+        }
         MonitorCmd::Show(r) => show(c, &r.monitor, out).await,
         MonitorCmd::Update(u) => update(c, u, out).await,
         MonitorCmd::Rm(r) => {
@@ -97,6 +119,7 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         recover_after: a.recover_after.unwrap_or(0),
         remind_every_ms: a.remind_every.unwrap_or(0),
         remind_max: a.remind_max.unwrap_or(0),
+        tags: a.tags.clone(),
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -132,6 +155,8 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         recover_after: u.recover_after,
         remind_every_ms: u.remind_every,
         remind_max: u.remind_max,
+        set_tags: u.tags.is_some() || u.clear_tags,
+        tags: u.tags.clone().unwrap_or_default(),
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -150,7 +175,8 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.flap_stable_for_ms.is_none()
         && req.recover_after.is_none()
         && req.remind_every_ms.is_none()
-        && req.remind_max.is_none();
+        && req.remind_max.is_none()
+        && !req.set_tags;
     if nothing {
         return Err(CliError::usage(
             "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
@@ -240,6 +266,7 @@ pub fn details(m: &v1::Monitor) -> Table {
         ("channels", channels_text(&m.channel_ids)),
         ("flap detection", flap_text(m)),
         ("alerting", alerting_text(m)),
+        ("tags", m.tags.join(",")),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
     ];
@@ -277,8 +304,8 @@ async fn names_only(c: &mut Client) -> Result<()> {
     output::print(&text)
 }
 
-async fn list(c: &mut Client, out: OutputFormat) -> Result<()> {
-    let ms = c.all_monitors().await?;
+async fn list(c: &mut Client, tag: &str, out: OutputFormat) -> Result<()> {
+    let ms = c.monitors_tagged(tag).await?;
     let v = Value::Array(ms.iter().map(views::monitor).collect());
     output::either(out, &v, &list_table(&ms), "no monitors")
 }
@@ -445,6 +472,12 @@ pub fn show_text(
     ));
     text.push_str(&format!("flap detection: {}\n", flap_text(m)));
     text.push_str(&format!("alerting: {}\n", alerting_text(m)));
+    if !status.maintenance_window_id.is_empty() {
+        text.push_str(&format!(
+            "IN MAINTENANCE (window {}): results and incidents are recorded, nobody is notified\n",
+            status.maintenance_window_id
+        ));
+    }
     if let Some(i) = incident {
         if i.acknowledged_at.is_some() {
             text.push_str(&format!(

@@ -8,7 +8,7 @@
 use portwatch_proto::v1;
 use serde_json::Value;
 
-use crate::cli::OutputFormat;
+use crate::cli::{OutputFormat, StatusArgs};
 use crate::client::Client;
 use crate::error::Result;
 use crate::names;
@@ -17,8 +17,8 @@ use crate::views;
 
 use crate::output::target;
 
-pub async fn run(c: &mut Client, out: OutputFormat) -> Result<()> {
-    let monitors = c.all_monitors().await?;
+pub async fn run(c: &mut Client, a: StatusArgs, out: OutputFormat) -> Result<()> {
+    let monitors = c.monitors_tagged(a.tag.as_deref().unwrap_or("")).await?;
     let mut statuses = Vec::with_capacity(monitors.len());
     for m in &monitors {
         let s = c

@@ -104,6 +104,7 @@ fn monitor_status(t: Option<Timestamp>, outcome: i32) -> v1::MonitorStatus {
             },
         ],
         open_incident_id: "inc-x".into(),
+        maintenance_window_id: String::new(),
     }
 }
 

@@ -162,6 +162,25 @@ pub fn timeline(
             out.push(c);
         }
     }
+    if i.in_maintenance_since.is_some() {
+        let window = if i.maintenance_window_id.is_empty() {
+            "a maintenance window".to_string()
+        } else {
+            format!("maintenance window {}", i.maintenance_window_id)
+        };
+        out.push(entry(
+            i.in_maintenance_since.as_ref(),
+            "maintenance",
+            format!("opened during {window}: nobody notified"),
+        ));
+    }
+    if i.released_at.is_some() {
+        out.push(entry(
+            i.released_at.as_ref(),
+            "released",
+            "maintenance over with the port still down: notified now".into(),
+        ));
+    }
     if i.flapping_since.is_some() {
         out.push(entry(
             i.flapping_since.as_ref(),

@@ -31,6 +31,7 @@ mod agents;
 mod channels;
 mod events;
 mod incidents;
+mod maintenance;
 mod monitors;
 mod regions;
 mod results;
@@ -441,6 +442,36 @@ impl AdminService for AdminApi {
         request: Request<v1::AcknowledgeIncidentRequest>,
     ) -> Result<Response<v1::Incident>, Status> {
         AdminApi::acknowledge_incident(self, request).await
+    }
+
+    // ------------------------------------------------------------ maintenance
+
+    async fn create_maintenance_window(
+        &self,
+        request: Request<v1::CreateMaintenanceWindowRequest>,
+    ) -> Result<Response<v1::MaintenanceWindow>, Status> {
+        AdminApi::create_maintenance_window(self, request).await
+    }
+
+    async fn list_maintenance_windows(
+        &self,
+        request: Request<v1::ListMaintenanceWindowsRequest>,
+    ) -> Result<Response<v1::ListMaintenanceWindowsResponse>, Status> {
+        AdminApi::list_maintenance_windows(self, request).await
+    }
+
+    async fn delete_maintenance_window(
+        &self,
+        request: Request<v1::DeleteMaintenanceWindowRequest>,
+    ) -> Result<Response<v1::DeleteMaintenanceWindowResponse>, Status> {
+        AdminApi::delete_maintenance_window(self, request).await
+    }
+
+    async fn mute_monitor(
+        &self,
+        request: Request<v1::MuteMonitorRequest>,
+    ) -> Result<Response<v1::MaintenanceWindow>, Status> {
+        AdminApi::mute_monitor(self, request).await
     }
 
     // ------------------------------------------------------------ channels and deliveries

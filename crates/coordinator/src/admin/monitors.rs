@@ -128,16 +128,39 @@ impl AdminApi {
         let req = request.into_inner();
         let limit = validate::page_size("page_size", req.page_size)?;
         validate::optional_id("page_token", &req.page_token)?;
+        if !req.tag.is_empty() {
+            validate::tag("tag", &req.tag)?;
+        }
         // Ids in order, after the page token: one more than a page says whether
-        // another follows.
-        let (monitors, next_page_token) = page(
-            self.store()
-                .tenant_monitors(&tenant_id, &req.page_token, limit.saturating_add(1))
-                .map_err(internal)?
-                .into_iter(),
-            limit,
-            |x| x.id.clone(),
-        );
+        // another follows. With a tag, read on in chunks until that many match.
+        let want = limit.saturating_add(1);
+        let mut found: Vec<v1::Monitor> = Vec::new();
+        let mut after = req.page_token.clone();
+        loop {
+            let chunk = if req.tag.is_empty() {
+                want
+            } else {
+                want.max(500)
+            };
+            let batch = self
+                .store()
+                .tenant_monitors(&tenant_id, &after, chunk)
+                .map_err(internal)?;
+            let exhausted = batch.len() < chunk;
+            if let Some(last) = batch.last() {
+                after = last.id.clone();
+            }
+            found.extend(
+                batch
+                    .into_iter()
+                    .filter(|m| req.tag.is_empty() || m.tags.contains(&req.tag)),
+            );
+            if exhausted || found.len() >= want {
+                break;
+            }
+        }
+        found.truncate(want);
+        let (monitors, next_page_token) = page(found.into_iter(), limit, |x| x.id.clone());
         Ok(Response::new(v1::ListMonitorsResponse {
             monitors,
             next_page_token,
@@ -218,6 +241,9 @@ impl AdminApi {
         }
         if let Some(v) = req.remind_max {
             d.remind_max = v;
+        }
+        if req.set_tags {
+            d.tags = req.tags;
         }
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(

@@ -571,6 +571,7 @@ async fn a_tenant_creates_lists_updates_pauses_and_deletes_its_monitors() {
                 tenant_id: String::new(),
                 page_size: 2,
                 page_token: token.into(),
+                tag: String::new(),
             },
         )
     };
@@ -1084,6 +1085,7 @@ async fn quota_counts_and_listing_are_per_tenant_and_exact() {
                     tenant_id: String::new(),
                     page_size: 10,
                     page_token: token.clone(),
+                    tag: String::new(),
                 },
             ))
             .await

@@ -448,6 +448,9 @@ impl Hub {
             regions,
             open_incident_id: open.map(|i| i.id.clone()).unwrap_or_default(),
             quorum: u32::try_from(eval.quorum).unwrap_or(u32::MAX),
+            maintenance_window_id: crate::maintenance::covering(&st.windows, m, t)
+                .map(|w| w.record.id.clone())
+                .unwrap_or_default(),
         }
     }
 }

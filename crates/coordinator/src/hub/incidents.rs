@@ -105,17 +105,28 @@ impl Hub {
             ..Default::default()
         };
         incident.first_steps = first_steps::for_incident(&incident);
+        // In maintenance: recorded, nobody told (until the window ends with
+        // the port still down: `release_maintenance`).
+        let held = self.maintenance_for(monitor, t);
+        if let Some(window) = &held {
+            incident.maintenance_window_id = window.clone();
+            incident.in_maintenance_since = Some(to_timestamp(t));
+        }
         let channels = self.store.list_channels()?;
-        let mut deliveries = outbox::plan_incident(
-            monitor,
-            &channels,
-            &[],
-            &incident,
-            v1::DeliveryKind::Opened,
-            t,
-        );
+        let mut deliveries = if held.is_some() {
+            Vec::new()
+        } else {
+            outbox::plan_incident(
+                monitor,
+                &channels,
+                &[],
+                &incident,
+                v1::DeliveryKind::Opened,
+                t,
+            )
+        };
         let flapping = incident.flapping_since.is_some();
-        if flapping {
+        if flapping && held.is_none() {
             let told: Vec<String> = deliveries
                 .iter()
                 .filter_map(|r| r.delivery.as_ref().map(|d| d.channel_id.clone()))
@@ -182,18 +193,23 @@ impl Hub {
             .copied()
             .map(to_timestamp)
             .collect();
-        // Whoever heard of the opening hears of the end.
+        // Whoever heard of the opening hears of the end; an incident held
+        // back by maintenance the whole time was heard of by nobody.
         let earlier = self
             .store
             .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
-        let deliveries = outbox::plan_incident(
-            monitor,
-            &self.store.list_channels()?,
-            &earlier,
-            &incident,
-            v1::DeliveryKind::Resolved,
-            t,
-        );
+        let deliveries = if incident.maintenance_window_id.is_empty() {
+            outbox::plan_incident(
+                monitor,
+                &self.store.list_channels()?,
+                &earlier,
+                &incident,
+                v1::DeliveryKind::Resolved,
+                t,
+            )
+        } else {
+            Vec::new()
+        };
         self.store
             .put_incident_with_deliveries(&incident, &deliveries)?;
         self.store.flush().await?;
@@ -294,7 +310,11 @@ fn reminder_due(m: &v1::Monitor, i: &v1::Incident, t: SystemTime) -> bool {
     if m.remind_every_ms == 0 || m.paused {
         return false;
     }
-    if i.acknowledged_at.is_some() || i.flapping_since.is_some() || i.closed_at.is_some() {
+    if i.acknowledged_at.is_some()
+        || i.flapping_since.is_some()
+        || i.closed_at.is_some()
+        || !i.maintenance_window_id.is_empty()
+    {
         return false;
     }
     let max = if m.remind_max == 0 {
@@ -375,7 +395,9 @@ impl Hub {
                 .iter()
                 .filter_map(|(mid, i)| {
                     let m = st.monitors.get(mid)?;
-                    reminder_due(m, i, t).then(|| ReminderDue {
+                    // Nobody is reminded during maintenance either.
+                    let quiet = crate::maintenance::covering(&st.windows, m, t).is_some();
+                    (!quiet && reminder_due(m, i, t)).then(|| ReminderDue {
                         monitor: m.clone(),
                         incident_id: i.id.clone(),
                     })
@@ -424,5 +446,63 @@ impl Hub {
         info!(monitor_id = %monitor.id, incident_id = %incident.id, reminder = incident.reminders_sent, deliveries = deliveries.len(), "incident still open: reminder planned");
         self.lock().open.insert(monitor.id.clone(), incident);
         Ok(true)
+    }
+}
+
+impl Hub {
+    /// Open incidents held back by a maintenance window whose monitor no
+    /// window covers any more at `t`: the port is still down after the
+    /// maintenance, so its "Unreachable" goes now (same keys as it would have
+    /// had), in one transaction with the incident's release, flushed before
+    /// the outbox is woken. Returns how many were released.
+    pub async fn release_maintenance(&self, t: SystemTime) -> Result<usize, StoreError> {
+        let held: Vec<(v1::Monitor, String)> = {
+            let st = self.lock();
+            st.open
+                .iter()
+                .filter(|(_, i)| !i.maintenance_window_id.is_empty())
+                .filter_map(|(mid, i)| {
+                    let m = st.monitors.get(mid)?;
+                    crate::maintenance::covering(&st.windows, m, t)
+                        .is_none()
+                        .then(|| (m.clone(), i.id.clone()))
+                })
+                .collect()
+        };
+        let mut released = 0;
+        for (monitor, incident_id) in held {
+            let _transition = self.transitions.lock().await;
+            let Some(mut incident) = self
+                .lock()
+                .open
+                .get(&monitor.id)
+                .filter(|i| i.id == incident_id && !i.maintenance_window_id.is_empty())
+                .cloned()
+            else {
+                continue;
+            };
+            if self.maintenance_for(&monitor, t).is_some() {
+                continue;
+            }
+            incident.maintenance_window_id = String::new();
+            incident.released_at = Some(to_timestamp(t));
+            let deliveries = outbox::plan_incident(
+                &monitor,
+                &self.store.list_channels()?,
+                &[],
+                &incident,
+                v1::DeliveryKind::Opened,
+                t,
+            );
+            self.store
+                .put_incident_with_deliveries(&incident, &deliveries)?;
+            self.store.flush().await?;
+            outbox::count_planned(deliveries.len());
+            self.outbox_wake.notify_one();
+            info!(monitor_id = %monitor.id, incident_id = %incident.id, deliveries = deliveries.len(), "maintenance over with the port still down: incident notified");
+            self.lock().open.insert(monitor.id.clone(), incident);
+            released += 1;
+        }
+        Ok(released)
     }
 }

@@ -138,6 +138,8 @@ struct State {
     /// Flap state per monitor (absent = nothing recent); for monitors with an
     /// open incident, mirrored into the incident when it is written.
     flaps: HashMap<String, Flap>,
+    /// Every tenant's maintenance windows (mirrors the store).
+    windows: Vec<crate::maintenance::Window>,
     next_session: u64,
     revision: u64,
 }
@@ -218,6 +220,11 @@ impl Hub {
         for o in store.region_outages()? {
             state.outages.insert(o.region.clone(), o);
         }
+        state.windows = store
+            .list_maintenance()?
+            .into_iter()
+            .filter_map(crate::maintenance::Window::new)
+            .collect();
         let (events, _) = broadcast::channel(4096);
         Ok(Arc::new(Hub {
             store,
@@ -234,6 +241,25 @@ impl Hub {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Takes the maintenance windows again from the store (after the admin
+    /// API changed them).
+    pub fn reload_windows(&self) -> Result<(), StoreError> {
+        let windows = self
+            .store
+            .list_maintenance()?
+            .into_iter()
+            .filter_map(crate::maintenance::Window::new)
+            .collect();
+        self.lock().windows = windows;
+        Ok(())
+    }
+
+    /// The id of the maintenance window covering `m` at `t`, if any.
+    fn maintenance_for(&self, m: &v1::Monitor, t: SystemTime) -> Option<String> {
+        let st = self.lock();
+        crate::maintenance::covering(&st.windows, m, t).map(|w| w.record.id.clone())
     }
 
     pub fn settings(&self) -> &HubSettings {

@@ -95,6 +95,9 @@ macro_rules! storage_calls {
             write fn prune_deliveries(&self, cutoff_us: u64) -> Result<usize>;
             write fn put_outage_with_deliveries(&self, region: &str, outage: Option<&RegionOutage>, deliveries: &[OutboxRecord]) -> Result<()>;
             read fn region_outages(&self) -> Result<Vec<RegionOutage>>;
+            write fn put_maintenance(&self, w: &v1::MaintenanceWindow) -> Result<()>;
+            read fn list_maintenance(&self) -> Result<Vec<v1::MaintenanceWindow>>;
+            write fn delete_maintenance(&self, id: &str) -> Result<bool>;
         }
     };
 }

@@ -31,11 +31,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "maintenance",
+        sql: include_str!("../../../migrations/0002_maintenance.sql"),
+    },
+];
 
 /// The advisory lock the migrations of every coordinator serialise on ("portwatc" in ASCII, so
 /// that it is recognisable in `pg_locks`).

@@ -717,6 +717,36 @@ impl Conn<'_> {
         Ok(n > 0)
     }
 
+    // ------------------------------------------------------------ maintenance
+
+    pub(super) async fn put_maintenance(&mut self, w: &v1::MaintenanceWindow) -> Result<()> {
+        self.client()?
+            .execute(
+                "INSERT INTO maintenance_windows (id, tenant_id, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET
+                     tenant_id = EXCLUDED.tenant_id, record = EXCLUDED.record",
+                &[&w.id, &w.tenant_id, &w.encode_to_vec()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn list_maintenance(&mut self) -> Result<Vec<v1::MaintenanceWindow>> {
+        let rows = self
+            .client()?
+            .query("SELECT record FROM maintenance_windows ORDER BY id", &[])
+            .await?;
+        records("maintenance_windows", &rows)
+    }
+
+    pub(super) async fn delete_maintenance(&mut self, id: &str) -> Result<bool> {
+        let n = self
+            .client()?
+            .execute("DELETE FROM maintenance_windows WHERE id = $1", &[&id])
+            .await?;
+        Ok(n > 0)
+    }
+
     // ------------------------------------------------------------ outbox
 
     pub(super) async fn get_delivery(&mut self, id: &str) -> Result<Option<OutboxRecord>> {
