@@ -574,6 +574,34 @@ impl Fixture {
         create_channel(&mut self.owner.clone(), c).await.id
     }
 
+    /// A weekly maintenance window over the row's monitor, to delete.
+    async fn fresh_window(&self) -> String {
+        self.owner
+            .clone()
+            .create_maintenance_window(v1::CreateMaintenanceWindowRequest {
+                tenant_id: String::new(),
+                window: Some(self.window()),
+            })
+            .await
+            .expect("a maintenance window to delete")
+            .into_inner()
+            .id
+    }
+
+    fn window(&self) -> v1::MaintenanceWindow {
+        v1::MaintenanceWindow {
+            name: self.fresh_name("window"),
+            monitor_ids: vec![self.monitor.clone()],
+            weekly: Some(v1::WeeklyRecurrence {
+                days: vec!["sun".into()],
+                start: "03:00".into(),
+                duration_ms: 3_600_000,
+                time_zone: "UTC".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
     async fn fresh_tenant_token(&self) -> String {
         self.op
             .clone()
@@ -824,6 +852,53 @@ fn rpc_table() -> Vec<Row> {
                 .get_incident(v1::GetIncidentRequest {
                     tenant_id: c.scope,
                     id: c.fx.incident.clone(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("AcknowledgeIncident", TENANT_OWN, |mut c| async move {
+            c.admin
+                .acknowledge_incident(v1::AcknowledgeIncidentRequest {
+                    tenant_id: c.scope,
+                    id: c.fx.incident.clone(),
+                    note: "table".into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("CreateMaintenanceWindow", TENANT_OWN, |mut c| async move {
+            c.admin
+                .create_maintenance_window(v1::CreateMaintenanceWindowRequest {
+                    tenant_id: c.scope.clone(),
+                    window: Some(c.fx.window()),
+                })
+                .await
+                .map(drop)
+        }),
+        row("ListMaintenanceWindows", TENANT_OWN, |mut c| async move {
+            c.admin
+                .list_maintenance_windows(v1::ListMaintenanceWindowsRequest {
+                    tenant_id: TENANT.into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("DeleteMaintenanceWindow", TENANT_OWN, |mut c| async move {
+            let id = c.fx.fresh_window().await;
+            c.admin
+                .delete_maintenance_window(v1::DeleteMaintenanceWindowRequest {
+                    tenant_id: c.scope,
+                    id,
+                })
+                .await
+                .map(drop)
+        }),
+        row("MuteMonitor", TENANT_OWN, |mut c| async move {
+            c.admin
+                .mute_monitor(v1::MuteMonitorRequest {
+                    tenant_id: c.scope,
+                    monitor_id: c.fx.monitor.clone(),
+                    duration_ms: 60_000,
                 })
                 .await
                 .map(drop)

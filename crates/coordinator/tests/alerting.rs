@@ -597,7 +597,7 @@ async fn bad_maintenance_windows_and_mutes_name_the_field_and_change_nothing() {
         .unwrap()
         .into_inner();
     assert!(mute.active);
-    assert_eq!(mute.monitor_ids, [m.id.clone()]);
+    assert_eq!(mute.monitor_ids, std::slice::from_ref(&m.id));
     // Another tenant's window is not ours to delete.
     let e =
         w.op.delete_maintenance_window(v1::DeleteMaintenanceWindowRequest {

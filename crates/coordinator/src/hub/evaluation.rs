@@ -346,11 +346,11 @@ impl Hub {
                 self.open_incident(monitor, eval, *reason, flapping, t)
                     .await?;
             }
-            (Action::Close, Decision::Close { ignored }, Some(open)) => {
-                if self.recovered_enough(monitor, ignored) {
-                    self.close_incident(monitor, eval, ignored, &open.id, t)
-                        .await?;
-                }
+            (Action::Close, Decision::Close { ignored }, Some(open))
+                if self.recovered_enough(monitor, ignored) =>
+            {
+                self.close_incident(monitor, eval, ignored, &open.id, t)
+                    .await?;
             }
             (Action::Hold { began }, _, Some(open)) => {
                 self.hold_incident(monitor, &open.id, began, t).await?;
