@@ -932,6 +932,27 @@ fn rpc_table() -> Vec<Row> {
                 .await
                 .map(drop)
         }),
+        row("GetRoutingRules", TENANT_OWN, |mut c| async move {
+            c.admin
+                .get_routing_rules(v1::GetRoutingRulesRequest {
+                    tenant_id: TENANT.into(),
+                })
+                .await
+                .map(drop)
+        }),
+        row("SetRoutingRules", TENANT_OWN, |mut c| async move {
+            c.admin
+                .set_routing_rules(v1::SetRoutingRulesRequest {
+                    tenant_id: TENANT.into(),
+                    rules: vec![v1::RoutingRule {
+                        tags: vec!["table".into()],
+                        severity: "critical".into(),
+                        channel_ids: vec![c.fx.channel.clone()],
+                    }],
+                })
+                .await
+                .map(drop)
+        }),
         row("TestChannel", TENANT_OWN, |mut c| async move {
             c.admin
                 .test_channel(v1::TestChannelRequest {

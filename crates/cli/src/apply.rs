@@ -76,6 +76,7 @@ struct Entry {
     remind_every: Option<String>,
     remind_max: Option<u32>,
     tags: Option<Vec<String>>,
+    expect_closed: Option<bool>,
 }
 
 /// A monitor as the file wants it, checked and normalised. `None` = not managed.
@@ -105,6 +106,7 @@ pub struct Desired {
     /// 0 = the coordinator's default (10).
     pub remind_max: Option<u32>,
     pub tags: Option<Vec<String>>,
+    pub expect_closed: Option<bool>,
 }
 
 /// One setting that differs.
@@ -243,6 +245,7 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             remind_every_ms,
             remind_max,
             tags: e.tags,
+            expect_closed: e.expect_closed,
         });
     }
     Ok(out)
@@ -365,6 +368,13 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
     }
     if let Some(v) = &d.tags {
         cmp("tags", current.tags.join(","), v.join(","));
+    }
+    if let Some(v) = d.expect_closed {
+        cmp(
+            "expect_closed",
+            current.expect_closed.to_string(),
+            v.to_string(),
+        );
     }
     if let Some(v) = d.remind_max {
         cmp(
@@ -619,6 +629,10 @@ fn update_request(
         req.tags = d.tags.clone().unwrap_or_default();
         any = true;
     }
+    if changed("expect_closed") {
+        req.expect_closed = d.expect_closed;
+        any = true;
+    }
     if any {
         // The name is the identity; sent explicitly so a default name never
         // follows a new host or port and loses the monitor for the next apply.
@@ -707,6 +721,7 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
                     remind_every_ms: d.remind_every_ms.unwrap_or(0),
                     remind_max: d.remind_max.unwrap_or(0),
                     tags: d.tags.clone().unwrap_or_default(),
+                    expect_closed: d.expect_closed.unwrap_or(false),
                 })
                 .await
                 .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?

@@ -110,6 +110,9 @@ pub enum Command {
     /// Maintenance windows: nobody is notified about the monitors they cover.
     #[command(subcommand)]
     Maintenance(MaintenanceCmd),
+    /// Routing rules: which channels notices go to, by tag and severity.
+    #[command(subcommand)]
+    Routing(RoutingCmd),
     /// Probe regions and their live agents.
     Regions,
     /// Probe agents, online and known (operator).
@@ -210,6 +213,25 @@ pub enum MaintenanceCmd {
         /// Window id.
         id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoutingCmd {
+    /// The tenant's rules, in the order they are tried.
+    #[command(alias = "ls")]
+    List,
+    /// Replace every rule, in order: each --rule is
+    /// "tags=a,b;severity=critical;channels=ch-1,ch-2" (tags and severity
+    /// optional: any). The first rule matching a notice decides its channels;
+    /// none matching: the tenant's default channels. Monitors that name their
+    /// own channels are never routed.
+    Set {
+        /// One rule; repeat for more.
+        #[arg(long = "rule", required = true)]
+        rules: Vec<String>,
+    },
+    /// Remove every rule (the tenant's default channels for everything).
+    Clear,
 }
 
 #[derive(Args, Debug)]
@@ -323,6 +345,10 @@ pub struct MonitorAdd {
     /// comma-separated: lower-case letters, digits and . _ : -.
     #[arg(long, value_delimiter = ',')]
     pub tags: Vec<String>,
+    /// The port must NOT accept connections: alert when a quorum of regions
+    /// connects ("TCP Port Open (expected closed)").
+    #[arg(long)]
+    pub expect_closed: bool,
 }
 
 #[derive(Args, Debug)]
@@ -394,6 +420,9 @@ pub struct MonitorUpdate {
     /// Remove every tag.
     #[arg(long)]
     pub clear_tags: bool,
+    /// true: the port must NOT accept connections; false: it must (the default).
+    #[arg(long)]
+    pub expect_closed: Option<bool>,
 }
 
 #[derive(Args, Debug)]

@@ -39,6 +39,19 @@ pub fn for_incident(i: &v1::Incident) -> Vec<String> {
     let host = clean(&i.host);
     let port = i.port;
     let regions = down_regions(i);
+    if i.expect_closed {
+        return vec![
+            format!(
+                "Port {port} of {host} accepts TCP connections from {regions}, but it should be \
+                 closed. Block it in the firewall or security group (allow only the networks \
+                 that need it), or bind the service to 127.0.0.1 or a private interface."
+            ),
+            format!("What listens there? `ss -ltnp | grep ':{port} '` on the host."),
+            format!(
+                "From a network that must not reach it, `nc -zv {host} {port}` should now fail"
+            ),
+        ];
+    }
     let reason = Outcome::from_wire(i.reason, "reason").ok();
     let mut steps: Vec<String> = match reason {
         Some(Outcome::Refused) => vec![
@@ -147,6 +160,19 @@ mod tests {
         assert!(steps[0].contains("from eu, ap"), "{steps:?}");
         let steps = for_incident(&incident(v1::Outcome::TimedOut, &["us"]));
         assert!(steps[0].contains("(us)"), "{steps:?}");
+    }
+
+    #[test]
+    fn a_port_expected_closed_is_told_to_close() {
+        let mut i = incident(v1::Outcome::Ok, &["eu", "us"]);
+        i.expect_closed = true;
+        let steps = for_incident(&i);
+        assert!(steps[0].contains("should be closed"), "{steps:?}");
+        assert!(steps[0].contains("from eu, us"), "{steps:?}");
+        assert!(
+            steps.last().unwrap().contains("should now fail"),
+            "{steps:?}"
+        );
     }
 
     #[test]

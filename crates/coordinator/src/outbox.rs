@@ -164,6 +164,32 @@ pub fn incident_channels<'a>(
     }
 }
 
+/// The monitor as routing makes it for a notice of `severity`: a monitor that
+/// names channels keeps them; otherwise the first of the tenant's `rules`
+/// that matches (any of its tags on the monitor, or none given; its severity,
+/// or none given) names them. No rule matching: unchanged (the tenant's
+/// default channels).
+pub fn routed<'m>(
+    monitor: &'m v1::Monitor,
+    rules: &[v1::RoutingRule],
+    severity: &str,
+) -> std::borrow::Cow<'m, v1::Monitor> {
+    if !monitor.channel_ids.is_empty() {
+        return std::borrow::Cow::Borrowed(monitor);
+    }
+    let rule = rules.iter().find(|r| {
+        (r.tags.is_empty() || r.tags.iter().any(|t| monitor.tags.contains(t)))
+            && (r.severity.is_empty() || r.severity == severity)
+    });
+    match rule {
+        Some(r) => std::borrow::Cow::Owned(v1::Monitor {
+            channel_ids: r.channel_ids.clone(),
+            ..monitor.clone()
+        }),
+        None => std::borrow::Cow::Borrowed(monitor),
+    }
+}
+
 /// One delivery per channel for an incident that opened or resolved; each
 /// carries a snapshot of the incident.
 pub fn plan_incident(

@@ -209,6 +209,19 @@ fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
 /// The subject line (email subject, Slack headline, PagerDuty summary).
 pub fn subject(n: &Notification<'_>) -> String {
     let s = match n.notice {
+        Notice::Opened(i) if i.expect_closed => {
+            format!(
+                "TCP Port Open (expected closed): {}",
+                target(&i.host, i.port)
+            )
+        }
+        Notice::Reminder(i) if i.expect_closed => format!(
+            "TCP Port Still Open (expected closed): {}",
+            target(&i.host, i.port)
+        ),
+        Notice::Resolved(i) if i.expect_closed => {
+            format!("TCP Port Closed Again: {}", target(&i.host, i.port))
+        }
         Notice::Opened(i) => format!("TCP Port Unreachable: {}", target(&i.host, i.port)),
         Notice::Reminder(i) => format!("TCP Port Still Unreachable: {}", target(&i.host, i.port)),
         Notice::Acknowledged(i) => format!("TCP Port Acknowledged: {}", target(&i.host, i.port)),
@@ -248,6 +261,28 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Whether the notice is about a monitor that expects its port closed.
+fn expects_closed(n: &Notice<'_>) -> bool {
+    match n {
+        Notice::Opened(i)
+        | Notice::Reminder(i)
+        | Notice::Acknowledged(i)
+        | Notice::Resolved(i)
+        | Notice::Flapping(i, _) => i.expect_closed,
+        _ => false,
+    }
+}
+
+/// A region's state as the notice's reader means it: for a port expected
+/// closed, "down" (the failure) is "open" and "up" is "closed".
+fn state_word(n: &Notice<'_>, state: i32) -> &'static str {
+    match (expects_closed(n), state_name(state)) {
+        (true, "down") => "open",
+        (true, "up") => "closed",
+        (_, word) => word,
+    }
+}
+
 /// The per-region table of an incident notice.
 pub fn region_table(n: &Notice<'_>) -> String {
     let rows: Vec<Vec<String>> = evidence(n)
@@ -255,7 +290,7 @@ pub fn region_table(n: &Notice<'_>) -> String {
         .map(|e| {
             vec![
                 clean(&e.region),
-                state_name(e.state).to_string(),
+                state_word(n, e.state).to_string(),
                 region_reason(e),
                 connect_ms(e).map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms")),
                 time(e.checked_at.as_ref()),
@@ -371,7 +406,7 @@ fn regions_json(n: &Notice<'_>) -> Value {
             .map(|e| {
                 json!({
                     "region": e.region,
-                    "state": state_name(e.state),
+                    "state": state_word(n, e.state),
                     "outcome": outcome(e.outcome).map(Outcome::name),
                     "reason": region_reason(e),
                     "detail": e.detail,
@@ -458,6 +493,7 @@ fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
         "acknowledged_by": i.acknowledged_by,
         "acknowledged_note": i.acknowledged_note,
         "reminders_sent": i.reminders_sent,
+        "expect_closed": i.expect_closed,
         "first_steps": match n {
             Notice::Opened(_) | Notice::Reminder(_) => Value::from(steps(i)),
             _ => Value::Null,

@@ -318,6 +318,7 @@ pub struct MonitorDraft {
     pub remind_every_ms: u64,
     pub remind_max: u32,
     pub tags: Vec<String>,
+    pub expect_closed: bool,
 }
 
 impl From<&v1::CreateMonitorRequest> for MonitorDraft {
@@ -342,6 +343,7 @@ impl From<&v1::CreateMonitorRequest> for MonitorDraft {
             remind_every_ms: r.remind_every_ms,
             remind_max: r.remind_max,
             tags: r.tags.clone(),
+            expect_closed: r.expect_closed,
         }
     }
 }
@@ -368,6 +370,7 @@ impl From<&v1::Monitor> for MonitorDraft {
             remind_every_ms: m.remind_every_ms,
             remind_max: m.remind_max,
             tags: m.tags.clone(),
+            expect_closed: m.expect_closed,
         }
     }
 }
@@ -400,6 +403,7 @@ pub struct MonitorSpec {
     pub flap: FlapSpec,
     pub alerting: AlertSpec,
     pub tags: Vec<String>,
+    pub expect_closed: bool,
 }
 
 /// How a monitor's incidents close and are repeated, checked (0 = the
@@ -444,6 +448,7 @@ impl MonitorSpec {
         m.remind_every_ms = self.alerting.remind_every_ms;
         m.remind_max = self.alerting.remind_max;
         m.tags = self.tags.clone();
+        m.expect_closed = self.expect_closed;
     }
 }
 
@@ -588,6 +593,7 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         },
         alerting,
         tags,
+        expect_closed: d.expect_closed,
     })
 }
 

@@ -608,3 +608,181 @@ async fn bad_maintenance_windows_and_mutes_name_the_field_and_change_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn routing_rules_send_tagged_monitors_to_their_channels_and_the_rest_to_the_defaults() {
+    let mut w = world().await;
+    let db_hook = HttpReceiver::ok().await;
+    let default_hook = HttpReceiver::ok().await;
+    let db_channel = w
+        .tenant
+        .create_channel(v1::CreateChannelRequest {
+            tenant_id: String::new(),
+            channel: Some(v1::Channel {
+                name: "dba on call".into(),
+                is_default: false,
+                config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
+                    url: db_hook.url("/dba"),
+                    secret: "whsec-0123456789abcdef".into(),
+                })),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let default_channel = webhook(&mut w, &default_hook).await;
+
+    // Bad rules name the field and change nothing.
+    let set = |rules: Vec<v1::RoutingRule>| v1::SetRoutingRulesRequest {
+        tenant_id: String::new(),
+        rules,
+    };
+    let rule = |tags: &[&str], severity: &str, channels: &[&str]| v1::RoutingRule {
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+        severity: severity.into(),
+        channel_ids: channels.iter().map(|s| s.to_string()).collect(),
+    };
+    for (bad, prefix) in [
+        (
+            rule(&["db"], "urgent", &[&db_channel.id]),
+            "rules.severity: ",
+        ),
+        (rule(&["db"], "", &["ch-nope"]), "rules.channel_ids: "),
+        (rule(&["db"], "", &[]), "rules.channel_ids: "),
+        (rule(&["DB!"], "", &[&db_channel.id]), "rules.tags: "),
+    ] {
+        let e = w
+            .tenant
+            .set_routing_rules(set(vec![bad]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with(prefix), "{}", e.message());
+    }
+    let none = w
+        .tenant
+        .get_routing_rules(v1::GetRoutingRulesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.rules.is_empty());
+
+    let rules = w
+        .tenant
+        .set_routing_rules(set(vec![
+            rule(&["db"], "critical", &[&db_channel.id]),
+            rule(&["web"], "", &[&default_channel.id]),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rules.rules.len(), 2);
+
+    let db = monitor(&mut w, |r| {
+        r.name = "db".into();
+        r.host = "db.example.com".into();
+        r.tags = vec!["db".into()];
+    })
+    .await;
+    let plain = monitor(&mut w, |r| {
+        r.name = "plain".into();
+        r.host = "plain.example.com".into();
+    })
+    .await;
+    let mut ag = w.connect_agents().await;
+    two_regions(&mut ag, &db, v1::Outcome::Refused).await;
+    two_regions(&mut ag, &plain, v1::Outcome::Refused).await;
+    let to_dba = db_hook.wait_for(1, WAIT).await;
+    let to_default = default_hook.wait_for(1, WAIT).await;
+    assert_eq!(
+        json(&to_dba[0])["subject"],
+        "TCP Port Unreachable: db.example.com:5432"
+    );
+    assert_eq!(
+        json(&to_default[0])["subject"],
+        "TCP Port Unreachable: plain.example.com:5432"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db_hook.requests().len(), 1);
+    assert_eq!(default_hook.requests().len(), 1);
+
+    // A channel a rule names cannot be deleted from under it.
+    let e = w
+        .tenant
+        .delete_channel(v1::DeleteChannelRequest {
+            tenant_id: String::new(),
+            id: db_channel.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("routing rule 1"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_port_expected_closed_alerts_when_a_quorum_connects_and_recovers_when_all_refuse() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    let wh = webhook(&mut w, &hook).await;
+    let m = monitor(&mut w, |r| {
+        r.name = "exposed redis".into();
+        r.host = "cache.example.com".into();
+        r.port = 6379;
+        r.expect_closed = true;
+    })
+    .await;
+    assert!(m.expect_closed);
+    let mut ag = w.connect_agents().await;
+    // Closed everywhere: fine. One region connecting: not a quorum.
+    ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
+    ag[1].report_acked(&m.id, v1::Outcome::TimedOut).await;
+    ag[2].report_acked(&m.id, v1::Outcome::Refused).await;
+    ag[0].report_acked(&m.id, v1::Outcome::Ok).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(open_incidents(&w.tenant).await.is_empty());
+    // Two of three connect: the port is open.
+    ag[1].report_acked(&m.id, v1::Outcome::Ok).await;
+    let got = hook.wait_for(1, WAIT).await;
+    let body = json(&got[0]);
+    assert_eq!(
+        body["subject"],
+        "TCP Port Open (expected closed): cache.example.com:6379"
+    );
+    assert_eq!(
+        body["incident"]["reason_text"],
+        "Port accepts connections (expected closed)"
+    );
+    assert_eq!(body["incident"]["expect_closed"], true);
+    let states: Vec<&str> = body["incident"]["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "open").count(),
+        2,
+        "{states:?}"
+    );
+    assert!(
+        body["incident"]["first_steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("should be closed")),
+        "{body}"
+    );
+    let incident = open_incidents(&w.tenant).await.remove(0);
+    // Every region refused, timed out or unreachable again: closed again.
+    ag[0].report_acked(&m.id, v1::Outcome::Refused).await;
+    ag[1].report_acked(&m.id, v1::Outcome::TimedOut).await;
+    ag[2].report_acked(&m.id, v1::Outcome::Unreachable).await;
+    let got = hook.wait_for(2, WAIT).await;
+    assert_eq!(
+        json(&got[1])["subject"],
+        "TCP Port Closed Again: cache.example.com:6379"
+    );
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        Some(format!("{}:resolved:{}", incident.id, wh.id).as_str())
+    );
+}

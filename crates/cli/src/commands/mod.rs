@@ -11,6 +11,7 @@ mod incidents;
 mod maintenance;
 mod monitor;
 mod results;
+mod routing;
 mod status;
 mod tenant;
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => status::run(&mut Client::connect(&conn).await?, a, out).await,
         Command::Results(a) => results::run(&mut Client::connect(&conn).await?, a, out).await,
         Command::Incidents(a) => incidents::run(&mut Client::connect(&conn).await?, a, out).await,
+        Command::Routing(cmd) => routing::run(&mut Client::connect(&conn).await?, cmd, out).await,
         Command::Maintenance(cmd) => {
             maintenance::run(&mut Client::connect(&conn).await?, cmd, out).await
         }

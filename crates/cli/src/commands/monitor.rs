@@ -120,6 +120,7 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         remind_every_ms: a.remind_every.unwrap_or(0),
         remind_max: a.remind_max.unwrap_or(0),
         tags: a.tags.clone(),
+        expect_closed: a.expect_closed,
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -157,6 +158,7 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         remind_max: u.remind_max,
         set_tags: u.tags.is_some() || u.clear_tags,
         tags: u.tags.clone().unwrap_or_default(),
+        expect_closed: u.expect_closed,
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -176,7 +178,8 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.recover_after.is_none()
         && req.remind_every_ms.is_none()
         && req.remind_max.is_none()
-        && !req.set_tags;
+        && !req.set_tags
+        && req.expect_closed.is_none();
     if nothing {
         return Err(CliError::usage(
             "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
@@ -267,6 +270,15 @@ pub fn details(m: &v1::Monitor) -> Table {
         ("flap detection", flap_text(m)),
         ("alerting", alerting_text(m)),
         ("tags", m.tags.join(",")),
+        (
+            "expects",
+            if m.expect_closed {
+                "closed: alerts when a quorum of regions connects"
+            } else {
+                "open"
+            }
+            .to_string(),
+        ),
         ("paused", m.paused.to_string()),
         ("tenant", m.tenant_id.clone()),
     ];

@@ -98,6 +98,19 @@ impl AdminApi {
                 quote(&c.id)
             )));
         }
+        if !owner.is_empty()
+            && let Some(t) = self.store().get_tenant(&owner).map_err(internal)?
+            && let Some(n) = t
+                .routing_rules
+                .iter()
+                .position(|r| r.channel_ids.contains(&c.id))
+        {
+            return Err(Status::failed_precondition(format!(
+                "id: channel {} is named by routing rule {}; change the rules first",
+                quote(&c.id),
+                n + 1
+            )));
+        }
         // Its pending deliveries fail at their next attempt ("the channel was deleted").
         self.changes.delete_channel(&c.id).await.map_err(internal)?;
         Ok(Response::new(v1::DeleteChannelResponse {}))

@@ -35,6 +35,7 @@ mod maintenance;
 mod monitors;
 mod regions;
 mod results;
+mod routing;
 mod tenants;
 mod tokens;
 
@@ -495,6 +496,20 @@ impl AdminService for AdminApi {
         request: Request<v1::DeleteChannelRequest>,
     ) -> Result<Response<v1::DeleteChannelResponse>, Status> {
         AdminApi::delete_channel(self, request).await
+    }
+
+    async fn get_routing_rules(
+        &self,
+        request: Request<v1::GetRoutingRulesRequest>,
+    ) -> Result<Response<v1::RoutingRules>, Status> {
+        AdminApi::get_routing_rules(self, request).await
+    }
+
+    async fn set_routing_rules(
+        &self,
+        request: Request<v1::SetRoutingRulesRequest>,
+    ) -> Result<Response<v1::RoutingRules>, Status> {
+        AdminApi::set_routing_rules(self, request).await
     }
 
     async fn test_channel(

@@ -245,6 +245,9 @@ impl AdminApi {
         if req.set_tags {
             d.tags = req.tags;
         }
+        if let Some(v) = req.expect_closed {
+            d.expect_closed = v;
+        }
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(
             &d,

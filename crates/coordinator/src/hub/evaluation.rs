@@ -52,6 +52,22 @@ pub(super) fn outcome_of(r: &v1::CheckResult) -> Option<Outcome> {
     Outcome::from_wire(r.outcome, "outcome").ok()
 }
 
+/// What an outcome means for the consensus rule of `m`. For a monitor that
+/// expects its port closed, connecting is the failure (given to the rule as
+/// `Refused`, a stand-in: the incident says "open") and any way of not
+/// reaching the port is success; a probe that could not check (blocked, probe
+/// error) stays what it is.
+pub(super) fn judged(m: &v1::Monitor, o: Outcome) -> Outcome {
+    if !m.expect_closed {
+        return o;
+    }
+    match o {
+        Outcome::Ok => Outcome::Refused,
+        o if o.is_target_failure() => Outcome::Ok,
+        o => o,
+    }
+}
+
 impl Hub {
     /// Results that became their region's latest (already durable): update the
     /// view, evaluate consensus, ask for confirmation when a region turns down.
@@ -75,12 +91,9 @@ impl Hub {
                 }
                 // Only results that became the region's latest arrive here,
                 // so each one is newer than the last counted.
+                let up = st.monitors.get(&r.monitor_id).map_or(o, |m| judged(m, o)) == Outcome::Ok;
                 let streak = st.up_streak.entry(key.clone()).or_insert(0);
-                *streak = if o == Outcome::Ok {
-                    streak.saturating_add(1)
-                } else {
-                    0
-                };
+                *streak = if up { streak.saturating_add(1) } else { 0 };
                 if !touched.contains(&r.monitor_id) {
                     touched.push(r.monitor_id.clone());
                 }
@@ -140,7 +153,7 @@ impl Hub {
                 let latest = st.latest.get(&key).and_then(|res| {
                     Some(Observation {
                         checked_at: res.checked_at.as_ref().and_then(from_timestamp)?,
-                        outcome: outcome_of(res)?,
+                        outcome: judged(m, outcome_of(res)?),
                     })
                 });
                 let online = st.sessions.get(r).is_some_and(|v| !v.is_empty());

@@ -26,6 +26,9 @@ use crate::ids::new_id;
 use crate::outbox;
 use crate::store::{FlapTerms, StoreError};
 
+/// The reason of an incident of a monitor that expects its port closed.
+pub const EXPECTED_CLOSED: &str = "Port accepts connections (expected closed)";
+
 /// The flap terms a "flapping" notice about `m` quotes.
 fn flap_terms(m: &v1::Monitor) -> FlapTerms {
     let s = flapping::Settings::of(m);
@@ -54,6 +57,15 @@ pub(super) fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
 }
 
 impl Hub {
+    /// The routing rules of a tenant (none for a tenant that is gone).
+    fn routing_rules(&self, tenant_id: &str) -> Result<Vec<v1::RoutingRule>, StoreError> {
+        Ok(self
+            .store
+            .get_tenant(tenant_id)?
+            .map(|t| t.routing_rules)
+            .unwrap_or_default())
+    }
+
     /// The monitor's flap state as the incident records it.
     fn flap_of(&self, monitor_id: &str) -> Flap {
         self.lock()
@@ -94,8 +106,17 @@ impl Hub {
             port: monitor.port,
             opened_at: Some(to_timestamp(t)),
             closed_at: None,
-            reason: v1::Outcome::from(reason) as i32,
-            reason_text: reason.text().to_string(),
+            reason: v1::Outcome::from(if monitor.expect_closed {
+                Outcome::Ok
+            } else {
+                reason
+            }) as i32,
+            reason_text: if monitor.expect_closed {
+                EXPECTED_CLOSED.to_string()
+            } else {
+                reason.text().to_string()
+            },
+            expect_closed: monitor.expect_closed,
             open_evidence: evidence,
             close_evidence: Vec::new(),
             severity: "critical".into(),
@@ -113,6 +134,9 @@ impl Hub {
             incident.in_maintenance_since = Some(to_timestamp(t));
         }
         let channels = self.store.list_channels()?;
+        let rules = self.routing_rules(&monitor.tenant_id)?;
+        let routed = outbox::routed(monitor, &rules, &incident.severity);
+        let monitor = &*routed;
         let mut deliveries = if held.is_some() {
             Vec::new()
         } else {
@@ -198,9 +222,11 @@ impl Hub {
         let earlier = self
             .store
             .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
+        let rules = self.routing_rules(&monitor.tenant_id)?;
+        let routed = outbox::routed(monitor, &rules, &incident.severity);
         let deliveries = if incident.maintenance_window_id.is_empty() {
             outbox::plan_incident(
-                monitor,
+                &routed,
                 &self.store.list_channels()?,
                 &earlier,
                 &incident,
@@ -486,8 +512,9 @@ impl Hub {
             }
             incident.maintenance_window_id = String::new();
             incident.released_at = Some(to_timestamp(t));
+            let rules = self.routing_rules(&monitor.tenant_id)?;
             let deliveries = outbox::plan_incident(
-                &monitor,
+                &outbox::routed(&monitor, &rules, &incident.severity),
                 &self.store.list_channels()?,
                 &[],
                 &incident,

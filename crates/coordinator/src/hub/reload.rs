@@ -53,8 +53,15 @@ impl Hub {
             .into_iter()
             .map(|o| (o.region.clone(), o))
             .collect();
+        let windows: Vec<crate::maintenance::Window> = self
+            .store
+            .list_maintenance()?
+            .into_iter()
+            .filter_map(crate::maintenance::Window::new)
+            .collect();
 
         let mut st = self.lock();
+        st.windows = windows;
         let changed_monitors: Vec<(String, HashSet<String>)> = monitors
             .keys()
             .chain(st.monitors.keys())
