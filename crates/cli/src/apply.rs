@@ -77,6 +77,9 @@ struct Entry {
     remind_max: Option<u32>,
     tags: Option<Vec<String>>,
     expect_closed: Option<bool>,
+    /// A duration, or "off".
+    degraded_after: Option<String>,
+    degraded_checks: Option<u32>,
 }
 
 /// A monitor as the file wants it, checked and normalised. `None` = not managed.
@@ -107,6 +110,10 @@ pub struct Desired {
     pub remind_max: Option<u32>,
     pub tags: Option<Vec<String>>,
     pub expect_closed: Option<bool>,
+    /// 0 = off.
+    pub degraded_after_ms: Option<u32>,
+    /// 0 = the coordinator's default (3).
+    pub degraded_checks: Option<u32>,
 }
 
 /// One setting that differs.
@@ -217,6 +224,16 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             _ => Ok(v),
         };
         let recover_after = count("recover_after", e.recover_after)?;
+        let degraded_checks = count("degraded_checks", e.degraded_checks)?;
+        let degraded_after_ms = e
+            .degraded_after
+            .as_deref()
+            .map(|t| {
+                parse_millis_or_off(t)
+                    .and_then(|ms| u32::try_from(ms).map_err(|_| format!("{t:?} is too long")))
+            })
+            .transpose()
+            .map_err(|err| CliError::usage(format!("{at}: degraded_after: {err}")))?;
         let remind_max = count("remind_max", e.remind_max)?;
         let remind_every_ms = e
             .remind_every
@@ -246,6 +263,8 @@ pub fn parse(text: &str) -> Result<Vec<Desired>> {
             remind_max,
             tags: e.tags,
             expect_closed: e.expect_closed,
+            degraded_after_ms,
+            degraded_checks,
         });
     }
     Ok(out)
@@ -368,6 +387,27 @@ fn diffs(current: &v1::Monitor, d: &Desired) -> Vec<Diff> {
     }
     if let Some(v) = &d.tags {
         cmp("tags", current.tags.join(","), v.join(","));
+    }
+    if let Some(v) = d.degraded_after_ms {
+        let ms = |v: u64| {
+            if v == 0 {
+                "off".to_string()
+            } else {
+                output::millis(v)
+            }
+        };
+        cmp(
+            "degraded_after",
+            ms(u64::from(current.degraded_after_ms)),
+            ms(u64::from(v)),
+        );
+    }
+    if let Some(v) = d.degraded_checks {
+        cmp(
+            "degraded_checks",
+            or_default(u64::from(current.degraded_checks), &n),
+            or_default(u64::from(v), &n),
+        );
     }
     if let Some(v) = d.expect_closed {
         cmp(
@@ -629,6 +669,14 @@ fn update_request(
         req.tags = d.tags.clone().unwrap_or_default();
         any = true;
     }
+    if changed("degraded_after") {
+        req.degraded_after_ms = d.degraded_after_ms;
+        any = true;
+    }
+    if changed("degraded_checks") {
+        req.degraded_checks = d.degraded_checks;
+        any = true;
+    }
     if changed("expect_closed") {
         req.expect_closed = d.expect_closed;
         any = true;
@@ -722,6 +770,8 @@ async fn execute(c: &mut Client, changes: &[Change], applied: &mut Vec<String>) 
                     remind_max: d.remind_max.unwrap_or(0),
                     tags: d.tags.clone().unwrap_or_default(),
                     expect_closed: d.expect_closed.unwrap_or(false),
+                    degraded_after_ms: d.degraded_after_ms.unwrap_or(0),
+                    degraded_checks: d.degraded_checks.unwrap_or(0),
                 })
                 .await
                 .map_err(|e| CliError::from(e).context(format!("creating {:?}", d.name)))?

@@ -349,6 +349,14 @@ pub struct MonitorAdd {
     /// connects ("TCP Port Open (expected closed)").
     #[arg(long)]
     pub expect_closed: bool,
+    /// Slow ports, by consensus: "TCP Port Slow" when a quorum of regions
+    /// connects slower than this (e.g. 250ms, below the timeout) for
+    /// --degraded-checks checks each.
+    #[arg(long, value_parser = parse_millis)]
+    pub degraded_after: Option<u64>,
+    /// Consecutive slow checks per region before it counts, 1-100 (default 3).
+    #[arg(long)]
+    pub degraded_checks: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -423,6 +431,12 @@ pub struct MonitorUpdate {
     /// true: the port must NOT accept connections; false: it must (the default).
     #[arg(long)]
     pub expect_closed: Option<bool>,
+    /// Slowness threshold (e.g. 250ms); "off" turns slowness alerts off.
+    #[arg(long, value_parser = parse_millis_or_off)]
+    pub degraded_after: Option<u64>,
+    /// Consecutive slow checks per region, 1-100; 0 = back to the default (3).
+    #[arg(long)]
+    pub degraded_checks: Option<u32>,
 }
 
 #[derive(Args, Debug)]

@@ -39,6 +39,20 @@ pub fn for_incident(i: &v1::Incident) -> Vec<String> {
     let host = clean(&i.host);
     let port = i.port;
     let regions = down_regions(i);
+    if i.slow {
+        return vec![
+            format!(
+                "Connections to {host}:{port} are slow ({}). Is the host overloaded (CPU, \
+                 memory, the listen backlog: `ss -ltn` shows a growing Recv-Q on port {port})?",
+                clean(&i.reason_text)
+            ),
+            format!(
+                "Is the path slow from those regions? `mtr -T -P {port} {host}` from an \
+                 affected region."
+            ),
+            format!("From a network known to reach it: `time nc -zv {host} {port}`"),
+        ];
+    }
     if i.expect_closed {
         return vec![
             format!(
@@ -160,6 +174,22 @@ mod tests {
         assert!(steps[0].contains("from eu, ap"), "{steps:?}");
         let steps = for_incident(&incident(v1::Outcome::TimedOut, &["us"]));
         assert!(steps[0].contains("(us)"), "{steps:?}");
+    }
+
+    #[test]
+    fn a_slow_port_is_told_where_to_look() {
+        let mut i = incident(v1::Outcome::Ok, &[]);
+        i.slow = true;
+        i.reason_text = "Connect time above 200 ms".into();
+        let steps = for_incident(&i);
+        assert!(
+            steps[0].contains("slow (Connect time above 200 ms)"),
+            "{steps:?}"
+        );
+        assert!(
+            steps[1].contains("mtr -T -P 5432 db.example.com"),
+            "{steps:?}"
+        );
     }
 
     #[test]

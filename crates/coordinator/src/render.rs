@@ -209,6 +209,10 @@ fn evidence<'a>(n: &Notice<'a>) -> &'a [v1::RegionEvidence] {
 /// The subject line (email subject, Slack headline, PagerDuty summary).
 pub fn subject(n: &Notification<'_>) -> String {
     let s = match n.notice {
+        Notice::Opened(i) if i.slow => format!("TCP Port Slow: {}", target(&i.host, i.port)),
+        Notice::Resolved(i) if i.slow => {
+            format!("TCP Port No Longer Slow: {}", target(&i.host, i.port))
+        }
         Notice::Opened(i) if i.expect_closed => {
             format!(
                 "TCP Port Open (expected closed): {}",
@@ -494,6 +498,8 @@ fn incident_json(n: &Notice<'_>, i: &v1::Incident) -> Value {
         "acknowledged_note": i.acknowledged_note,
         "reminders_sent": i.reminders_sent,
         "expect_closed": i.expect_closed,
+        "slow": i.slow,
+        "superseded_by": i.superseded_by,
         "first_steps": match n {
             Notice::Opened(_) | Notice::Reminder(_) => Value::from(steps(i)),
             _ => Value::Null,

@@ -319,6 +319,8 @@ pub struct MonitorDraft {
     pub remind_max: u32,
     pub tags: Vec<String>,
     pub expect_closed: bool,
+    pub degraded_after_ms: u32,
+    pub degraded_checks: u32,
 }
 
 impl From<&v1::CreateMonitorRequest> for MonitorDraft {
@@ -344,6 +346,8 @@ impl From<&v1::CreateMonitorRequest> for MonitorDraft {
             remind_max: r.remind_max,
             tags: r.tags.clone(),
             expect_closed: r.expect_closed,
+            degraded_after_ms: r.degraded_after_ms,
+            degraded_checks: r.degraded_checks,
         }
     }
 }
@@ -371,6 +375,8 @@ impl From<&v1::Monitor> for MonitorDraft {
             remind_max: m.remind_max,
             tags: m.tags.clone(),
             expect_closed: m.expect_closed,
+            degraded_after_ms: m.degraded_after_ms,
+            degraded_checks: m.degraded_checks,
         }
     }
 }
@@ -404,6 +410,8 @@ pub struct MonitorSpec {
     pub alerting: AlertSpec,
     pub tags: Vec<String>,
     pub expect_closed: bool,
+    pub degraded_after_ms: u32,
+    pub degraded_checks: u32,
 }
 
 /// How a monitor's incidents close and are repeated, checked (0 = the
@@ -449,6 +457,8 @@ impl MonitorSpec {
         m.remind_max = self.alerting.remind_max;
         m.tags = self.tags.clone();
         m.expect_closed = self.expect_closed;
+        m.degraded_after_ms = self.degraded_after_ms;
+        m.degraded_checks = self.degraded_checks;
     }
 }
 
@@ -567,6 +577,31 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
 
     let alerting = alerting(d, interval_ms, millis(t.limits.min_remind_every))?;
     let tags = tags("tags", &d.tags)?;
+    let timeout_ms = millis(timeout);
+    if d.degraded_after_ms != 0 && u64::from(d.degraded_after_ms) >= timeout_ms {
+        return Err(FieldError::invalid(
+            "degraded_after_ms",
+            format!(
+                "{} ms must be below the timeout ({timeout_ms} ms); 0 turns slowness alerts off",
+                d.degraded_after_ms
+            ),
+        ));
+    }
+    if d.degraded_checks > 100 {
+        return Err(FieldError::invalid(
+            "degraded_checks",
+            format!(
+                "{} is out of range; must be 0 (the default, 3) or 1-100 checks",
+                d.degraded_checks
+            ),
+        ));
+    }
+    if d.degraded_after_ms != 0 && d.expect_closed {
+        return Err(FieldError::invalid(
+            "degraded_after_ms",
+            "a monitor that expects its port closed has no connect time to be slow in",
+        ));
+    }
 
     let name = if d.name.is_empty() {
         default_name(&host, port)
@@ -594,6 +629,8 @@ pub fn monitor(d: &MonitorDraft, t: &Tenancy<'_>) -> Result<MonitorSpec> {
         alerting,
         tags,
         expect_closed: d.expect_closed,
+        degraded_after_ms: d.degraded_after_ms,
+        degraded_checks: d.degraded_checks,
     })
 }
 

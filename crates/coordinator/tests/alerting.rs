@@ -786,3 +786,146 @@ async fn a_port_expected_closed_alerts_when_a_quorum_connects_and_recovers_when_
         Some(format!("{}:resolved:{}", incident.id, wh.id).as_str())
     );
 }
+
+/// A connect of `ms` milliseconds from `a`'s region, acknowledged.
+async fn connect_in(a: &mut FakeAgent, m: &v1::Monitor, ms: u64) {
+    let seq = a.next_seq;
+    a.next_seq += 1;
+    let mut r = portwatch_e2e::result(&m.id, v1::Outcome::Ok, std::time::SystemTime::now());
+    r.connect_us = ms * 1000;
+    a.send_batch(vec![(seq, r)]).await;
+    a.pump_until(Duration::from_secs(5), |x| x.acked >= seq)
+        .await
+        .expect("ack");
+}
+
+#[tokio::test]
+async fn a_port_is_slow_only_when_a_quorum_is_slow_and_an_outage_supersedes_it() {
+    let mut w = world().await;
+    let hook = HttpReceiver::ok().await;
+    let wh = webhook(&mut w, &hook).await;
+    let (pd, _) = pagerduty(&mut w).await;
+    let m = monitor(&mut w, |r| {
+        r.degraded_after_ms = 200;
+        r.degraded_checks = 3;
+    })
+    .await;
+    let mut ag = w.connect_agents().await;
+    // One region slow for many checks: not enough.
+    for _ in 0..4 {
+        connect_in(&mut ag[0], &m, 450).await;
+        connect_in(&mut ag[1], &m, 20).await;
+        connect_in(&mut ag[2], &m, 25).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hook.requests().is_empty(), "{:?}", keys(&hook.requests()));
+    // Two regions slow, but the second only twice: still not enough.
+    for _ in 0..2 {
+        connect_in(&mut ag[0], &m, 450).await;
+        connect_in(&mut ag[1], &m, 380).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hook.requests().is_empty(), "{:?}", keys(&hook.requests()));
+    // Its third slow check: a quorum (2 of 3) is slow.
+    connect_in(&mut ag[1], &m, 390).await;
+    let got = hook.wait_for(1, WAIT).await;
+    let body = json(&got[0]);
+    assert_eq!(body["subject"], "TCP Port Slow: db.example.com:5432");
+    assert_eq!(body["severity"], "warning");
+    assert_eq!(body["incident"]["slow"], true);
+    let connect: Vec<f64> = body["incident"]["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["connect_ms"].as_f64())
+        .collect();
+    assert!(
+        connect.contains(&390.0) && connect.contains(&450.0),
+        "{connect:?}"
+    );
+    let status = w
+        .tenant
+        .get_monitor_status(v1::GetMonitorStatusRequest {
+            tenant_id: String::new(),
+            id: m.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.overall, v1::OverallState::Degraded as i32);
+    let slow_id = body["incident"]["id"].as_str().unwrap().to_string();
+    let trigger = json(&pd.wait_for(1, WAIT).await[0]);
+    assert_eq!(trigger["payload"]["severity"], "warning");
+
+    // Fast again for three checks everywhere: its own recovery.
+    for _ in 0..3 {
+        for a in ag.iter_mut() {
+            connect_in(a, &m, 30).await;
+        }
+    }
+    let got = hook.wait_for(2, WAIT).await;
+    assert_eq!(
+        json(&got[1])["subject"],
+        "TCP Port No Longer Slow: db.example.com:5432"
+    );
+    assert_eq!(
+        got[1].header("idempotency-key"),
+        Some(format!("{slow_id}:resolved:{wh_id}", wh_id = wh.id).as_str())
+    );
+
+    // Slow again, then down: the outage supersedes the slowness. The receiver
+    // hears "Slow" then "Unreachable", never "No Longer Slow" about a port that
+    // is down; PagerDuty's warning is resolved.
+    for _ in 0..3 {
+        connect_in(&mut ag[0], &m, 450).await;
+        connect_in(&mut ag[1], &m, 450).await;
+    }
+    hook.wait_for(3, WAIT).await;
+    two_regions(&mut ag, &m, v1::Outcome::Refused).await;
+    let got = hook.wait_for(4, WAIT).await;
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|r| json(r)["subject"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "TCP Port Slow: db.example.com:5432",
+            "TCP Port No Longer Slow: db.example.com:5432",
+            "TCP Port Slow: db.example.com:5432",
+            "TCP Port Unreachable: db.example.com:5432",
+        ]
+    );
+    let second_slow = json(&got[2])["incident"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let outage = json(&got[3])["incident"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let superseded = get(&w.tenant, &second_slow).await;
+    assert!(superseded.closed_at.is_some());
+    assert_eq!(superseded.superseded_by, outage);
+    let pd_events = pd.wait_for(5, WAIT).await;
+    let actions: Vec<(String, String)> = pd_events
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (
+                v["event_action"].as_str().unwrap_or_default().to_string(),
+                v["dedup_key"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("resolve".to_string(), second_slow.clone())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("trigger".to_string(), outage.clone())),
+        "{actions:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.requests().len(), 4, "{:?}", keys(&hook.requests()));
+}

@@ -92,6 +92,13 @@ pub async fn run(c: &mut Client, cmd: MonitorCmd, out: OutputFormat) -> Result<(
     }
 }
 
+fn degraded_ms(ms: Option<u64>) -> Result<Option<u32>> {
+    ms.map(|v| {
+        u32::try_from(v).map_err(|_| CliError::usage("--degraded-after: must be below the timeout"))
+    })
+    .transpose()
+}
+
 fn timeout_ms(ms: Option<u64>) -> Result<Option<u32>> {
     ms.map(|v| u32::try_from(v).map_err(|_| CliError::usage("--timeout: must be at most 10s")))
         .transpose()
@@ -121,6 +128,8 @@ async fn add(c: &mut Client, a: MonitorAdd, out: OutputFormat) -> Result<()> {
         remind_max: a.remind_max.unwrap_or(0),
         tags: a.tags.clone(),
         expect_closed: a.expect_closed,
+        degraded_after_ms: degraded_ms(a.degraded_after)?.unwrap_or(0),
+        degraded_checks: a.degraded_checks.unwrap_or(0),
     };
     let m = c.admin.create_monitor(req).await?.into_inner();
     print_monitor(&m, "created", out)
@@ -159,6 +168,8 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         set_tags: u.tags.is_some() || u.clear_tags,
         tags: u.tags.clone().unwrap_or_default(),
         expect_closed: u.expect_closed,
+        degraded_after_ms: degraded_ms(u.degraded_after)?,
+        degraded_checks: u.degraded_checks,
     };
     let nothing = req.name.is_none()
         && req.host.is_none()
@@ -179,7 +190,9 @@ async fn update(c: &mut Client, u: MonitorUpdate, out: OutputFormat) -> Result<(
         && req.remind_every_ms.is_none()
         && req.remind_max.is_none()
         && !req.set_tags
-        && req.expect_closed.is_none();
+        && req.expect_closed.is_none()
+        && req.degraded_after_ms.is_none()
+        && req.degraded_checks.is_none();
     if nothing {
         return Err(CliError::usage(
             "monitor update: nothing to change; give at least one of --name, --host, --port, --regions, --interval, --timeout, --consensus, --family, --address-policy, --close-mode, --channels, --default-channels, --flap-detection, --flap-threshold, --flap-window, --flap-stable-for",
@@ -270,6 +283,22 @@ pub fn details(m: &v1::Monitor) -> Table {
         ("flap detection", flap_text(m)),
         ("alerting", alerting_text(m)),
         ("tags", m.tags.join(",")),
+        (
+            "slowness",
+            if m.degraded_after_ms == 0 {
+                "off".to_string()
+            } else {
+                format!(
+                    "degraded when a quorum of regions connects slower than {} for {} checks",
+                    output::millis(u64::from(m.degraded_after_ms)),
+                    if m.degraded_checks == 0 {
+                        3
+                    } else {
+                        m.degraded_checks
+                    }
+                )
+            },
+        ),
         (
             "expects",
             if m.expect_closed {

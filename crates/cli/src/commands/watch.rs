@@ -92,6 +92,19 @@ fn lost(status: tonic::Status) -> CliError {
 pub fn describe(e: &v1::Event, names_by_id: &HashMap<String, String>) -> String {
     let at = output::ts(e.at.as_ref());
     match &e.kind {
+        Some(Kind::IncidentOpened(i)) if i.slow => format!(
+            "{at}  SLOW  {} ({})  {}  {}",
+            i.monitor_name,
+            target(&i.host, i.port),
+            i.reason_text,
+            i.id
+        ),
+        Some(Kind::IncidentClosed(i)) if i.slow => format!(
+            "{at}  NO LONGER SLOW  {} ({})  {}",
+            i.monitor_name,
+            target(&i.host, i.port),
+            i.id
+        ),
         Some(Kind::IncidentOpened(i)) => {
             let down: Vec<String> = i
                 .open_evidence

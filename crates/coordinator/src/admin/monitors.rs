@@ -248,6 +248,12 @@ impl AdminApi {
         if let Some(v) = req.expect_closed {
             d.expect_closed = v;
         }
+        if let Some(v) = req.degraded_after_ms {
+            d.degraded_after_ms = v;
+        }
+        if let Some(v) = req.degraded_checks {
+            d.degraded_checks = v;
+        }
         let regions = self.store().list_regions().map_err(internal)?;
         let spec = validate::monitor(
             &d,

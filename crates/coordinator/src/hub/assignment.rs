@@ -110,6 +110,8 @@ impl Hub {
         st.latest.retain(|(m, _), _| m != id);
         st.last_decisive.retain(|(m, _), _| m != id);
         st.up_streak.retain(|(m, _), _| m != id);
+        st.speed.retain(|(m, _), _| m != id);
+        st.slow.remove(id);
         st.region_state.retain(|(m, _), _| m != id);
         st.open.remove(id);
         st.flaps.remove(id);

@@ -17,7 +17,7 @@ use portwatch_proto::convert::OutcomeFromWire;
 use portwatch_proto::time::from_timestamp;
 use portwatch_proto::v1;
 
-use super::{AgentTx, Hub, Key, State, event, now};
+use super::{AgentTx, Hub, Key, State, event, now, slowness};
 use crate::consensus::{self, Decision, Observation, Policy, RegionInput, RegionState, Rules};
 use crate::flapping::{self, Action, Flap, Signal};
 use crate::store::StoreError;
@@ -92,6 +92,11 @@ impl Hub {
                 // Only results that became the region's latest arrive here,
                 // so each one is newer than the last counted.
                 let up = st.monitors.get(&r.monitor_id).map_or(o, |m| judged(m, o)) == Outcome::Ok;
+                if let Some(m) = st.monitors.get(&r.monitor_id) {
+                    let s = slowness::step(m, &r, o);
+                    let speed = st.speed.entry(key.clone()).or_default();
+                    *speed = speed.next(s);
+                }
                 let streak = st.up_streak.entry(key.clone()).or_insert(0);
                 *streak = if up { streak.saturating_add(1) } else { 0 };
                 if !touched.contains(&r.monitor_id) {
@@ -261,7 +266,8 @@ impl Hub {
         } = verdict;
         self.announce_region_changes(&monitor, changes);
         self.ask_to_confirm(&monitor, confirm);
-        self.carry_out(&monitor, &eval, open, action, t).await
+        self.carry_out(&monitor, &eval, open, action, t).await?;
+        self.carry_out_slowness(&monitor, &eval, t).await
     }
 
     /// The verdict on `monitor_id` as the live view stands, with everything
@@ -448,6 +454,8 @@ impl Hub {
             v1::OverallState::Paused
         } else if open.is_some() {
             v1::OverallState::Down
+        } else if st.slow.contains_key(&m.id) {
+            v1::OverallState::Degraded
         } else if eval.up == regions.len() && !regions.is_empty() {
             v1::OverallState::Up
         } else if eval.unknown == regions.len() {

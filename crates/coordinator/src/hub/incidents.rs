@@ -58,7 +58,10 @@ pub(super) fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
 
 impl Hub {
     /// The routing rules of a tenant (none for a tenant that is gone).
-    fn routing_rules(&self, tenant_id: &str) -> Result<Vec<v1::RoutingRule>, StoreError> {
+    pub(super) fn routing_rules(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<v1::RoutingRule>, StoreError> {
         Ok(self
             .store
             .get_tenant(tenant_id)?
@@ -126,6 +129,12 @@ impl Hub {
             ..Default::default()
         };
         incident.first_steps = first_steps::for_incident(&incident);
+        // An outage supersedes slowness: its record closes first.
+        let slow = self.lock().slow.get(&monitor.id).cloned();
+        if let Some(rec) = slow {
+            self.close_slowness(monitor, Some(eval), &rec, Some(&incident.id), t)
+                .await?;
+        }
         // In maintenance: recorded, nobody told (until the window ends with
         // the port still down: `release_maintenance`).
         let held = self.maintenance_for(monitor, t);

@@ -60,6 +60,7 @@ mod evaluation;
 mod incidents;
 mod outages;
 mod reload;
+mod slowness;
 
 pub use assignment::rendezvous;
 pub use evaluation::rules_for;
@@ -127,6 +128,11 @@ struct State {
     /// `recover_after`); a result of any other outcome resets it. Not
     /// persisted: after a restart an open incident waits for fresh rounds.
     up_streak: HashMap<Key, u32>,
+    /// Each region's consecutive slow and fast connects (`slowness`).
+    speed: HashMap<Key, slowness::Speed>,
+    /// Open slowness records by monitor (`slowness`); never beside an open
+    /// incident of the same monitor (an outage supersedes them).
+    slow: HashMap<String, v1::Incident>,
     region_state: HashMap<Key, RegionState>,
     open: HashMap<String, v1::Incident>,
     last_confirm: HashMap<String, Instant>,
@@ -207,8 +213,14 @@ impl Hub {
             state.latest.insert(key, r);
         }
         for m in state.monitors.keys() {
-            if let Some(i) = store.open_incident(m)? {
-                state.open.insert(m.clone(), i);
+            match store.open_incident(m)? {
+                Some(i) if i.slow => {
+                    state.slow.insert(m.clone(), i);
+                }
+                Some(i) => {
+                    state.open.insert(m.clone(), i);
+                }
+                None => {}
             }
         }
         for (m, i) in &state.open {
@@ -354,8 +366,13 @@ impl Hub {
     }
 
     /// The open incident of a monitor, as the live view holds it.
+    /// The monitor's open incident, or else its open slowness record.
     pub fn open_incident_of(&self, monitor_id: &str) -> Option<v1::Incident> {
-        self.lock().open.get(monitor_id).cloned()
+        let st = self.lock();
+        st.open
+            .get(monitor_id)
+            .or_else(|| st.slow.get(monitor_id))
+            .cloned()
     }
 }
 

@@ -42,8 +42,13 @@ impl Hub {
             .collect();
         let latest = self.store.all_latest()?;
         let mut open = HashMap::new();
+        let mut slow = HashMap::new();
         for id in monitors.keys() {
             if let Some(i) = self.store.open_incident(id)? {
+                if i.slow {
+                    slow.insert(id.clone(), i);
+                    continue;
+                }
                 open.insert(id.clone(), i);
             }
         }
@@ -118,6 +123,7 @@ impl Hub {
         last_decisive.retain(|(m, _), _| monitors.contains_key(m));
         region_state.retain(|(m, _), _| monitors.contains_key(m));
         st.open = open;
+        st.slow = slow;
         st.outages = outages;
         for (id, regions) in &changed_monitors {
             for r in regions {

@@ -231,6 +231,21 @@ fn table() -> Vec<Bad> {
         bad("unknown flap detection", "flap_detection", |d| {
             d.flap_detection = 3
         }),
+        bad("slowness at the timeout", "degraded_after_ms", |d| {
+            d.timeout_ms = 1000;
+            d.degraded_after_ms = 1000
+        }),
+        bad(
+            "slowness on a port expected closed",
+            "degraded_after_ms",
+            |d| {
+                d.expect_closed = true;
+                d.degraded_after_ms = 100
+            },
+        ),
+        bad("degraded_checks 101", "degraded_checks", |d| {
+            d.degraded_checks = 101
+        }),
         bad("recover_after 101", "recover_after", |d| {
             d.recover_after = 101
         }),
