@@ -1513,3 +1513,165 @@ async fn bash_completion_completes_monitor_names() {
     // Everything else is still clap's completion.
     assert!(complete(&["monitor", "sh"]).contains(&"show".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_life_commands_tag_show_first_steps_ack_mute_maintain_and_route() {
+    let w = world().await;
+    let t = &w.tenant;
+    let m = t.json(&[
+        "monitor",
+        "add",
+        "--host",
+        "db.example.com",
+        "--port",
+        "5432",
+        "--regions",
+        "eu,us,ap",
+        "--name",
+        "db",
+        "--interval",
+        "2s",
+        "--timeout",
+        "1s",
+        "--tags",
+        "db,tier:1",
+        "--recover-after",
+        "2",
+        "--degraded-after",
+        "300ms",
+        "--remind-every",
+        "10m",
+    ]);
+    assert_eq!(m["tags"], serde_json::json!(["db", "tier:1"]));
+    assert_eq!(m["recover_after"], 2);
+    assert_eq!(m["degraded_after_ms"], 300);
+    assert_eq!(m["remind_every_ms"], 600_000);
+    let id = m["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        monitor_names(&t.json(&["monitor", "list", "--tag", "db"])),
+        ["db"]
+    );
+    assert!(
+        t.json(&["monitor", "list", "--tag", "web"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        t.json(&["status", "--tag", "tier:1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    t.run(&["monitor", "list", "--tag", "Not A Tag"])
+        .failed(2, &["tag: "]);
+
+    // Down: `monitor show` says what to try first; ack with a note.
+    let mut ag = agents(&w).await;
+    for a in &mut ag {
+        a.report_acked(&id, v1::Outcome::Ok).await;
+    }
+    ag[0].report_acked(&id, v1::Outcome::Refused).await;
+    ag[1].report_acked(&id, v1::Outcome::Refused).await;
+    let open = eventually("an open incident", Duration::from_secs(10), || {
+        let v = t.json(&["incidents", "--open"]);
+        async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
+    })
+    .await;
+    let incident = open[0]["id"].as_str().unwrap().to_string();
+    let shown = t.run(&["monitor", "show", "db"]).ok().to_string();
+    assert!(shown.contains("what to try first:"), "{shown}");
+    assert!(shown.contains("systemctl status"), "{shown}");
+    assert!(shown.contains("nc -zv db.example.com 5432"), "{shown}");
+    let acked = t.json(&["incident", "ack", &incident, "--note", "restarting it"]);
+    assert!(
+        acked["acknowledged_by"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("token ")),
+        "{acked}"
+    );
+    assert_eq!(acked["acknowledged_note"], "restarting it");
+    let kinds: Vec<&str> = acked["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"acknowledged") && kinds.contains(&"opened"),
+        "{kinds:?}"
+    );
+    let text = t.run(&["incident", "show", &incident]).ok().to_string();
+    assert!(text.contains("acknowledged by token "), "{text}");
+    assert!(text.contains("timeline:"), "{text}");
+    t.run(&["incident", "ack", "inc-nope"])
+        .failed(1, &["no such incident"]);
+
+    // Mute, maintenance windows.
+    let muted = t
+        .run(&["monitor", "mute", "db", "--for", "2h"])
+        .ok()
+        .to_string();
+    assert!(muted.starts_with("muted monitor "), "{muted}");
+    let weekly = t.json(&[
+        "maintenance",
+        "add",
+        "--name",
+        "sunday upgrades",
+        "--tags",
+        "db",
+        "--weekly",
+        "sun",
+        "--at",
+        "02:00",
+        "--for",
+        "2h",
+        "--tz",
+        "Europe/Berlin",
+    ]);
+    assert!(weekly["next_start"].is_string(), "{weekly}");
+    let listed = t.json(&["maintenance", "list"]);
+    let list = listed.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        list[0]["active"], true,
+        "the mute is in force and listed first"
+    );
+    let table = t.run(&["maintenance", "list"]).ok().to_string();
+    assert!(
+        table.contains("in force") && table.contains("weekly sun 02:00"),
+        "{table}"
+    );
+    t.run(&[
+        "maintenance",
+        "add",
+        "--all",
+        "--weekly",
+        "sun",
+        "--at",
+        "02:00",
+        "--for",
+        "2h",
+        "--tz",
+        "Mars/Olympus",
+    ])
+    .failed(2, &["window.weekly.time_zone: "]);
+    let wid = weekly["id"].as_str().unwrap();
+    t.run(&["maintenance", "rm", wid]).ok();
+    assert_eq!(
+        t.json(&["maintenance", "list"]).as_array().unwrap().len(),
+        1
+    );
+
+    // Routing rules: bad input is refused before or by the coordinator.
+    t.run(&["routing", "set", "--rule", "tags=db"])
+        .failed(2, &["--rule 1: channels=… is required"]);
+    t.run(&["routing", "set", "--rule", "tags=db;channels=ch-nope"])
+        .failed(2, &["rules.channel_ids: unknown channel"]);
+    assert!(
+        t.run(&["routing", "list"])
+            .ok()
+            .contains("no routing rules")
+    );
+}
