@@ -89,6 +89,36 @@ pub async fn incident(c: &mut Client, cmd: IncidentCmd, out: OutputFormat) -> Re
     }
 }
 
+/// "acknowledged by … at …: note" and a newline; empty when nobody did.
+pub fn acknowledged_line(i: &v1::Incident) -> String {
+    if i.acknowledged_at.is_none() {
+        return String::new();
+    }
+    let note = if i.acknowledged_note.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", i.acknowledged_note)
+    };
+    format!(
+        "acknowledged by {} at {}{note}\n",
+        i.acknowledged_by,
+        output::ts(i.acknowledged_at.as_ref())
+    )
+}
+
+/// What an open incident asks of the reader: who acknowledged it, and what to
+/// try first.
+pub fn attention(i: &v1::Incident) -> String {
+    let mut s = acknowledged_line(i);
+    if !i.first_steps.is_empty() {
+        s.push_str("what to try first:\n");
+        for step in &i.first_steps {
+            s.push_str(&format!("  - {step}\n"));
+        }
+    }
+    s
+}
+
 /// One incident for people: the facts, the first steps, the timeline.
 pub fn show_text(i: &v1::Incident) -> String {
     let mut s = format!(
@@ -113,23 +143,10 @@ pub fn show_text(i: &v1::Incident) -> String {
             output::ts(i.closed_at.as_ref())
         },
     );
-    if i.acknowledged_at.is_some() {
-        s.push_str(&format!(
-            "acknowledged by {} at {}{}\n",
-            i.acknowledged_by,
-            output::ts(i.acknowledged_at.as_ref()),
-            if i.acknowledged_note.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", i.acknowledged_note)
-            }
-        ));
-    }
-    if !i.first_steps.is_empty() && i.closed_at.is_none() {
-        s.push_str("\nwhat to try first:\n");
-        for step in &i.first_steps {
-            s.push_str(&format!("  - {step}\n"));
-        }
+    if i.closed_at.is_none() {
+        s.push_str(&attention(i));
+    } else {
+        s.push_str(&acknowledged_line(i));
     }
     let mut t = Table::new(&["AT", "WHAT", "DETAIL"]);
     for e in &i.timeline {

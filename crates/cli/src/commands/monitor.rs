@@ -520,24 +520,7 @@ pub fn show_text(
         ));
     }
     if let Some(i) = incident {
-        if i.acknowledged_at.is_some() {
-            text.push_str(&format!(
-                "acknowledged by {} at {}{}\n",
-                i.acknowledged_by,
-                output::ts(i.acknowledged_at.as_ref()),
-                if i.acknowledged_note.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", i.acknowledged_note)
-                }
-            ));
-        }
-        if !i.first_steps.is_empty() {
-            text.push_str("what to try first:\n");
-            for step in &i.first_steps {
-                text.push_str(&format!("  - {step}\n"));
-            }
-        }
+        text.push_str(&super::incidents::attention(i));
     }
     if let Some(i) = incident.filter(|i| i.flapping_since.is_some()) {
         let stable = match i.stable_since.as_ref() {

@@ -57,6 +57,22 @@ pub(super) fn restored_flap(i: &v1::Incident, started: SystemTime) -> Flap {
 }
 
 impl Hub {
+    /// Writes an incident (or slowness record) with the deliveries its change
+    /// causes in one transaction, makes it durable, and only then lets the
+    /// outbox see them.
+    pub(super) async fn commit_incident(
+        &self,
+        incident: &v1::Incident,
+        deliveries: &[crate::store::OutboxRecord],
+    ) -> Result<(), StoreError> {
+        self.store
+            .put_incident_with_deliveries(incident, deliveries)?;
+        self.store.flush().await?;
+        outbox::count_planned(deliveries.len());
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
     /// The routing rules of a tenant (none for a tenant that is gone).
     pub(super) fn routing_rules(
         &self,
@@ -173,11 +189,7 @@ impl Hub {
                 t,
             ));
         }
-        self.store
-            .put_incident_with_deliveries(&incident, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&incident, &deliveries).await?;
         info!(monitor_id = %monitor.id, incident_id = %incident.id, reason = %reason, flapping, deliveries = deliveries.len(), "incident opened");
         self.lock()
             .open
@@ -245,11 +257,7 @@ impl Hub {
         } else {
             Vec::new()
         };
-        self.store
-            .put_incident_with_deliveries(&incident, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&incident, &deliveries).await?;
         let was_flapping = incident.flapping_since.is_some();
         info!(monitor_id = %monitor.id, incident_id = %incident.id, was_flapping, deliveries = deliveries.len(), "incident closed");
         self.lock().open.remove(&monitor.id);
@@ -403,11 +411,7 @@ impl Hub {
             .delivery_channels(&incident.id, v1::DeliveryKind::Opened)?;
         let deliveries =
             outbox::plan_acknowledged(&monitor, &self.store.list_channels()?, &told, &incident, t);
-        self.store
-            .put_incident_with_deliveries(&incident, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&incident, &deliveries).await?;
         info!(monitor_id = %monitor.id, incident_id = %incident.id, by = %incident.acknowledged_by, deliveries = deliveries.len(), "incident acknowledged");
         self.lock()
             .open
@@ -473,11 +477,7 @@ impl Hub {
         incident.last_reminded_at = Some(to_timestamp(t));
         let deliveries =
             outbox::plan_reminder(monitor, &self.store.list_channels()?, &told, &incident, t);
-        self.store
-            .put_incident_with_deliveries(&incident, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&incident, &deliveries).await?;
         info!(monitor_id = %monitor.id, incident_id = %incident.id, reminder = incident.reminders_sent, deliveries = deliveries.len(), "incident still open: reminder planned");
         self.lock().open.insert(monitor.id.clone(), incident);
         Ok(true)
@@ -530,11 +530,7 @@ impl Hub {
                 v1::DeliveryKind::Opened,
                 t,
             );
-            self.store
-                .put_incident_with_deliveries(&incident, &deliveries)?;
-            self.store.flush().await?;
-            outbox::count_planned(deliveries.len());
-            self.outbox_wake.notify_one();
+            self.commit_incident(&incident, &deliveries).await?;
             info!(monitor_id = %monitor.id, incident_id = %incident.id, deliveries = deliveries.len(), "maintenance over with the port still down: incident notified");
             self.lock().open.insert(monitor.id.clone(), incident);
             released += 1;

@@ -210,11 +210,7 @@ impl Hub {
                 t,
             )
         };
-        self.store
-            .put_incident_with_deliveries(&record, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&record, &deliveries).await?;
         info!(monitor_id = %monitor.id, incident_id = %record.id, regions = ?slow_regions, deliveries = deliveries.len(), "port slow by consensus: degraded");
         self.lock().slow.insert(monitor.id.clone(), record.clone());
         self.emit(event(v1::event::Kind::IncidentOpened(record)));
@@ -265,11 +261,7 @@ impl Hub {
                 })
             });
         }
-        self.store
-            .put_incident_with_deliveries(&record, &deliveries)?;
-        self.store.flush().await?;
-        outbox::count_planned(deliveries.len());
-        self.outbox_wake.notify_one();
+        self.commit_incident(&record, &deliveries).await?;
         info!(monitor_id = %monitor.id, incident_id = %record.id, superseded_by = by.unwrap_or(""), deliveries = deliveries.len(), "port no longer slow");
         self.lock().slow.remove(&monitor.id);
         self.emit(event(v1::event::Kind::IncidentClosed(record)));
