@@ -18,8 +18,8 @@ mod lease;
 pub mod migrate;
 mod tables;
 
-pub use backend::{CALL_TIMEOUT, DEFAULT_POOL_SIZE, OpenError, PgSettings, PgStore};
-pub use lease::{Holder, Term};
+pub use backend::{CALL_TIMEOUT, DEFAULT_POOL_SIZE, OpenError, PgSettings, PgStore, Term};
+pub use lease::Holder;
 
 pub use connect::{ConnectError, POSTGRES_URL_KEY, connect, redact_url};
 pub use migrate::{MIGRATIONS, MigrateError, Migration, migrate};

@@ -41,7 +41,6 @@ use super::super::{
     TokenRecord,
 };
 use super::connect::{ConnectError, connect, redact_url};
-use super::lease::Term;
 use super::migrate::{MigrateError, migrate};
 
 /// Longest a call may wait for the database (a connection from the pool included) before the
@@ -98,6 +97,15 @@ pub(super) fn block_on<F: Future>(fut: F) -> F::Output {
         }
         std::thread::park();
     }
+}
+
+/// The term a coordinator holds in the active lease (`lease`): its name and the epoch the
+/// database gave it. Writes that must be fenced carry it and are checked against the lease in
+/// their own transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub owner: String,
+    pub epoch: i64,
 }
 
 /// The store's runtime, on a thread of its own; it stops when the last handle to the store is

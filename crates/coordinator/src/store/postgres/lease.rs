@@ -20,17 +20,10 @@ use std::time::Duration;
 use tokio_postgres::Transaction;
 
 use super::super::{Result, StoreError};
-use super::backend::PgStore;
+use super::backend::{PgStore, Term};
 
 /// The lease row of the active coordinator.
 const LEADER_SHARD: i32 = 0;
-
-/// The term a coordinator holds: its name and the epoch the database gave it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Term {
-    pub owner: String,
-    pub epoch: i64,
-}
 
 /// Who holds the lease now, as the database sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
