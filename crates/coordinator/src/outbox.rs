@@ -223,12 +223,7 @@ pub fn plan_flapping(
     terms: FlapTerms,
     now: SystemTime,
 ) -> Vec<OutboxRecord> {
-    if told.is_empty() {
-        return Vec::new();
-    }
-    incident_channels(monitor, channels, told)
-        .into_iter()
-        .filter(|c| !is_pagerduty(c))
+    told_channels(monitor, channels, told, false)
         .map(|c| OutboxRecord {
             incident: Some(incident.clone()),
             flap: Some(terms),
@@ -237,8 +232,29 @@ pub fn plan_flapping(
         .collect()
 }
 
-fn is_pagerduty(c: &v1::Channel) -> bool {
+/// Whether a channel is a PagerDuty one (its alert has a life of its own:
+/// triggered, acknowledged, resolved on one dedup key).
+pub fn is_pagerduty(c: &v1::Channel) -> bool {
     matches!(c.config, Some(v1::channel::Config::Pagerduty(_)))
+}
+
+/// The channels told of an incident's opening (`told`) that a follow-up
+/// notice goes to: the PagerDuty ones when `pagerduty`, else all the others.
+/// Nobody told, nobody notified: a follow-up qualifies a page, it is not one.
+fn told_channels<'a>(
+    monitor: &v1::Monitor,
+    channels: &'a [v1::Channel],
+    told: &[String],
+    pagerduty: bool,
+) -> impl Iterator<Item = &'a v1::Channel> {
+    let chosen = if told.is_empty() {
+        Vec::new()
+    } else {
+        incident_channels(monitor, channels, told)
+    };
+    chosen
+        .into_iter()
+        .filter(move |c| is_pagerduty(c) == pagerduty)
 }
 
 /// The `incident.reminders_sent`-th reminder of an open incident: one delivery
@@ -252,12 +268,7 @@ pub fn plan_reminder(
     incident: &v1::Incident,
     now: SystemTime,
 ) -> Vec<OutboxRecord> {
-    if told.is_empty() {
-        return Vec::new();
-    }
-    incident_channels(monitor, channels, told)
-        .into_iter()
-        .filter(|c| !is_pagerduty(c))
+    told_channels(monitor, channels, told, false)
         .map(|c| {
             let mut r = OutboxRecord {
                 incident: Some(incident.clone()),
@@ -284,12 +295,7 @@ pub fn plan_acknowledged(
     incident: &v1::Incident,
     now: SystemTime,
 ) -> Vec<OutboxRecord> {
-    if told.is_empty() {
-        return Vec::new();
-    }
-    incident_channels(monitor, channels, told)
-        .into_iter()
-        .filter(|c| is_pagerduty(c))
+    told_channels(monitor, channels, told, true)
         .map(|c| OutboxRecord {
             incident: Some(incident.clone()),
             ..record(c, &incident.id, v1::DeliveryKind::Acknowledged, now)

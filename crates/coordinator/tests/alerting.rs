@@ -30,13 +30,19 @@ async fn world() -> World {
         .await
 }
 
-async fn channel(admin: &mut Admin, config: v1::channel::Config, name: &str) -> v1::Channel {
+/// A channel of the tenant; `default`: notified by monitors that name none.
+async fn channel(
+    admin: &mut Admin,
+    config: v1::channel::Config,
+    name: &str,
+    default: bool,
+) -> v1::Channel {
     admin
         .create_channel(v1::CreateChannelRequest {
             tenant_id: String::new(),
             channel: Some(v1::Channel {
                 name: name.into(),
-                is_default: true,
+                is_default: default,
                 config: Some(config),
                 ..Default::default()
             }),
@@ -46,12 +52,16 @@ async fn channel(admin: &mut Admin, config: v1::channel::Config, name: &str) -> 
         .into_inner()
 }
 
-async fn webhook(w: &mut World, hook: &HttpReceiver) -> v1::Channel {
-    let config = v1::channel::Config::Webhook(v1::WebhookConfig {
-        url: hook.url("/hook"),
+fn webhook_config(hook: &HttpReceiver, path: &str) -> v1::channel::Config {
+    v1::channel::Config::Webhook(v1::WebhookConfig {
+        url: hook.url(path),
         secret: "whsec-0123456789abcdef".into(),
-    });
-    channel(&mut w.tenant, config, "hook").await
+    })
+}
+
+/// A default webhook channel to `hook`.
+async fn webhook(w: &mut World, hook: &HttpReceiver) -> v1::Channel {
+    channel(&mut w.tenant, webhook_config(hook, "/hook"), "hook", true).await
 }
 
 /// A PagerDuty stand-in answering as the Events API does.
@@ -67,7 +77,7 @@ async fn pagerduty(w: &mut World) -> (HttpReceiver, v1::Channel) {
         routing_key: "R0UT1NGKEY0123456789abcdef012345".into(),
         base_url: pd.url(""),
     });
-    let ch = channel(&mut w.tenant, config, "pagerduty").await;
+    let ch = channel(&mut w.tenant, config, "pagerduty", true).await;
     (pd, ch)
 }
 
@@ -614,23 +624,13 @@ async fn routing_rules_send_tagged_monitors_to_their_channels_and_the_rest_to_th
     let mut w = world().await;
     let db_hook = HttpReceiver::ok().await;
     let default_hook = HttpReceiver::ok().await;
-    let db_channel = w
-        .tenant
-        .create_channel(v1::CreateChannelRequest {
-            tenant_id: String::new(),
-            channel: Some(v1::Channel {
-                name: "dba on call".into(),
-                is_default: false,
-                config: Some(v1::channel::Config::Webhook(v1::WebhookConfig {
-                    url: db_hook.url("/dba"),
-                    secret: "whsec-0123456789abcdef".into(),
-                })),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let db_channel = channel(
+        &mut w.tenant,
+        webhook_config(&db_hook, "/dba"),
+        "dba on call",
+        false,
+    )
+    .await;
     let default_channel = webhook(&mut w, &default_hook).await;
 
     // Bad rules name the field and change nothing.

@@ -254,10 +254,9 @@ impl Hub {
             let channels = self.store.list_channels()?;
             deliveries.retain(|d| {
                 d.delivery.as_ref().is_some_and(|d| {
-                    channels.iter().any(|c| {
-                        c.id == d.channel_id
-                            && matches!(c.config, Some(v1::channel::Config::Pagerduty(_)))
-                    })
+                    channels
+                        .iter()
+                        .any(|c| c.id == d.channel_id && outbox::is_pagerduty(c))
                 })
             });
         }
