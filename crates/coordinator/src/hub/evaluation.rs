@@ -91,14 +91,32 @@ impl Hub {
                 }
                 // Only results that became the region's latest arrive here,
                 // so each one is newer than the last counted.
-                let up = st.monitors.get(&r.monitor_id).map_or(o, |m| judged(m, o)) == Outcome::Ok;
-                if let Some(m) = st.monitors.get(&r.monitor_id) {
-                    let s = slowness::step(m, &r, o);
-                    let speed = st.speed.entry(key.clone()).or_default();
-                    *speed = speed.next(s);
+                // Counted only for monitors that use them, so a coordinator
+                // of monitors without `recover_after` or slowness keeps no
+                // entry per monitor and region for them.
+                let counts = st.monitors.get(&r.monitor_id).map(|m| {
+                    let up = (m.recover_after > 1).then(|| judged(m, o) == Outcome::Ok);
+                    let pace = (m.degraded_after_ms > 0).then(|| slowness::step(m, &r, o));
+                    (up, pace)
+                });
+                match counts.and_then(|(up, _)| up) {
+                    Some(up) => {
+                        let streak = st.up_streak.entry(key.clone()).or_insert(0);
+                        *streak = if up { streak.saturating_add(1) } else { 0 };
+                    }
+                    None => {
+                        st.up_streak.remove(&key);
+                    }
                 }
-                let streak = st.up_streak.entry(key.clone()).or_insert(0);
-                *streak = if up { streak.saturating_add(1) } else { 0 };
+                match counts.and_then(|(_, pace)| pace) {
+                    Some(pace) => {
+                        let speed = st.speed.entry(key.clone()).or_default();
+                        *speed = speed.next(pace);
+                    }
+                    None => {
+                        st.speed.remove(&key);
+                    }
+                }
                 if !touched.contains(&r.monitor_id) {
                     touched.push(r.monitor_id.clone());
                 }
